@@ -1,0 +1,275 @@
+"""Export a front policy as a policy file people can take into their own training.
+
+    python -m analysis.export EXPERIMENT_DIR [--pick knee|max-accuracy|min-compute]
+                              [--min-accuracy X] [-o policy.json] [--all-front DIR]
+
+The file has the policy-file shape of DESIGN.md:
+``{"format": "layerout-policy", "version": 1, "model", "units", "schedule", "measured",
+"provenance"}``; ``schedule`` is the trial's schedule dict (trials.csv ``policy`` column),
+``measured`` its final metrics, ``provenance`` where it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.front import Front, compute_front, pick_trial
+from analysis.policies import parse_schedule
+from analysis.results import METRICS, Experiment, load_experiment
+from layerout.errors import UserError
+
+PICKS = ("knee", "max-accuracy", "min-compute")
+MEASURED = [
+    "val_accuracy",
+    "test_accuracy",
+    "compute_saved_frac",
+    "time_saved_frac",
+    "params_frozen_frac",
+    "compute_spent_gflop",
+    "train_time_s",
+    "train_loss",
+    "val_loss",
+]
+
+
+def parse_accuracy(value: Any) -> float:
+    """'0.95' -> 0.95 (fraction); '95' or '95%' -> 0.95 (values > 1, or with %, are percent)."""
+    text = str(value).strip()
+    percent = text.endswith("%")
+    if percent:
+        text = text[:-1].strip()
+    try:
+        x = float(text)
+    except ValueError:
+        raise UserError(
+            f"--min-accuracy {value!r}: not a number; give a fraction (0.95) or a percent (95 or 95%)"
+        ) from None
+    if math.isnan(x) or x < 0:
+        raise UserError(f"--min-accuracy {value!r}: must be between 0 and 1 (fraction) or 0 and 100 (percent)")
+    if percent or x > 1:
+        x /= 100.0
+    if x > 1:
+        raise UserError(f"--min-accuracy {value!r}: above 100%; give a fraction (0.95) or a percent (95)")
+    return x
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+def _config_of(row: pd.Series) -> dict[str, Any]:
+    """The trial's flattened ``config/...`` columns, without the prefix, NaN dropped."""
+    out: dict[str, Any] = {}
+    for col, val in row.items():
+        if isinstance(col, str) and col.startswith("config/"):
+            if val is None or (isinstance(val, float) and math.isnan(val)):
+                continue
+            out[col[len("config/"):]] = _json_safe(val)
+    return out
+
+
+def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
+    """The policy-file dict for one trial row of ``exp``; ``UserError`` naming what is missing."""
+    trial_id = str(row["trial_id"])
+    where = exp.path / "trials.csv"
+    schedule = parse_schedule(row.get("policy"))
+    if schedule is None or "kind" not in schedule:
+        raise UserError(
+            f"{where}: trial {trial_id}: column 'policy' is empty or not a JSON schedule dict "
+            "(expected e.g. {\"kind\": \"layerout\", ...})"
+        )
+    model = exp.model
+    if not model:
+        raise UserError(f"{exp.path / 'experiment.json'}: field 'model' is missing; cannot write a policy file")
+    units = exp.units
+    if not units:
+        raise UserError(f"{exp.path / 'experiment.json'}: field 'units' is missing; cannot write a policy file")
+    measured = {k: _json_safe(row.get(k)) for k in MEASURED if k in row.index}
+    measured["epochs"] = _json_safe(row.get("epochs_done"))
+    meta = exp.meta
+    provenance = {
+        "experiment": exp.name,
+        "experiment_dir": str(exp.path.resolve()),
+        "trial_id": trial_id,
+        "family": str(row.get("family", "")),
+        "paper_config": str(row.get("paper_config", "")) or None,
+        "picked_by": picked_by,
+        "stopped_early": bool(row.get("stopped", False)),
+        "space_file": meta.get("space_file"),
+        "dataset": exp.dataset,
+        "epochs": exp.epoch_budget,
+        "trial_config": _config_of(row),
+        "versions": meta.get("versions"),
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_by": "python -m analysis.export",
+    }
+    return {
+        "format": "layerout-policy",
+        "version": 1,
+        "model": str(model),
+        "units": list(units),
+        "schedule": _json_safe(schedule),
+        "measured": measured,
+        "provenance": _json_safe(provenance),
+    }
+
+
+def write_policy_file(doc: dict, path: Path) -> Path:
+    """Write a policy dict to ``path``: through ``layerout.policy`` when it exists, else plain JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from layerout.policy import Policy, save_policy  # type: ignore[attr-defined]
+    except ImportError:
+        Policy = save_policy = None  # noqa: N806
+    if Policy is not None and save_policy is not None:
+        fields = {k: doc[k] for k in ("model", "units", "schedule", "measured", "provenance")}
+        save_policy(Policy(**fields), path)
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "trial"
+
+
+def policy_filename(trial_id: str) -> str:
+    return f"{_slug(str(trial_id))}.json"
+
+
+def retrain_command(exp: Experiment, row: pd.Series, policy_path: str | Path) -> str:
+    """The command that retrains one trial's policy without Ray (run from the experiment dir)."""
+    cfg = _config_of(row)
+    parts = ["python", "-m", "layerout.train"]
+    model, dataset = exp.model, exp.dataset
+    if model:
+        parts += ["--model", str(model)]
+    if dataset:
+        parts += ["--dataset", str(dataset)]
+    parts += ["--policy", str(policy_path)]
+    if exp.epoch_budget:
+        parts += ["--epochs", str(exp.epoch_budget)]
+    for key, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed")):
+        val = cfg.get(key, cfg.get(f"train/{key}"))
+        if val is not None:
+            parts += [flag, str(val)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def export_policy(
+    exp_dir: str | Path,
+    pick: str = "knee",
+    min_accuracy: float | str | None = None,
+    out: str | Path | None = None,
+    include_stopped: bool = False,
+) -> Path:
+    """Write the chosen front policy to ``out`` (default ``EXP/policies/<pick>.json``); return its path.
+
+    ``pick``: knee | max-accuracy | min-compute; ``min_accuracy`` (fraction, or percent if > 1)
+    overrides it: the most compute-saving front policy with val_accuracy >= min_accuracy.
+    """
+    if pick not in PICKS:
+        raise UserError(f"--pick {pick!r}: allowed: {', '.join(PICKS)}")
+    exp = load_experiment(exp_dir)
+    fr = compute_front(exp, include_stopped=include_stopped)
+    thr = parse_accuracy(min_accuracy) if min_accuracy is not None else None
+    row = pick_trial(fr, pick=pick, min_accuracy=thr)
+    picked_by = f"min-accuracy {thr * 100:g}%" if thr is not None else pick
+    if out is None:
+        name = f"min-accuracy-{thr * 100:g}.json" if thr is not None else f"{pick}.json"
+        out = exp.path / "policies" / name
+    return write_policy_file(build_policy(exp, row, picked_by), Path(out))
+
+
+def export_front(exp_or_dir: Experiment | str | Path, out_dir: str | Path | None = None,
+                 include_stopped: bool = False, fr: Front | None = None) -> list[Path]:
+    """Write every front policy to ``out_dir`` (default ``EXP/policies``) as ``<trial_id>.json``."""
+    exp = exp_or_dir if isinstance(exp_or_dir, Experiment) else load_experiment(exp_or_dir)
+    fr = fr or compute_front(exp, include_stopped=include_stopped)
+    out_dir = Path(out_dir) if out_dir is not None else exp.path / "policies"
+    paths = []
+    for _, row in fr.front.iterrows():
+        label = "front (knee)" if row["trial_id"] == fr.knee else "front"
+        paths.append(write_policy_file(build_policy(exp, row, label), out_dir / policy_filename(row["trial_id"])))
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    from analysis._cli import ArgumentParser
+
+    p = ArgumentParser(
+        prog="python -m analysis.export",
+        description="Export a Pareto-front freeze policy of a finished search as a policy file "
+        "(load it with layerout.policy.load_policy, or retrain with python -m layerout.train --policy).",
+    )
+    p.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="the experiment directory tune_main.py printed")
+    p.add_argument("--pick", choices=PICKS, default="knee",
+                   help="which front policy: the knee (default), the highest validation accuracy, "
+                   "or the most compute saved")
+    p.add_argument("--min-accuracy", metavar="X",
+                   help="instead of --pick: the most compute-saving front policy whose validation accuracy "
+                   "is at least X. X is a fraction (0.95) or a percent (95 or 95%%): values above 1 are "
+                   "read as percent")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write the policy (default: EXPERIMENT_DIR/policies/<pick>.json)")
+    p.add_argument("--all-front", metavar="DIR",
+                   help="also write every front policy into DIR as <trial_id>.json")
+    p.add_argument("--include-stopped", action="store_true",
+                   help="let trials stopped early by ASHA enter the front (default: full epoch budget only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = export_policy(args.experiment_dir, pick=args.pick, min_accuracy=args.min_accuracy,
+                         out=args.output, include_stopped=args.include_stopped)
+    doc = json.loads(Path(path).read_text())
+    m, prov = doc.get("measured", {}), doc.get("provenance", {})
+
+    def pct(x: Any) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    print(f"policy: {path}")
+    print(f"  trial {prov.get('trial_id')} ({prov.get('picked_by')}), {doc['schedule'].get('kind')}: "
+          f"val acc {pct(m.get('val_accuracy'))}, compute saved {pct(m.get('compute_saved_frac'))}, "
+          f"time saved {pct(m.get('time_saved_frac'))}, test acc {pct(m.get('test_accuracy'))}")
+    if args.all_front:
+        paths = export_front(args.experiment_dir, args.all_front, include_stopped=args.include_stopped)
+        print(f"front policies: {len(paths)} written to {args.all_front}")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Entry point: bad input -> one line on stderr, exit status 2."""
+    from analysis._cli import run_cli
+
+    run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    cli()

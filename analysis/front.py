@@ -1,0 +1,109 @@
+"""An experiment's front: candidates, Pareto front, knee, baseline and hypervolumes in one place."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_front
+from analysis.results import Experiment, baseline_trials, select_trials
+
+
+@dataclass
+class Front:
+    """``candidates``: trials allowed on the front (``stopped`` marks ASHA-stopped ones);
+    ``front``: the Pareto front rows (a ``knee`` bool column added), best accuracy first;
+    ``knee``: the knee's trial id; ``baseline_accuracy``: mean val accuracy of the finished
+    unfrozen baseline trial(s), or None; ``hypervolume``: {"(0, 0)": hv, "(baseline, 0)": hv}
+    in (fraction x fraction) units; ``dropped``: trial ids ignored for missing metrics."""
+
+    candidates: pd.DataFrame
+    front: pd.DataFrame
+    knee: str
+    objectives: tuple[tuple[str, str], ...]
+    baseline: pd.DataFrame
+    baseline_accuracy: float | None
+    hypervolume: dict[str, float]
+    include_stopped: bool
+    dropped: list[str]
+
+    @property
+    def knee_row(self) -> pd.Series:
+        return self.front[self.front["trial_id"] == self.knee].iloc[0]
+
+
+def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
+    """Select trials, build the front over the experiment's objectives, find the knee.
+
+    Raises ``UserError`` when no trial finished (see ``select_trials``) or none has metrics.
+    """
+    from layerout.errors import UserError
+
+    objectives = exp.objectives
+    cand = select_trials(exp, include_stopped=include_stopped)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clean = drop_missing(cand, objectives)
+    for w in caught:
+        warnings.warn(str(w.message), w.category, stacklevel=2)
+    dropped = sorted(set(cand["trial_id"]) - set(clean["trial_id"]))
+    if clean.empty:
+        raise UserError(
+            f"{exp.path}: no finished trial has {'/'.join(n for n, _ in objectives)} values "
+            f"({len(cand)} finished, all missing metrics)"
+        )
+    front = pareto_front(clean, objectives).copy()
+    knee_label = knee_point(front, objectives) if len(objectives) == 2 else front.index[0]
+    front["knee"] = front.index == knee_label
+    knee = str(front.loc[knee_label, "trial_id"])
+
+    base = baseline_trials(clean)
+    base_acc = float(base["val_accuracy"].mean()) if len(base) and base["val_accuracy"].notna().any() else None
+    hv: dict[str, float] = {}
+    if len(objectives) == 2 and all(m == "max" for _, m in objectives):
+        pts = front[[n for n, _ in objectives]].to_numpy(dtype=float)
+        hv["(0, 0)"] = hypervolume_2d(pts, (0.0, 0.0))
+        if base_acc is not None and objectives[0][0] == "val_accuracy":
+            hv["(baseline, 0)"] = hypervolume_2d(pts, (base_acc, 0.0))
+    return Front(
+        candidates=clean,
+        front=front,
+        knee=knee,
+        objectives=objectives,
+        baseline=base,
+        baseline_accuracy=base_acc,
+        hypervolume=hv,
+        include_stopped=include_stopped,
+        dropped=dropped,
+    )
+
+
+def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None) -> pd.Series:
+    """The front row chosen by ``pick`` (knee | max-accuracy | min-compute) or ``min_accuracy``.
+
+    ``min_accuracy`` (a fraction) takes precedence: the most compute-saving front point whose
+    val_accuracy is at least that; ``UserError`` if none reaches it. ``max-accuracy``: the highest
+    val_accuracy (ties: more compute saved). ``min-compute``: the most compute saved (ties: higher
+    val_accuracy). Remaining ties go to the trial evaluated first. test_accuracy is never used.
+    """
+    from layerout.errors import UserError
+
+    f = fr.front.assign(_pos=fr.front.index.to_numpy())  # table order = evaluation order
+    if min_accuracy is not None:
+        ok = f[f["val_accuracy"] >= min_accuracy - 1e-12]
+        if ok.empty:
+            best = f["val_accuracy"].max()
+            raise UserError(
+                f"--min-accuracy {min_accuracy * 100:g}%: no front policy reaches it "
+                f"(best validation accuracy is {best * 100:.2f}%)"
+            )
+        return ok.sort_values(["compute_saved_frac", "val_accuracy", "_pos"], ascending=[False, False, True]).iloc[0]
+    if pick == "knee":
+        return fr.knee_row
+    if pick == "max-accuracy":
+        return f.sort_values(["val_accuracy", "compute_saved_frac", "_pos"], ascending=[False, False, True]).iloc[0]
+    if pick == "min-compute":
+        return f.sort_values(["compute_saved_frac", "val_accuracy", "_pos"], ascending=[False, False, True]).iloc[0]
+    raise UserError(f"--pick {pick!r}: allowed: knee, max-accuracy, min-compute")

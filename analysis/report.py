@@ -1,0 +1,209 @@
+"""report.html: one self-contained page (images embedded as base64 data URIs, no external files)."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from analysis.front import Front
+from analysis.policies import parse_schedule, schedule_summary
+from analysis.results import Experiment, finished_mask, stopped_mask
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+color:#222;padding:0 16px;line-height:1.45}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.86em;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 7px}
+th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.knee td{background:#fdecea;font-weight:600}td.test{color:#777}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.82em;white-space:pre-wrap}
+.muted{color:#666;font-size:.88em}.kv td:first-child{font-weight:600}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _pct(x: Any, digits: int = 2) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(v) else f"{100 * v:.{digits}f}%"
+
+
+def _num(x: Any, fmt: str = "{:.4g}") -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return _esc(x)
+    return "–" if math.isnan(v) else fmt.format(v)
+
+
+def image_data_uri(path: str | Path) -> str:
+    """A PNG file as a ``data:image/png;base64,...`` URI."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _kv_table(d: Mapping[str, Any]) -> str:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v)
+        rows.append(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>")
+    return "<table class='kv'>" + "".join(rows) + "</table>" if rows else "<p class='muted'>(none)</p>"
+
+
+def front_table_html(fr: Front, policy_files: Mapping[str, str] | None = None) -> str:
+    """The front as an HTML table (id="front-table"); test accuracy shown, never used to choose."""
+    policy_files = policy_files or {}
+    head = ("<tr><th>#</th><th>trial</th><th>family</th><th>paper config</th><th>schedule</th>"
+            "<th>val acc</th><th>compute saved</th><th>time saved</th><th>params frozen</th>"
+            "<th>test acc<br><span class='muted'>(not used to choose)</span></th><th>policy file</th></tr>")
+    body = []
+    for i, (_, r) in enumerate(fr.front.iterrows(), 1):
+        knee = r["trial_id"] == fr.knee
+        tags = (" ★ knee" if knee else "") + (" (stopped early)" if bool(r.get("stopped", False)) else "")
+        body.append(
+            f"<tr class='{'knee' if knee else ''}'><td class='num'>{i}</td><td>{_esc(r['trial_id'])}{_esc(tags)}</td>"
+            f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'])}</td>"
+            f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td>"
+            f"<td class='num'>{_pct(r['val_accuracy'])}</td><td class='num'>{_pct(r['compute_saved_frac'], 1)}</td>"
+            f"<td class='num'>{_pct(r['time_saved_frac'], 1)}</td><td class='num'>{_pct(r['params_frozen_frac'], 1)}</td>"
+            f"<td class='num test'>{_pct(r['test_accuracy'])}</td>"
+            f"<td>{_esc(policy_files.get(r['trial_id'], ''))}</td></tr>"
+        )
+    return f"<table id='front-table'>{head}{''.join(body)}</table>"
+
+
+def _trials_table(exp: Experiment, fr: Front) -> str:
+    t = exp.trials
+    fin, stp = finished_mask(exp), stopped_mask(exp)
+    front_ids = set(fr.front["trial_id"])
+    head = ("<tr><th>trial</th><th>status</th><th>epochs</th><th>family</th><th>paper config</th><th>schedule</th>"
+            "<th>val acc</th><th>compute saved</th><th>time saved</th><th>test acc</th><th>on front</th></tr>")
+    rows = []
+    order = t.sort_values("val_accuracy", ascending=False, na_position="last").index
+    for idx in order:
+        r = t.loc[idx]
+        state = r["status"] + (" · stopped early" if stp.loc[idx] else "") + ("" if fin.loc[idx] or stp.loc[idx] else " · unfinished")
+        rows.append(
+            f"<tr><td>{_esc(r['trial_id'])}</td><td>{_esc(state)}</td><td class='num'>{_num(r['epochs_done'], '{:.0f}')}</td>"
+            f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'])}</td>"
+            f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td>"
+            f"<td class='num'>{_pct(r['val_accuracy'])}</td><td class='num'>{_pct(r['compute_saved_frac'], 1)}</td>"
+            f"<td class='num'>{_pct(r['time_saved_frac'], 1)}</td><td class='num test'>{_pct(r['test_accuracy'])}</td>"
+            f"<td>{'yes' if r['trial_id'] in front_ids else ''}</td></tr>"
+        )
+    return f"<table id='trials-table'>{head}{''.join(rows)}</table>"
+
+
+def build_report(
+    exp: Experiment,
+    fr: Front,
+    images: Mapping[str, str | Path],
+    commands: Mapping[str, str],
+    policy_files: Mapping[str, str] | None = None,
+) -> str:
+    """The report as an HTML string. ``images``: caption -> PNG path (embedded);
+    ``commands``: trial id -> retrain command; ``policy_files``: trial id -> file shown."""
+    meta = exp.meta
+    t = exp.trials
+    fin, stp = finished_mask(exp), stopped_mask(exp)
+    n_err = int((t["status"] == "ERROR").sum())
+    k = fr.knee_row
+    summary = {
+        "experiment": exp.name,
+        "directory": str(exp.path.resolve()),
+        "model / dataset": f"{exp.model or '?'} / {exp.dataset or '?'}",
+        "epoch budget": exp.epoch_budget if exp.epoch_budget else "?",
+        "trials": f"{len(t)} in all: {int(fin.sum())} finished, {int(stp.sum())} stopped early by the scheduler, "
+                  f"{n_err} failed, {len(t) - int(fin.sum()) - int(stp.sum()) - n_err} other",
+        "front built from": f"{len(fr.candidates)} trials ("
+                            + ("finished and stopped-early" if fr.include_stopped else "full epoch budget only")
+                            + (f"; ignored for missing metrics: {', '.join(fr.dropped)}" if fr.dropped else "") + ")",
+        "objectives": ", ".join(f"{n} ({m})" for n, m in fr.objectives),
+        "knee": f"{k['trial_id']} ({k['family']}): val acc {_pct(k['val_accuracy'])}, "
+                f"compute saved {_pct(k['compute_saved_frac'], 1)}, test acc {_pct(k['test_accuracy'])}",
+        "baseline val accuracy": _pct(fr.baseline_accuracy) if fr.baseline_accuracy is not None else "no baseline trial",
+    }
+    for ref, hv in fr.hypervolume.items():
+        summary[f"hypervolume vs {ref}"] = f"{hv:.5f}"
+    summary["results read from"] = exp.source
+    for key in ("created", "finished"):
+        if meta.get(key):
+            summary[key] = meta[key]
+
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_esc(exp.name)} · layerout-tune report</title><style>{CSS}</style></head><body>",
+        f"<h1>Layer-freezing search: {_esc(exp.name)}</h1>",
+        "<p class='muted'>Validation accuracy (a held-out split of the training set) and compute saved "
+        "(training FLOPs autograd ran, relative to the unfrozen model on the same steps) are the two objectives. "
+        "Test accuracy is shown for reference and is never used to choose.</p>",
+        "<h2>Summary</h2>", _kv_table(summary),
+        "<h2>Pareto front</h2>",
+    ]
+    cap = dict(images)
+    if "pareto" in cap:
+        parts.append(f"<img alt='Pareto front' src='{image_data_uri(cap['pareto'])}'>")
+    parts.append(front_table_html(fr, policy_files))
+    parts.append("<p class='muted'>The knee is the front point farthest beyond the straight line joining the "
+                 "front's two ends, with both axes scaled to [0, 1]. Hypervolume: area (fraction × fraction) "
+                 "dominated by the front above the reference point.</p>")
+    if "front_policies" in cap:
+        parts += ["<h2>Where freezing pays: the front's policies per unit</h2>",
+                  f"<img alt='Front policies per unit' src='{image_data_uri(cap['front_policies'])}'>",
+                  "<p class='muted'>Scheduled value: layerout = freeze probability v<sub>i</sub> per epoch "
+                  "(random v: mean 0.5); freezeout = fraction of training the unit is frozen (1 − t<sub>i</sub>); "
+                  "prefix = 1 for the frozen prefix; adaptive = fraction of training after the unit froze. "
+                  "Measured: fraction of epochs each unit was frozen (epochs.csv).</p>"]
+    if "curves" in cap:
+        parts += ["<h2>Learning curves</h2>", f"<img alt='Validation accuracy by epoch' src='{image_data_uri(cap['curves'])}'>"]
+    for name, p in cap.items():
+        if name not in ("pareto", "front_policies", "curves"):
+            parts += [f"<h2>{_esc(name)}</h2>", f"<img alt='{_esc(name)}' src='{image_data_uri(p)}'>"]
+
+    parts.append("<h2>Retrain a front policy</h2><p class='muted'>Run from the experiment directory "
+                 "(no Ray needed). Or export one: <code>python -m analysis.export "
+                 f"{_esc(exp.path)} --pick knee -o policy.json</code>.</p>")
+    cmd_lines = []
+    for _, r in fr.front.iterrows():
+        tid = r["trial_id"]
+        if tid in commands:
+            tag = "  # knee" if tid == fr.knee else ""
+            cmd_lines.append(f"# {tid}: {r['family']}, val acc {_pct(r['val_accuracy'])}, "
+                             f"compute saved {_pct(r['compute_saved_frac'], 1)}{tag}\n{commands[tid]}")
+    parts.append(f"<pre id='retrain-commands'>{_esc(chr(10).join(cmd_lines))}</pre>")
+
+    parts.append(f"<h2>All trials</h2><details><summary>{len(t)} trials</summary>{_trials_table(exp, fr)}</details>")
+    parts.append("<h2>Search settings</h2>")
+    if meta.get("space_file"):
+        parts.append(f"<p>search space file: <code>{_esc(meta['space_file'])}</code></p>")
+    parts.append(_kv_table(meta.get("options") or {}))
+    if meta.get("space") is not None:
+        parts.append("<details><summary>resolved search space</summary>"
+                     f"<pre>{_esc(json.dumps(meta['space'], indent=2, default=str))}</pre></details>")
+    if meta.get("units"):
+        parts.append(f"<p>units ({len(meta['units'])}, input → output): {_esc(', '.join(map(str, meta['units'])))}</p>")
+    parts.append("<h2>Versions</h2>" + _kv_table(meta.get("versions") or {}))
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts.append(f"<p class='muted'>Written by <code>python -m analysis</code> at {stamp}.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | Path, *args: Any, **kwargs: Any) -> Path:
+    """``build_report(*args, **kwargs)`` written to ``path`` (atomically)."""
+    path = Path(path)
+    text = build_report(*args, **kwargs)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+

@@ -1,0 +1,495 @@
+"""Read a stored experiment directory into pandas, without Ray.
+
+An experiment directory (docs/ARCHITECTURE.md) holds ``experiment.json``, ``trials.csv`` (one
+row per trial) and ``epochs.csv`` (one row per trial-epoch), next to Ray Tune's own files. When
+the CSV files are missing (a search that was killed before writing them, or results copied
+without them) the tables are rebuilt from Ray Tune's per-trial ``result.json`` files: JSON lines,
+one per reported epoch, each carrying the metrics plus ``trial_id``, ``config`` and ``done``.
+
+``load_experiment(dir)`` returns an :class:`Experiment`; ``select_trials`` picks the trials that
+may enter a Pareto front (by default only those that trained the full epoch budget).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from layerout.errors import UserError
+
+# Every trial reports these once per epoch (DESIGN.md "What a trial reports").
+METRICS = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "params_frozen_frac",
+    "compute_saved_frac",
+    "compute_spent_gflop",
+    "time_saved_frac",
+    "train_time_s",
+]
+EXTRA_EPOCH_COLUMNS = ["lr", "frozen_units", "synthetic"]
+OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
+
+# Columns read as text: trial ids like "00001" and masks like "0110" must not become numbers.
+_STR_COLUMNS = ["trial_id", "status", "paper_config", "family", "policy", "frozen_units"]
+_RAY_SKIP_DIRS = {"policies", "__pycache__", ".git"}
+
+
+@dataclass
+class Experiment:
+    """One experiment's stored results.
+
+    ``meta``: experiment.json (a minimal stand-in when only Ray's files exist);
+    ``trials``: one row per trial (trials.csv columns, normalized: ``trial_id`` and text columns
+    as str, ``stopped_early`` as bool, ``epochs_done`` as float, missing metric columns as NaN);
+    ``epochs``: one row per trial-epoch; ``source``: where the tables came from
+    (``"csv"``, ``"ray"`` or ``"csv+ray"``).
+    """
+
+    meta: dict
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    path: Path = field(default_factory=Path)
+    source: str = "csv"
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.path.name)
+
+    @property
+    def epoch_budget(self) -> int | None:
+        """Epochs every trial was asked to train (experiment.json ``epochs``; inferred if absent)."""
+        e = self.meta.get("epochs")
+        if isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0:
+            return int(e)
+        return None
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        obj = self.meta.get("objectives")
+        try:
+            pairs = tuple((str(n), str(m)) for n, m in obj)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            return OBJECTIVES
+        return pairs if len(pairs) >= 2 else OBJECTIVES
+
+    @property
+    def units(self) -> list[str]:
+        u = self.meta.get("units")
+        return [str(x) for x in u] if isinstance(u, list) else []
+
+    @property
+    def model(self) -> str | None:
+        return self.meta.get("model") or _first_config_value(self.trials, "model")
+
+    @property
+    def dataset(self) -> str | None:
+        return self.meta.get("dataset") or _first_config_value(self.trials, "dataset")
+
+
+def _first_config_value(trials: pd.DataFrame, key: str) -> Any:
+    for col in (f"config/{key}", f"config/train/{key}", key):
+        if col in trials.columns:
+            vals = trials[col].dropna()
+            if len(vals):
+                return vals.iloc[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_experiment(exp_dir: str | Path) -> Experiment:
+    """Load ``exp_dir`` into an :class:`Experiment`.
+
+    Uses experiment.json, trials.csv and epochs.csv; a missing trials.csv or epochs.csv is
+    rebuilt from Ray Tune's ``result.json`` files under ``exp_dir``. Raises ``UserError`` when the
+    directory does not exist, is not an experiment (no experiment.json and no Ray results), a
+    file is malformed, or no trial has reported anything yet.
+    """
+    path = Path(exp_dir)
+    if not path.exists():
+        raise UserError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory (expected an experiment directory)")
+    meta_file = path / "experiment.json"
+    trials_file, epochs_file = path / "trials.csv", path / "epochs.csv"
+    meta: dict | None = None
+    if meta_file.exists():
+        meta = _read_meta(meta_file)
+
+    ray_trials: pd.DataFrame | None = None
+    ray_epochs: pd.DataFrame | None = None
+    if not trials_file.exists() or not epochs_file.exists():
+        result_files = _find_ray_results(path)
+        if result_files:
+            ray_trials, ray_epochs = _rebuild_from_ray(result_files, meta)
+        elif meta is None:
+            raise UserError(
+                f"{path}: not an experiment directory (no experiment.json, trials.csv or Ray "
+                "result.json files); pass the directory tune_main.py printed, e.g. results/demo-..."
+            )
+
+    if meta is None:
+        meta = {"name": path.name, "format": "layerout-experiment", "version": 1,
+                "note": "experiment.json missing; rebuilt from Ray Tune's result.json files"}
+    sources = []
+    if trials_file.exists():
+        trials = _read_csv(trials_file, required=["trial_id"])
+        sources.append("csv")
+    elif ray_trials is not None:
+        trials = ray_trials
+        sources.append("ray")
+    else:
+        raise UserError(f"{path}: experiment has no trials yet (no trials.csv and no Ray result.json files)")
+    if epochs_file.exists():
+        epochs = _read_csv(epochs_file, required=["trial_id"])
+        if "csv" not in sources:
+            sources.append("csv")
+    elif ray_epochs is not None:
+        epochs = ray_epochs
+        if "ray" not in sources:
+            sources.append("ray")
+    else:
+        epochs = pd.DataFrame(columns=["trial_id"] + METRICS)
+
+    if "epochs" not in meta or meta.get("epochs") in (None, 0):
+        guess = _guess_epoch_budget(trials, epochs)
+        if guess:
+            meta = {**meta, "epochs": guess, "epochs_inferred": True}
+    trials = _normalize_trials(trials, meta, epochs, trials_file if trials_file.exists() else path)
+    epochs = _normalize_epochs(epochs)
+    if trials.empty:
+        raise UserError(f"{trials_file if trials_file.exists() else path}: experiment has no trials yet")
+    return Experiment(meta=meta, trials=trials, epochs=epochs, path=path, source="+".join(sources))
+
+
+def _read_meta(meta_file: Path) -> dict:
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{meta_file}: cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_file}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
+    fmt = meta.get("format")
+    if fmt is not None and fmt != "layerout-experiment":
+        raise UserError(f"{meta_file}: field 'format' is {fmt!r}; allowed: 'layerout-experiment'")
+    ver = meta.get("version")
+    if ver is not None and ver != 1:
+        raise UserError(f"{meta_file}: field 'version' is {ver!r}; this analysis reads version 1")
+    return meta
+
+
+def _read_csv(file: Path, required: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(file, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=required)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise UserError(f"{file}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise UserError(f"{file}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def _guess_epoch_budget(trials: pd.DataFrame, epochs: pd.DataFrame) -> int | None:
+    for col in ("config/epochs", "config/train/epochs"):
+        if col in trials.columns:
+            v = pd.to_numeric(trials[col], errors="coerce").dropna()
+            if len(v):
+                return int(v.max())
+    for df, col in ((trials, "epochs_done"), (trials, "epoch"), (epochs, "epoch")):
+        if col in df.columns:
+            v = pd.to_numeric(df[col], errors="coerce").dropna()
+            if len(v):
+                return int(v.max())
+    return None
+
+
+def _to_bool(x: Any) -> bool:
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return False
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return bool(x)
+    return str(x).strip().lower() in ("true", "1", "yes", "y", "t")
+
+
+def _family_of(policy: Any) -> str:
+    try:
+        d = json.loads(policy) if isinstance(policy, str) else policy
+    except (TypeError, ValueError):
+        return ""
+    return str(d.get("kind", "")) if isinstance(d, dict) else ""
+
+
+def _normalize_trials(trials: pd.DataFrame, meta: dict, epochs: pd.DataFrame, where: Path) -> pd.DataFrame:
+    t = trials.copy()
+    t["trial_id"] = t["trial_id"].astype(str)
+    for col in METRICS:
+        if col not in t.columns:
+            t[col] = np.nan
+        t[col] = pd.to_numeric(t[col], errors="coerce")
+    if "status" not in t.columns:
+        t["status"] = "TERMINATED"
+    t["status"] = t["status"].fillna("").astype(str).str.upper()
+    t["stopped_early"] = t["stopped_early"].map(_to_bool) if "stopped_early" in t.columns else False
+    for col in ("paper_config", "family", "policy"):
+        if col not in t.columns:
+            t[col] = ""
+        t[col] = t[col].fillna("").astype(str)
+    missing_family = t["family"] == ""
+    if missing_family.any():
+        t.loc[missing_family, "family"] = t.loc[missing_family, "policy"].map(_family_of)
+    if "epochs_done" not in t.columns:
+        t["epochs_done"] = np.nan
+    t["epochs_done"] = pd.to_numeric(t["epochs_done"], errors="coerce")
+    no_done = t["epochs_done"].isna()
+    if no_done.any():
+        t.loc[no_done, "epochs_done"] = t.loc[no_done, "epoch"]
+        if "epoch" in epochs.columns and len(epochs):
+            last = pd.to_numeric(epochs["epoch"], errors="coerce").groupby(epochs["trial_id"].astype(str)).max()
+            still = t["epochs_done"].isna()
+            t.loc[still, "epochs_done"] = t.loc[still, "trial_id"].map(last)
+    return t.reset_index(drop=True)
+
+
+def _normalize_epochs(epochs: pd.DataFrame) -> pd.DataFrame:
+    e = epochs.copy()
+    e["trial_id"] = e["trial_id"].astype(str)
+    for col in METRICS:
+        if col not in e.columns:
+            e[col] = np.nan
+        e[col] = pd.to_numeric(e[col], errors="coerce")
+    return e.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Tune fallback
+
+
+def _find_ray_results(path: Path) -> list[Path]:
+    out = []
+    for f in sorted(path.rglob("result.json")):
+        rel = f.relative_to(path).parts
+        if any(p in _RAY_SKIP_DIRS or p.startswith(".") for p in rel[:-1]):
+            continue
+        out.append(f)
+    return out
+
+
+def _flatten(d: dict, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v))
+        else:
+            out[key] = v
+    return out
+
+
+def _find_schedule(config: dict) -> dict | None:
+    """The trial's schedule dict in its config: ``policy``/``schedule`` (top level or nested)."""
+    for key in ("policy", "schedule"):
+        v = config.get(key)
+        if isinstance(v, dict) and "kind" in v:
+            return v
+        if isinstance(v, str):
+            try:
+                d = json.loads(v)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and "kind" in d:
+                return d
+    for v in config.values():
+        if isinstance(v, dict):
+            found = _find_schedule(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _find_key(config: dict, key: str) -> Any:
+    if key in config and not isinstance(config[key], dict):
+        return config[key]
+    for v in config.values():
+        if isinstance(v, dict):
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _read_result_lines(file: Path) -> list[dict]:
+    rows = []
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: cannot read ({exc})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            # A trial killed mid-write leaves a torn last line: keep what was complete.
+            if n == len(text.splitlines()):
+                break
+            raise UserError(f"{file}: line {n} is not valid JSON") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _rebuild_from_ray(files: list[Path], meta: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials/epochs tables from Ray Tune's per-trial result.json files."""
+    budget = None
+    if meta and isinstance(meta.get("epochs"), int):
+        budget = meta["epochs"]
+    trial_rows, epoch_rows = [], []
+    for f in files:
+        lines = _read_result_lines(f)
+        tdir = f.parent
+        config: dict = {}
+        if lines and isinstance(lines[-1].get("config"), dict):
+            config = lines[-1]["config"]
+        elif (tdir / "params.json").exists():
+            try:
+                config = json.loads((tdir / "params.json").read_text())
+            except (OSError, ValueError):
+                config = {}
+        trial_id = str(lines[-1].get("trial_id")) if lines and lines[-1].get("trial_id") else tdir.name
+        # one row per epoch; a restarted trial (or Ray's duplicate final result) may report an
+        # epoch twice: the later report wins
+        by_epoch: dict[Any, dict] = {}
+        for i, line in enumerate(lines):
+            by_epoch[line.get("epoch", line.get("training_iteration", i + 1))] = line
+        for ep, line in by_epoch.items():
+            row = {"trial_id": trial_id}
+            for col in METRICS + EXTRA_EPOCH_COLUMNS:
+                row[col] = line.get(col, np.nan)
+            row["epoch"] = ep
+            epoch_rows.append(row)
+        last = lines[-1] if lines else {}
+        # the schedule as it ran (reported as "policy": adaptive freeze epochs, drawn v filled in),
+        # else the one the config asked for
+        schedule = _find_schedule({"policy": last.get("policy")}) or _find_schedule(config)
+        trial_budget = budget or _find_key(config, "epochs")
+        epochs_done = last.get("epoch", last.get("training_iteration", np.nan)) if lines else 0
+        done = bool(last.get("done", False))
+        if (tdir / "error.txt").exists() or (tdir / "error.pkl").exists():
+            status = "ERROR"
+        elif done:
+            status = "TERMINATED"
+        else:
+            status = "RUNNING"
+        has_budget = isinstance(trial_budget, (int, float)) and not isinstance(trial_budget, bool)
+        reached = has_budget and not _isnan(epochs_done) and float(epochs_done) >= float(trial_budget)
+        stopped_early = status == "TERMINATED" and has_budget and not reached
+        row = {
+            "trial_id": trial_id,
+            "status": status,
+            "stopped_early": bool(stopped_early),
+            "paper_config": str(_find_key(config, "paper_config") or ""),
+            "family": str(_find_key(config, "family") or (schedule or {}).get("kind", "")),
+            "epochs_done": epochs_done,
+        }
+        row.update(_flatten(config, "config"))
+        row["policy"] = json.dumps(schedule) if schedule is not None else ""
+        for col in METRICS + EXTRA_EPOCH_COLUMNS:
+            row[col] = last.get(col, np.nan)
+        if lines and (row["test_accuracy"] is None or _isnan(row["test_accuracy"])):
+            # test accuracy is filled at the last epoch; take the latest one reported
+            tests = [ln.get("test_accuracy") for ln in lines if not _isnan(ln.get("test_accuracy"))]
+            if tests:
+                row["test_accuracy"] = tests[-1]
+        trial_rows.append(row)
+    trials = pd.DataFrame(trial_rows)
+    epochs = pd.DataFrame(epoch_rows, columns=["trial_id"] + METRICS + EXTRA_EPOCH_COLUMNS)
+    return trials, epochs
+
+
+def _isnan(x: Any) -> bool:
+    if x is None:
+        return True
+    try:
+        return math.isnan(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# which trials count
+
+
+def finished_mask(exp: Experiment) -> pd.Series:
+    """Trials that trained the full epoch budget (or ended TERMINATED and not stopped early)."""
+    t = exp.trials
+    budget = exp.epoch_budget
+    full = pd.Series(False, index=t.index)
+    if budget is not None:
+        full = t["epochs_done"].fillna(-1) >= budget
+    natural = (t["status"] == "TERMINATED") & ~t["stopped_early"].astype(bool)
+    if budget is not None:
+        # TERMINATED without a flag but short of the budget was stopped by the scheduler
+        natural &= ~(t["epochs_done"].fillna(budget) < budget)
+    return full | natural
+
+
+def stopped_mask(exp: Experiment) -> pd.Series:
+    """Trials the scheduler (ASHA) stopped before the epoch budget."""
+    t = exp.trials
+    flagged = t["stopped_early"].astype(bool)
+    budget = exp.epoch_budget
+    if budget is not None:
+        flagged |= (t["status"] == "TERMINATED") & (t["epochs_done"].fillna(budget) < budget)
+    return flagged & ~finished_mask(exp)
+
+
+def select_trials(exp: Experiment, include_stopped: bool = False) -> pd.DataFrame:
+    """Trials that may enter the front, with a ``stopped`` column (True = ASHA-stopped, included).
+
+    By default only finished trials (full epoch budget); ``include_stopped`` adds the ones the
+    scheduler stopped early. Raises ``UserError`` if none qualifies.
+    """
+    fin = finished_mask(exp)
+    stop = stopped_mask(exp)
+    keep = fin | (stop if include_stopped else False)
+    out = exp.trials[keep].copy()
+    out["stopped"] = stop[keep].astype(bool)
+    if out.empty:
+        counts = exp.trials["status"].replace("", "UNKNOWN").value_counts().to_dict()
+        desc = ", ".join(f"{n} {s}" for s, n in counts.items())
+        hint = ""
+        if stop.any() and not include_stopped:
+            hint = f"; {int(stop.sum())} were stopped early by the scheduler: add --include-stopped to use them"
+        budget = exp.epoch_budget
+        raise UserError(
+            f"{exp.path}: no finished trial (none reached the {budget}-epoch budget; trials: {desc}){hint}"
+            if budget else f"{exp.path}: no finished trial (trials: {desc}){hint}"
+        )
+    return out
+
+
+def baseline_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The unfrozen baseline trials (family ``none`` or paper config ``baseline``)."""
+    fam = trials["family"].astype(str).str.lower()
+    pc = trials["paper_config"].astype(str).str.lower()
+    return trials[(fam == "none") | (pc == "baseline")]

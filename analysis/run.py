@@ -1,0 +1,186 @@
+"""``run_analysis``: everything ``python -m analysis`` does, callable from tune_main.py."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from analysis.export import build_policy, policy_filename, retrain_command, write_policy_file
+from analysis.front import Front, compute_front
+from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_pareto
+from analysis.report import write_report
+from analysis.results import Experiment, load_experiment
+from layerout.errors import UserError
+
+FRONT_COLUMNS = [
+    "rank", "knee", "trial_id", "family", "paper_config", "stopped", "val_accuracy", "compute_saved_frac",
+    "time_saved_frac", "params_frozen_frac", "test_accuracy", "epochs_done", "status", "policy",
+]
+
+
+@dataclass
+class AnalysisResult:
+    """What one analysis produced. ``front``: the Pareto front table (pareto.csv rows);
+    ``knee``: the knee's trial id; ``files``: name -> path of every file written;
+    ``policies``: trial id -> front policy file; ``commands``: trial id -> retrain command;
+    ``table``: the terminal table text."""
+
+    experiment: Experiment
+    result: Front
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    policies: dict[str, Path] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
+    table: str = ""
+    compare: list[Experiment] = field(default_factory=list)
+
+    @property
+    def front(self) -> pd.DataFrame:
+        return self.result.front
+
+    @property
+    def knee(self) -> str:
+        return self.result.knee
+
+    @property
+    def hypervolume(self) -> dict[str, float]:
+        return self.result.hypervolume
+
+
+def _pct(x: Any, digits: int = 2) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else f"{100 * v:.{digits}f}%"
+
+
+def front_table_text(fr: Front) -> str:
+    """The front as a fixed-width terminal table (knee marked with *, stopped-early with ~)."""
+    head = ["", "val acc", "compute saved", "time saved", "test acc", "family", "paper config", "trial id"]
+    rows = []
+    for _, r in fr.front.iterrows():
+        mark = ("*" if r["trial_id"] == fr.knee else "") + ("~" if bool(r.get("stopped", False)) else "")
+        rows.append([mark, _pct(r["val_accuracy"]), _pct(r["compute_saved_frac"], 1), _pct(r["time_saved_frac"], 1),
+                     _pct(r["test_accuracy"]), str(r["family"]), str(r["paper_config"] or "-"), str(r["trial_id"])])
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    right = {1, 2, 3, 4}
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def summary_text(exp: Experiment, fr: Front) -> str:
+    obj = " and ".join(f"{n} ({m})" for n, m in fr.objectives)
+    scope = "finished + stopped-early" if fr.include_stopped else "finished"
+    lines = [f"Pareto front of {exp.name}: {len(fr.front)} of {len(fr.candidates)} {scope} trials, "
+             f"objectives {obj}; test accuracy is shown, never used to choose",
+             front_table_text(fr),
+             "  * knee" + ("   ~ stopped early by the scheduler" if fr.front.get("stopped", pd.Series()).any() else "")]
+    if "(0, 0)" in fr.hypervolume:
+        hv = f"hypervolume vs (0, 0): {fr.hypervolume['(0, 0)']:.5f}"
+        if "(baseline, 0)" in fr.hypervolume:
+            hv += (f"; vs (baseline {_pct(fr.baseline_accuracy)}, 0): "
+                   f"{fr.hypervolume['(baseline, 0)']:.5f}")
+        else:
+            hv += "; no baseline trial, so no hypervolume vs the baseline"
+        lines.append(hv)
+    k = fr.knee_row
+    lines.append(f"knee: trial {k['trial_id']} ({k['family']}{', ' + k['paper_config'] if k['paper_config'] else ''}): "
+                 f"val acc {_pct(k['val_accuracy'])}, compute saved {_pct(k['compute_saved_frac'], 1)}, "
+                 f"time saved {_pct(k['time_saved_frac'], 1)}")
+    if fr.dropped:
+        lines.append(f"ignored (missing metrics): {', '.join(fr.dropped)}")
+    return "\n".join(lines)
+
+
+def pareto_csv_frame(fr: Front) -> pd.DataFrame:
+    f = fr.front.copy()
+    f.insert(0, "rank", range(1, len(f) + 1))
+    first = [c for c in FRONT_COLUMNS if c in f.columns]
+    return f[first + [c for c in f.columns if c not in first]]
+
+
+def run_analysis(
+    exp_dir: str | Path,
+    include_stopped: bool = False,
+    quiet: bool = False,
+    out_dir: str | Path | None = None,
+    compare: Sequence[str | Path] = (),
+    write_policies: bool = True,
+) -> AnalysisResult:
+    """Analyse one experiment directory and write its files.
+
+    Writes into ``out_dir`` (default: the experiment dir) ``pareto.csv``, ``pareto.png``,
+    ``front_policies.png``, ``curves.png``, ``report.html``, and (``write_policies``) every front
+    policy as ``policies/<trial_id>.json`` so the report's retrain commands work; with
+    ``compare`` also ``compare.png``. Prints the summary unless ``quiet``. Raises ``UserError``
+    for a directory that is not an experiment or has no finished trial.
+    """
+    exp = load_experiment(exp_dir)
+    fr = compute_front(exp, include_stopped=include_stopped)
+    others = []
+    for d in compare:
+        e = load_experiment(d)
+        others.append((e, compute_front(e, include_stopped=include_stopped)))
+    out = Path(out_dir) if out_dir is not None else exp.path
+    out.mkdir(parents=True, exist_ok=True)
+    res = AnalysisResult(experiment=exp, result=fr, out_dir=out, compare=[e for e, _ in others])
+
+    csv = out / "pareto.csv"
+    tmp = csv.with_name("pareto.csv.tmp")
+    pareto_csv_frame(fr).to_csv(tmp, index=False)
+    tmp.replace(csv)
+    res.files["pareto.csv"] = csv
+
+    policy_rel: dict[str, str] = {}
+    if write_policies:
+        failed: list[tuple[str, str]] = []
+        for _, r in fr.front.iterrows():
+            label = "front (knee)" if r["trial_id"] == fr.knee else "front"
+            try:
+                doc = build_policy(exp, r, label)
+            except UserError as exc:
+                failed.append((str(r["trial_id"]), str(exc)))
+                continue
+            dest = out / "policies" / policy_filename(r["trial_id"])
+            res.policies[r["trial_id"]] = write_policy_file(doc, dest)
+        if failed:
+            ids = ", ".join(t for t, _ in failed[:6]) + (" ..." if len(failed) > 6 else "")
+            warnings.warn(f"no policy file for {len(failed)} front trial(s) ({ids}): {failed[0][1]}",
+                          UserWarning, stacklevel=2)
+    for _, r in fr.front.iterrows():
+        rel = f"policies/{policy_filename(r['trial_id'])}"
+        policy_rel[r["trial_id"]] = rel if r["trial_id"] in res.policies else ""
+        res.commands[r["trial_id"]] = retrain_command(exp, r, rel)
+
+    images = {
+        "pareto": plot_pareto(exp, fr, out / "pareto.png"),
+        "front_policies": plot_front_policies(exp, fr, out / "front_policies.png"),
+        "curves": plot_curves(exp, fr, out / "curves.png"),
+    }
+    if others:
+        images["Fronts compared"] = plot_compare([(exp, fr)] + others, out / "compare.png")
+    for p in images.values():
+        res.files[p.name] = p
+    res.files["report.html"] = write_report(out / "report.html", exp, fr, images, res.commands, policy_rel)
+
+    res.table = summary_text(exp, fr)
+    if not quiet:
+        print(res.table)
+        for e, f in others:
+            print()
+            print(summary_text(e, f))
+        print()
+        print("wrote " + ", ".join(str(p) for p in res.files.values()))
+        if res.policies:
+            print(f"front policies: {len(res.policies)} in {out / 'policies'}")
+        print(f"report: {res.files['report.html']}")
+    return res
