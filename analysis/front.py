@@ -34,6 +34,11 @@ class Front:
         return self.front[self.front["trial_id"] == self.knee].iloc[0]
 
 
+def _metric_columns(trials: pd.DataFrame) -> list[str]:
+    return [c for c in trials.columns if not str(c).startswith("config/") and c not in ("epochs_done", "stopped_early")
+            and pd.api.types.is_numeric_dtype(trials[c])]
+
+
 def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
     """Select trials, build the front over the experiment's objectives, find the knee.
 
@@ -42,6 +47,12 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
     from layerout.errors import UserError
 
     objectives = exp.objectives
+    missing = [n for n, _ in objectives if n not in exp.trials.columns]
+    if missing:
+        raise UserError(
+            f"{exp.path / 'experiment.json'}: field 'objectives' names {', '.join(missing)}, "
+            f"which trials.csv does not have; allowed: {', '.join(_metric_columns(exp.trials))}"
+        )
     cand = select_trials(exp, include_stopped=include_stopped)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -93,6 +93,9 @@ def _trials_table(exp: Experiment, fr: Front) -> str:
     for idx in order:
         r = t.loc[idx]
         state = r["status"] + (" · stopped early" if stp.loc[idx] else "") + ("" if fin.loc[idx] or stp.loc[idx] else " · unfinished")
+        err = r.get("error")
+        if isinstance(err, str) and err.strip():
+            state += f": {err.strip()[:120]}"
         rows.append(
             f"<tr><td>{_esc(r['trial_id'])}</td><td>{_esc(state)}</td><td class='num'>{_num(r['epochs_done'], '{:.0f}')}</td>"
             f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'])}</td>"

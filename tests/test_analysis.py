@@ -507,3 +507,11 @@ def test_analysis_imports_no_ray():
             "assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_objective_in_experiment_json(tmp_path):
+    d = write_experiment(tmp_path)
+    meta = json.loads((d / "experiment.json").read_text())
+    meta["objectives"] = [["val_accuracy", "max"], ["speedup", "max"]]
+    (d / "experiment.json").write_text(json.dumps(meta))
+    assert_one_line_error(run_module("analysis", d), "objectives", "speedup", "compute_saved_frac")
