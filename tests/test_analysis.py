@@ -330,10 +330,12 @@ def test_cli_include_stopped_and_compare(exp_dir, tmp_path):
         (["--min-accuracy", "93%"], "t_efreeze"),
     ],
 )
-def test_export_picks(exp_dir, tmp_path, args, expected):
+def test_export_picks(exp_dir, tmp_path, capsys, args, expected):
+    from analysis.export import main as export_main
+
     out = tmp_path / "p.json"
-    proc = run_module("analysis.export", exp_dir, *args, "-o", out)
-    assert proc.returncode == 0, proc.stderr
+    assert export_main([str(exp_dir), *args, "-o", str(out)]) == 0  # in-process: the CLI is tested below
+    stdout = capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["format"] == "layerout-policy" and doc["version"] == 1
     assert doc["provenance"]["trial_id"] == expected
@@ -344,7 +346,7 @@ def test_export_picks(exp_dir, tmp_path, args, expected):
     assert doc["measured"]["compute_saved_frac"] == pytest.approx(row[8])
     assert doc["provenance"]["space_file"] == "search_spaces/presets/demo.yaml"
     assert doc["provenance"]["versions"]["ray"] == "2.60.0"
-    assert str(out) in proc.stdout
+    assert str(out) in stdout and expected in stdout
 
 
 def test_export_api_default_path_and_all_front(exp_dir, tmp_path):
