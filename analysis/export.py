@@ -136,18 +136,32 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     }
 
 
+def _as_policy(module: Any, doc: dict) -> Any:
+    """``doc`` as a ``layerout.policy.Policy`` (from_dict or keyword fields), or None if it won't fit."""
+    Policy = module.Policy  # noqa: N806
+    from_dict = getattr(Policy, "from_dict", None)
+    if callable(from_dict):
+        return from_dict(doc)
+    try:
+        return Policy(**{k: doc[k] for k in ("model", "units", "schedule", "measured", "provenance")})
+    except TypeError:
+        return None
+
+
 def write_policy_file(doc: dict, path: Path) -> Path:
-    """Write a policy dict to ``path``: through ``layerout.policy`` when it exists, else plain JSON."""
+    """Write a policy dict to ``path``: through ``layerout.policy.save_policy`` when that module
+    exists (so the file is validated like any other policy), else as plain JSON of the same shape."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        from layerout.policy import Policy, save_policy  # type: ignore[attr-defined]
+        from layerout import policy as policy_module  # type: ignore[attr-defined]
     except ImportError:
-        Policy = save_policy = None  # noqa: N806
-    if Policy is not None and save_policy is not None:
-        fields = {k: doc[k] for k in ("model", "units", "schedule", "measured", "provenance")}
-        save_policy(Policy(**fields), path)
-        return path
+        policy_module = None
+    if policy_module is not None and hasattr(policy_module, "Policy") and hasattr(policy_module, "save_policy"):
+        pol = _as_policy(policy_module, doc)
+        if pol is not None:
+            policy_module.save_policy(pol, path)
+            return path
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
