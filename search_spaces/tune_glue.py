@@ -1,0 +1,309 @@
+"""Glue between Ray Tune and the LayerOut trainer: the trial function, and the result tables.
+
+``train_trial`` is the function trainable every trial runs: it builds the trainer from the trial
+config (``search_spaces.space.trial_to_config``), reports DESIGN.md's metrics once per epoch
+with a checkpoint, and resumes from Ray's checkpoint when the trial is restarted (a worker died,
+or ``--resume`` after the driver was killed). It lives in an importable module (not in
+``tune_main``'s ``__main__``) so Ray pickles it by reference.
+
+``write_tables`` turns the stored per-trial results (Ray's ``result.json`` files, which keep an
+ASHA-stopped trial's last metrics) into ``trials.csv`` and ``epochs.csv``. Ray is imported only
+inside ``train_trial``; the table code needs pandas and pyarrow's file systems.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+# DESIGN.md "What a trial reports", plus the per-epoch extras of docs/ARCHITECTURE.md.
+METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
+           "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
+EXTRA_COLUMNS = ["lr", "frozen_units", "synthetic"]
+TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done"]
+
+
+# ------------------------------------------------------------------------------ the trainable
+def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or v is None or isinstance(v, (int, float, str)):
+            out[k] = v
+        elif hasattr(v, "item"):  # numpy / torch scalars
+            try:
+                out[k] = v.item()
+            except (TypeError, ValueError):
+                out[k] = str(v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> None:
+    """Ray Tune function trainable: one LayerOut training run, reported every epoch."""
+    import torch
+    from ray import tune
+
+    from layerout.schedules import schedule_from_dict
+    from layerout.trainer import TrainConfig, Trainer
+
+    opts = opts or {}
+    threads = opts.get("threads")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    overrides: dict[str, Any] = {}
+    if opts.get("data_dir"):
+        overrides["data_dir"] = opts["data_dir"]
+    if "download" in opts:
+        overrides["download"] = bool(opts["download"])
+    dev = config["train"].get("device", "auto")
+    if dev == "auto":  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES), else CPU
+        import ray
+
+        overrides["device"] = "cuda" if (ray.get_gpu_ids() and torch.cuda.is_available()) else "cpu"
+
+    root = Path(tempfile.gettempdir()) / "layerout-tune-trials"
+    root.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{tune.get_context().get_trial_id()}-", dir=root))
+
+    def report(metrics: dict[str, Any], trainer: Any) -> None:
+        m = _reportable(metrics)
+        sched = getattr(trainer, "schedule", None)
+        if sched is not None and hasattr(sched, "to_dict"):
+            m["policy"] = json.dumps(sched.to_dict(), sort_keys=True)
+        # report() copies out_dir (checkpoint.pt of this epoch) to the trial's storage before
+        # returning, so the trainer may overwrite it next epoch.
+        tune.report(m, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+    try:
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, out_dir, dirs_exist_ok=True)
+            trainer = Trainer.resume(str(out_dir), callbacks=[report], **_resume_kwargs(overrides))
+        else:
+            cfg = TrainConfig(**{**config["train"], **overrides})
+            schedule = schedule_from_dict(config["schedule"])
+            trainer = Trainer(cfg, schedule, out_dir=str(out_dir), callbacks=[report])
+        trainer.fit()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _resume_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments Trainer.resume accepts among the overrides (device / data_dir)."""
+    import inspect
+
+    from layerout.trainer import Trainer
+
+    try:
+        params = inspect.signature(Trainer.resume).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return dict(overrides)
+    return {k: v for k, v in overrides.items() if k in params}
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names: ``trial_<id>``."""
+    return f"trial_{trial.trial_id}"
+
+
+# ------------------------------------------------------------------------------ storage
+def storage_fs(path: str):
+    """(pyarrow FileSystem, path inside it) for a local path or a URI (s3://, gs://, ...)."""
+    import pyarrow.fs as pafs
+
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def read_text(fs: Any, path: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def write_text(fs: Any, path: str, text: str) -> None:
+    """Write a file so that readers never see a half-written one (temp file + move)."""
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode("utf-8"))
+    try:
+        fs.move(tmp, path)
+    except OSError:  # some object stores: no rename; write in place
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode("utf-8"))
+        fs.delete_file(tmp)
+
+
+# ------------------------------------------------------------------------------ result tables
+def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def _trial_sort_key(trial_id: str) -> tuple:
+    tail = trial_id.rsplit("_", 1)[-1]
+    return (0, int(tail), trial_id) if tail.isdigit() else (1, 0, trial_id)
+
+
+def read_result_lines(text: str | None) -> list[dict[str, Any]]:
+    """Ray's result.json: one JSON object per reported epoch (bad trailing lines skipped)."""
+    rows = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed driver
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def epochs_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per epoch; where a restarted trial reported an epoch twice, the later report wins."""
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        by_epoch[r.get("epoch", r.get("training_iteration"))] = r
+    return [by_epoch[e] for e in sorted(by_epoch, key=lambda e: (e is None, e if e is not None else 0))]
+
+
+def build_tables(trials: Iterable[dict[str, Any]], epochs_budget: int):
+    """``trials``: dicts with trial_id, status, config, rows (result.json lines), error.
+
+    Returns (trials DataFrame, epochs DataFrame) in the format of docs/ARCHITECTURE.md.
+    """
+    import pandas as pd
+
+    trial_rows, epoch_rows = [], []
+    trials = list(trials)
+    numbers = [(t.get("config") or {}).get("optuna_trial") for t in trials]
+    if all(isinstance(n, int) for n in numbers):  # the order the searcher suggested them in
+        trials = [t for _, t in sorted(zip(numbers, trials), key=lambda p: p[0])]
+    elif all(str(t["trial_id"]).rsplit("_", 1)[-1].isdigit() for t in trials):
+        trials.sort(key=lambda t: _trial_sort_key(str(t["trial_id"])))
+    for t in trials:  # otherwise in the order given (Ray's: creation order)
+        per_epoch = epochs_of(t.get("rows") or [])
+        config = t.get("config") or (per_epoch[-1].get("config") if per_epoch else {}) or {}
+        last = per_epoch[-1] if per_epoch else {}
+        done = int(last.get("epoch") or 0) if last else 0
+        status = t.get("status") or ("TERMINATED" if done >= epochs_budget else "RUNNING")
+        if t.get("error"):
+            status = "ERROR"
+        stopped = bool(status == "TERMINATED" and done < epochs_budget)
+        row: dict[str, Any] = {
+            "trial_id": str(t["trial_id"]), "status": status, "stopped_early": stopped,
+            "paper_config": config.get("paper_config", "") or "", "family": config.get("family", ""),
+            "epochs_done": done,
+        }
+        row.update(_flatten({k: v for k, v in config.items() if k not in ("paper_config",)}, "config"))
+        policy = last.get("policy") if last else None
+        row["policy"] = policy if policy else json.dumps(config.get("schedule", {}), sort_keys=True)
+        for m in METRICS + EXTRA_COLUMNS:
+            row[m] = last.get(m, math.nan) if last else math.nan
+        if t.get("error"):
+            row["error"] = str(t["error"]).strip().splitlines()[-1][:300] if str(t["error"]).strip() else "error"
+        trial_rows.append(row)
+        for r in per_epoch:
+            epoch_rows.append({"trial_id": str(t["trial_id"]),
+                               **{m: r.get(m, math.nan) for m in METRICS + EXTRA_COLUMNS}})
+    trials_df = pd.DataFrame(trial_rows)
+    if trials_df.empty:
+        trials_df = pd.DataFrame(columns=TRIAL_FIRST_COLUMNS + ["policy"] + METRICS + EXTRA_COLUMNS)
+    else:
+        cfg_cols = sorted(c for c in trials_df.columns if c.startswith("config/"))
+        rest = [c for c in trials_df.columns if c not in TRIAL_FIRST_COLUMNS and c not in cfg_cols
+                and c not in METRICS + EXTRA_COLUMNS + ["policy", "error"]]
+        tail = ["error"] if "error" in trials_df.columns else []
+        trials_df = trials_df[TRIAL_FIRST_COLUMNS + cfg_cols + rest + ["policy"] + METRICS + EXTRA_COLUMNS + tail]
+    epochs_df = pd.DataFrame(epoch_rows, columns=["trial_id"] + METRICS + EXTRA_COLUMNS)
+    return _tidy(trials_df), _tidy(epochs_df)
+
+
+def _tidy(df):
+    """Integer columns stay integers where some rows are empty (1, not 1.0)."""
+    import pandas as pd
+
+    out = df.copy()
+    for c in out.columns:
+        s = out[c]
+        if s.dtype == float and s.notna().any():
+            vals = s.dropna()
+            if (vals == vals.round()).all() and (vals.abs() < 2**53).all() and not c.endswith(("_frac", "accuracy",
+                                                                                                "loss", "_s", "gflop", "lr")):
+                out[c] = s.astype("Int64")
+        elif s.dtype == object:
+            vals = s.dropna()
+            if len(vals) and all(isinstance(x, bool) for x in vals) and len(vals) < len(s):
+                out[c] = s.astype("boolean")
+    return out
+
+
+def pareto_rows(trials_df, objectives: list[tuple[str, str]]):
+    """Non-dominated trials among those that trained the full budget (TERMINATED, not stopped
+    early), sorted by compute saved (the fallback table when ``analysis`` is not available)."""
+    import pandas as pd
+
+    names = [n for n, _ in objectives]
+    df = trials_df[(trials_df["status"] == "TERMINATED") & (~trials_df["stopped_early"].astype(bool))]
+    df = df.dropna(subset=[n for n in names if n in df.columns])
+    if df.empty:
+        return df
+    sign = [1.0 if m == "max" else -1.0 for _, m in objectives]
+    vals = [[s * float(r[n]) for n, s in zip(names, sign)] for _, r in df.iterrows()]
+    keep = []
+    for i, a in enumerate(vals):
+        dominated = any(all(b[j] >= a[j] for j in range(len(a))) and any(b[j] > a[j] for j in range(len(a)))
+                        for k, b in enumerate(vals) if k != i)
+        keep.append(not dominated)
+    front = df[pd.Series(keep, index=df.index)]
+    sort_by = "compute_saved_frac" if "compute_saved_frac" in front.columns else names[-1]
+    return front.sort_values(sort_by)
+
+
+def pareto_text(front) -> str:
+    def pct(x: Any) -> str:
+        try:
+            v = float(x)
+        except (TypeError, ValueError):
+            return "-"
+        return "-" if math.isnan(v) else f"{100 * v:.2f}%"
+
+    head = ["trial id", "family", "paper config", "val acc", "compute saved", "params frozen", "time saved"]
+    rows = [[str(r["trial_id"]), str(r["family"]), str(r["paper_config"] or "-"), pct(r["val_accuracy"]),
+             pct(r["compute_saved_frac"]), pct(r["params_frozen_frac"]), pct(r["time_saved_frac"])]
+            for _, r in front.iterrows()]
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+             for cells in [head, ["-" * w for w in widths]] + rows]
+    return "\n".join(lines)

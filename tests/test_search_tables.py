@@ -1,0 +1,53 @@
+"""trials.csv / epochs.csv from stored per-trial results (search_spaces/tune_glue.py). No Ray."""
+from __future__ import annotations
+
+import json
+import math
+
+from search_spaces.tune_glue import METRICS, build_tables, epochs_of, pareto_rows, read_result_lines
+
+
+def _line(epoch: int, acc: float, saved: float, **kw) -> dict:
+    m = {k: 0.5 for k in METRICS}
+    m.update(epoch=epoch, val_accuracy=acc, compute_saved_frac=saved, test_accuracy=math.nan, lr=0.05,
+             frozen_units="010", synthetic=False, **kw)
+    return m
+
+
+def _trial(tid, n, family="layerout", paper="", epochs_list=None, acc=0.9, saved=0.2, status="TERMINATED",
+           error=None, number=0):
+    cfg = {"family": family, "paper_config": paper, "optuna_trial": number,
+           "train": {"model": "digits_cnn", "epochs": 3, "lr_milestones": [2]},
+           "schedule": {"kind": family}}
+    rows = [_line(e, acc, saved) for e in (epochs_list or range(1, n + 1))]
+    return {"trial_id": tid, "status": status, "config": cfg, "rows": rows, "error": error}
+
+
+def test_tables_mark_stopped_errors_and_paper_configs():
+    trials = [
+        _trial("b", 1, saved=0.5, number=1),                         # ASHA stopped after 1 epoch
+        _trial("a", 3, family="none", paper="baseline", acc=0.95, saved=0.0, number=0),
+        _trial("c", 2, status="ERROR", error="Traceback...\nRuntimeError: boom", number=2),
+        _trial("d", 3, epochs_list=[1, 2, 2, 3], number=3),        # restarted from its epoch-1 checkpoint
+    ]
+    t, e = build_tables(trials, epochs_budget=3)
+    assert t["trial_id"].tolist() == ["a", "b", "c", "d"]  # in the order they were suggested
+    assert t["stopped_early"].tolist() == [False, True, False, False]
+    assert t["status"].tolist() == ["TERMINATED", "TERMINATED", "ERROR", "TERMINATED"]
+    assert t["paper_config"].tolist() == ["baseline", "", "", ""]
+    assert t["epochs_done"].tolist() == [3, 1, 2, 3]
+    assert t.loc[2, "error"] == "RuntimeError: boom"
+    for m in METRICS + ["lr", "frozen_units", "policy", "config/train/model", "config/schedule/kind"]:
+        assert m in t.columns
+    assert json.loads(t.loc[0, "config/train/lr_milestones"]) == [2]
+    assert json.loads(t.loc[0, "policy"]) == {"kind": "none"}
+    assert len(e) == 3 + 1 + 2 + 3 and e[e.trial_id == "d"]["epoch"].tolist() == [1, 2, 3]
+    front = pareto_rows(t, [("val_accuracy", "max"), ("compute_saved_frac", "max")])
+    assert front["trial_id"].tolist() == ["a", "d"]  # stopped and errored trials never enter the front
+
+
+def test_result_lines_skip_a_cut_line_and_later_reports_win():
+    text = json.dumps({"epoch": 1, "val_accuracy": 0.1}) + "\n" + json.dumps({"epoch": 1, "val_accuracy": 0.2}) \
+        + "\n" + '{"epoch": 2, "val_acc'
+    rows = epochs_of(read_result_lines(text))
+    assert [(r["epoch"], r["val_accuracy"]) for r in rows] == [(1, 0.2)]

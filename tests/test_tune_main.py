@@ -1,0 +1,256 @@
+"""tune_main.py end to end on CPU: real searches on digits through the command line's code path.
+
+Every search here starts its own local Ray on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and
+shuts it down before returning (tune_main.main does both); the cluster test starts and stops a
+real head node with ray.cluster_utils.Cluster. Small: 3 epochs of digits_cnn per trial.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts Ray: loopback only
+
+import pandas as pd  # noqa: E402
+
+pytest.importorskip("layerout.trainer", reason="the search runs the LayerOut trainer")
+import tune_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
+           "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
+EPOCHS = 3
+
+
+def _space(tmp_path: Path, name: str, families: str, extra: str = "") -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"""
+name: {name}
+model: digits_cnn
+dataset: digits
+train: {{epochs: {EPOCHS}, batch_size: 64, lr: 0.05, augment: false, device: cpu}}
+families:
+{families}
+paper_configs: true
+paper_warmup_epochs: 1
+early_stopping: {{scheduler: asha, grace_period: 1, reduction_factor: 2}}
+num_samples: 4
+max_concurrent: 2
+seed: 0
+{extra}
+""")
+    return p
+
+
+MIXED = """  layerout: {vector: per_unit, v: [0.0, 0.9], warmup_epochs: [0, 1], v_mode: [manual, random_epoch]}
+  prefix: {k: [1, 2], start_epoch: [0, 1]}
+  freezeout: {t0: [0.5, 1.0]}"""
+
+
+def _read(exp: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    trials = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str, "paper_config": str, "frozen_units": str})
+    epochs = pd.read_csv(exp / "epochs.csv", dtype={"trial_id": str, "frozen_units": str})
+    meta = json.loads((exp / "experiment.json").read_text())
+    return trials, epochs, meta
+
+
+def _result_lines(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    if not f.exists():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def test_search_writes_experiment_trials_and_epochs(tmp_path):
+    space = _space(tmp_path, "four", MIXED)
+    rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "four",
+                         "--num-samples", "4", "--no-analysis"])
+    assert rc == 0
+    exp = tmp_path / "res" / "four"
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    for col in ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done", "policy",
+                *METRICS, "lr", "frozen_units", "config/train/model", "config/schedule/kind"]:
+        assert col in trials.columns, col
+    for col in ["trial_id", *METRICS]:
+        assert col in epochs.columns, col
+    # the paper's configurations come first and are marked
+    assert trials["paper_config"].fillna("").tolist() == ["baseline", "since_start", "warmup_random", "efreeze"]
+    assert trials["family"].tolist() == ["none", "layerout", "layerout", "layerout"]
+    assert (trials["status"] == "TERMINATED").all()
+    full = trials[~trials["stopped_early"]]
+    assert len(full) >= 1 and (full["epochs_done"] == EPOCHS).all()
+    assert full[METRICS].notna().all().all()  # test_accuracy is filled at the last epoch
+    assert trials[[m for m in METRICS if m != "test_accuracy"]].notna().all().all()
+    assert trials.loc[trials["paper_config"] == "baseline", "compute_saved_frac"].iloc[0] == pytest.approx(0.0, abs=1e-9)
+    # one epochs.csv row per trial-epoch
+    assert len(epochs) == int(trials["epochs_done"].sum())
+    for tid, g in epochs.groupby("trial_id"):
+        assert g["epoch"].tolist() == list(range(1, len(g) + 1))
+    pol = json.loads(trials.loc[trials["paper_config"] == "efreeze", "policy"].iloc[0])
+    assert pol["kind"] == "layerout" and pol["v"] == [0.9, 0.5, 0.1] and pol["warmup_epochs"] == 1
+    assert meta["format"] == "layerout-experiment" and meta["version"] == 1 and meta["name"] == "four"
+    assert meta["units"] == ["conv1", "conv2", "head"] and meta["epochs"] == EPOCHS
+    assert meta["objectives"] == [["val_accuracy", "max"], ["compute_saved_frac", "max"]]
+    assert meta["finished"] and meta["created"] and {"python", "torch", "ray", "optuna"} <= set(meta["versions"])
+    assert meta["options"]["num_samples"] == 4 and meta["space"]["model"] == "digits_cnn"
+
+
+def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path):
+    # After the paper's configurations, every trial freezes (almost) every unit from epoch 0 on.
+    high = "  layerout: {vector: per_unit, v: [0.97, 1.0], warmup_epochs: 0, v_mode: manual}"
+    space = _space(tmp_path, "asha", high, extra="")
+    rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "asha",
+                         "--num-samples", "6", "--max-concurrent", "1", "--no-analysis"])
+    assert rc == 0
+    trials, epochs, _ = _read(tmp_path / "res" / "asha")
+    assert len(trials) == 6
+    stopped = trials[trials["stopped_early"]]
+    assert len(stopped) >= 1, trials[["trial_id", "paper_config", "epochs_done", "val_accuracy"]]
+    assert (stopped["status"] == "TERMINATED").all() and (stopped["epochs_done"] < EPOCHS).all()
+    assert stopped["val_accuracy"].notna().all() and stopped["compute_saved_frac"].notna().all()
+    for tid, done in zip(stopped["trial_id"], stopped["epochs_done"]):
+        assert (epochs["trial_id"] == tid).sum() == done
+    base = trials.loc[trials["paper_config"] == "baseline"].iloc[0]
+    assert not base["stopped_early"] and base["epochs_done"] == EPOCHS
+
+
+def test_cluster_mode_with_address(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    address = cluster.address
+    assert address.startswith("127.0.0.1:")
+    try:
+        space = _space(tmp_path, "clu", MIXED)
+        rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "clu",
+                             "--address", address, "--num-samples", "2", "--no-analysis"])
+        assert rc == 0
+    finally:
+        cluster.shutdown()
+    trials, _, meta = _read(tmp_path / "res" / "clu")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+    assert meta["options"]["address"] == address
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _finished_trials(exp: Path) -> set[str]:
+    done = set()
+    for d in exp.glob("trial_*"):
+        if any(r.get("epoch") == EPOCHS for r in _result_lines(d)):
+            done.add(d.name.removeprefix("trial_"))
+    return done
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    space = _space(tmp_path, "res", MIXED)
+    exp = tmp_path / "res" / "killed"
+    log = open(tmp_path / "driver.log", "w")
+    cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
+           "--name", "killed", "--num-samples", "5", "--max-concurrent", "1", "--scheduler", "none",
+           "--no-analysis"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None and len(_finished_trials(exp)) < 2:
+            time.sleep(0.3)
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert len(_finished_trials(exp)) >= 2, "no two trials finished in time"
+        time.sleep(1.0)
+        finished_before = _finished_trials(exp)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only
+        proc.wait()
+    finally:
+        time.sleep(1.0)
+        try:  # Ray processes the dead driver had started (its own session): ours to clean up
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        log.close()
+    assert len(finished_before) < 5
+    assert not (exp / "trials.csv").exists()
+
+    out = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
+                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    assert (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()
+    assert finished_before <= set(trials["trial_id"])
+    for tid in trials["trial_id"]:
+        lines = _result_lines(exp / f"trial_{tid}")
+        starts = [r for r in lines if r.get("epoch") == 1]
+        assert len(starts) == 1, f"trial {tid} was trained from scratch again"
+        if tid in finished_before:
+            assert len(lines) == EPOCHS, f"finished trial {tid} ran again after --resume"
+    assert len(epochs) == 5 * EPOCHS
+    assert meta["finished"] and meta.get("resumed")
+    assert trials["paper_config"].fillna("").tolist()[:5] == ["baseline", "since_start", "warmup_random",
+                                                             "efreeze", "dfreeze"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, env=_env(), timeout=120)
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: digits_cnn\nfamilies: {layerout: [\n")
+    out = _cli("--space", str(bad), cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"error: {bad}: not valid YAML") and "Traceback" not in out.stderr
+
+    out = _cli("--preset", "no-such-preset", cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "unknown preset 'no-such-preset'; available: demo" in out.stderr
+
+    notexp = tmp_path / "notexp"
+    notexp.mkdir()
+    (notexp / "notes.txt").write_text("keep me")
+    out = _cli("--resume", str(notexp), cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "not an experiment directory" in out.stderr
+    assert sorted(p.name for p in notexp.iterdir()) == ["notes.txt"] and (notexp / "notes.txt").read_text() == "keep me"
+
+    out = _cli("--resume", str(tmp_path / "missing"), cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+    out = _cli("--preset", "demo", "--gpus-per-trial", "-1", cwd=tmp_path)
+    assert out.returncode == 2 and "--gpus-per-trial" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+    out = _cli("--list-presets", cwd=tmp_path)
+    assert out.returncode == 0
+    names = [line.split()[0] for line in out.stdout.strip().splitlines()]
+    assert {"demo", "paper-mnist", "paper-cifar10-vgg16", "paper-cifar10-resnet110", "paper-cifar100-vgg16",
+            "paper-cifar100-resnet110"} <= set(names)
+
+
+def test_existing_experiment_is_not_overwritten(tmp_path):
+    exp = tmp_path / "res" / "taken"
+    exp.mkdir(parents=True)
+    (exp / "experiment.json").write_text("{}")
+    out = _cli("--preset", "demo", "--storage", str(tmp_path / "res"), "--name", "taken", cwd=tmp_path)
+    assert out.returncode == 2 and "already exists" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (exp / "experiment.json").read_text() == "{}"
