@@ -1,0 +1,164 @@
+"""Honest compute accounting: the FLOPs autograd really runs for a mask, and measured time.
+
+``step_flops`` runs one real forward + backward of the model under ``FlopCounterMode`` with
+the mask's ``requires_grad`` settings. Autograd then skips exactly what freezing saves: a frozen
+unit's weight-gradient work always, and the input-gradient work of a frozen prefix (nothing
+before it needs a gradient). Parameter counts would claim far more (REFERENCE.md: a frozen
+parameter is not a FLOP saved).
+
+Counts are per sample (matmuls and convolutions are linear in the batch), measured on a tiny
+batch with the model in eval mode so BatchNorm statistics are untouched, and cached per mask.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def step_flops(model: nn.Module, unit_params: list[list[nn.Parameter]], frozen: tuple[bool, ...],
+               x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = nn.functional.cross_entropy) -> int:
+    """FLOPs of one training step (forward + backward) on batch ``x`` with ``frozen`` units.
+
+    The model's parameters, gradients, ``requires_grad`` flags, train/eval modes and buffers are
+    left exactly as they were. A mask freezing every unit (with no other parameters) raises
+    ValueError: there would be nothing to train.
+    """
+    if len(frozen) != len(unit_params):
+        raise ValueError(f"mask has {len(frozen)} entries for {len(unit_params)} units")
+    in_units = {id(p) for ps in unit_params for p in ps}
+    others = [p for p in model.parameters() if id(p) not in in_units]
+    if all(frozen) and not any(p.requires_grad for p in others):
+        raise ValueError("a mask may not freeze every unit: nothing would train")
+    params = list(model.parameters())
+    saved_rg = [p.requires_grad for p in params]
+    saved_grad = [p.grad for p in params]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()  # BatchNorm uses running stats and does not update them; FLOPs of convs/matmuls are the same
+        for ps, f in zip(unit_params, frozen):
+            for p in ps:
+                p.requires_grad_(not f)
+        for p in params:
+            p.grad = None
+        with FlopCounterMode(display=False) as counter:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+        return int(counter.get_total_flops())
+    finally:
+        for p, rg, g in zip(params, saved_rg, saved_grad):
+            p.requires_grad_(rg)
+            p.grad = g
+        for m, mode in modes:
+            m.training = mode
+
+
+class FlopCache:
+    """Per-sample training FLOPs for each mask seen, measured once on a small probe batch."""
+
+    def __init__(self, model: nn.Module, unit_params: list[list[nn.Parameter]], probe_x: torch.Tensor,
+                 probe_y: torch.Tensor, loss_fn: LossFn = nn.functional.cross_entropy) -> None:
+        self.model, self.unit_params, self.loss_fn = model, unit_params, loss_fn
+        self.probe_x, self.probe_y = probe_x, probe_y
+        self.per_sample: dict[tuple[bool, ...], float] = {}
+
+    def __call__(self, frozen: tuple[bool, ...]) -> float:
+        key = tuple(bool(f) for f in frozen)
+        if key not in self.per_sample:
+            n = len(self.probe_x)
+            self.per_sample[key] = step_flops(self.model, self.unit_params, key, self.probe_x,
+                                              self.probe_y, self.loss_fn) / n
+        return self.per_sample[key]
+
+
+@dataclass
+class ComputeLedger:
+    """Running totals behind compute_saved_frac, compute_spent_gflop, params_frozen_frac and
+    time_saved_frac. Plain numbers only, so it round-trips through a checkpoint."""
+
+    flops_spent: float = 0.0
+    flops_unfrozen: float = 0.0
+    samples: int = 0
+    steps: int = 0
+    frozen_frac_sum: float = 0.0  # sum over epochs of the epoch's mean frozen-parameter fraction
+    epochs: int = 0
+    train_time_s: float = 0.0
+    unfrozen_step_times: list[float] = field(default_factory=list)  # per-step time of unfrozen epochs
+    calibration_step_s: float | None = None
+
+    def add_samples(self, flops_per_sample: float, unfrozen_per_sample: float, n: int) -> None:
+        self.flops_spent += flops_per_sample * n
+        self.flops_unfrozen += unfrozen_per_sample * n
+        self.samples += n
+
+    def end_epoch(self, frozen_frac: float, seconds: float, steps: int, unfrozen_epoch: bool) -> None:
+        self.frozen_frac_sum += frozen_frac
+        self.epochs += 1
+        self.train_time_s += seconds
+        self.steps += steps
+        if unfrozen_epoch and steps:
+            self.unfrozen_step_times.append(seconds / steps)
+
+    @property
+    def compute_saved_frac(self) -> float:
+        return 1.0 - self.flops_spent / self.flops_unfrozen if self.flops_unfrozen else 0.0
+
+    @property
+    def compute_spent_gflop(self) -> float:
+        return self.flops_spent / 1e9
+
+    @property
+    def params_frozen_frac(self) -> float:
+        return self.frozen_frac_sum / self.epochs if self.epochs else 0.0
+
+    @property
+    def unfrozen_step_s(self) -> float | None:
+        """The reference: median per-step time of this run's unfrozen epochs, else the calibration."""
+        if self.unfrozen_step_times:
+            t = sorted(self.unfrozen_step_times)
+            mid = len(t) // 2
+            return t[mid] if len(t) % 2 else 0.5 * (t[mid - 1] + t[mid])
+        return self.calibration_step_s
+
+    @property
+    def time_saved_frac(self) -> float | None:
+        ref = self.unfrozen_step_s
+        if not ref or not self.steps:
+            return None
+        return 1.0 - self.train_time_s / (self.steps * ref)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "ComputeLedger":
+        return cls(**d)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock readings mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_unfrozen_steps(step: Callable[[], None], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of ``step()`` (one unfrozen training step on a throwaway copy)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]

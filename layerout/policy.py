@@ -1,0 +1,197 @@
+"""Policy files: a schedule with all its values fixed, plus the model's unit names (DESIGN.md).
+
+    {"format": "layerout-policy", "version": 1, "model": ..., "units": [...],
+     "schedule": {"kind": ..., ...}, "measured": {...}, "provenance": {...}}
+
+JSON only (never pickle). Loading validates everything and names the file and the field of the
+first problem. ``Policy.attach`` plugs a policy into any PyTorch loop:
+
+    from layerout import load_policy
+    freezer = load_policy("p.json").attach(model, optimizer)
+    for epoch in range(epochs):
+        model.train()
+        freezer.on_epoch_start(epoch)
+        for step, (x, y) in enumerate(loader):
+            freezer.on_step(step)   # step-wise schedules (FreezeOut) change masks within an epoch
+            ...
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from layerout.errors import UserError
+from layerout.freezer import Freezer
+from layerout.schedules import Schedule, schedule_from_dict
+from layerout.units import Unit, units_of
+
+FORMAT = "layerout-policy"
+VERSION = 1
+KEYS = ("format", "version", "model", "units", "schedule", "measured", "provenance")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("layerout-tune")
+    except Exception:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """Where a policy came from: the run's settings plus tool version, host and time."""
+    return {"tool": "layerout-tune", "tool_version": _version(), "host": platform.node(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **fields}
+
+
+@dataclass
+class Policy:
+    model: str
+    units: list[str]
+    schedule: dict[str, Any]
+    measured: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, source: str = "policy") -> None:
+        """Raise UserError ``"<source>: <field>: <problem>"`` for the first thing wrong."""
+        def err(fld: str, msg: str) -> UserError:
+            return UserError(f"{source}: {fld}: {msg}")
+
+        if not isinstance(self.model, str) or not self.model:
+            raise err("model", f"must be a model name (string), got {self.model!r}")
+        if (not isinstance(self.units, list) or not self.units
+                or not all(isinstance(u, str) and u for u in self.units)):
+            raise err("units", f"must be a non-empty list of unit names, got {self.units!r}")
+        dup = sorted({u for u in self.units if self.units.count(u) > 1})
+        if dup:
+            raise err("units", f"duplicate unit names {dup}")
+        for name in ("measured", "provenance"):
+            if not isinstance(getattr(self, name), dict):
+                raise err(name, "must be an object")
+        try:
+            self.build_schedule(epochs=_int_or(self.provenance.get("epochs"), 0),
+                                steps_per_epoch=_int_or(self.provenance.get("steps_per_epoch"), 0))
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
+        except ValueError as e:
+            raise err("schedule", str(e)) from None
+
+    def build_schedule(self, epochs: int = 0, steps_per_epoch: int = 0, seed: int | None = None) -> Schedule:
+        """A fresh schedule object bound to this policy's unit count (epochs=0: shape unknown)."""
+        sched = schedule_from_dict(self.schedule)
+        if seed is None:
+            seed = _int_or(self.provenance.get("seed"), 0)
+        return sched.bind(len(self.units), epochs, steps_per_epoch, seed=seed)
+
+    def check_units(self, names: list[str], model: str | None = None, source: str = "policy") -> None:
+        """Raise UserError saying exactly how ``names`` (the target model's units) differ."""
+        if model is not None and model != self.model:
+            raise UserError(f"{source}: model: the policy is for {self.model!r}, not {model!r} "
+                            f"(its units: {', '.join(self.units)})")
+        if list(names) == list(self.units):
+            return
+        if len(names) != len(self.units):
+            what = f"has {len(self.units)} units but the model has {len(names)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(self.units, names)) if a != b)
+            what = f"unit {i} is {self.units[i]!r} in the policy but {names[i]!r} in the model"
+        raise UserError(f"{source}: units: {what} (policy: {', '.join(self.units)}; "
+                        f"model: {', '.join(names)})")
+
+    # ------------------------------------------------------------------ use
+    def attach(self, model: nn.Module, optimizer: Any, units: list[Unit] | list[str] | None = None,
+               epochs: int | None = None, steps_per_epoch: int | None = None, seed: int | None = None,
+               bn_frozen: str = "train") -> Freezer:
+        """A Freezer applying this policy to ``model``/``optimizer`` in your own loop.
+
+        ``units``: the model's units (declared by built-in models, top-level children that own
+        parameters otherwise), or a list of module-name prefixes. ``epochs`` and
+        ``steps_per_epoch`` default to the run the policy came from; step-wise schedules
+        (FreezeOut) and warm-ups need them to match your loop.
+        """
+        if units is None:
+            unit_list = units_of(model)
+        elif all(isinstance(u, str) for u in units):
+            unit_list = units_of(model, list(units))  # type: ignore[arg-type]
+        else:
+            unit_list = list(units)  # type: ignore[arg-type]
+        self.check_units([u.name for u in unit_list])
+        e = epochs if epochs is not None else _int_or(self.provenance.get("epochs"), 0)
+        s = steps_per_epoch if steps_per_epoch is not None else _int_or(self.provenance.get("steps_per_epoch"), 0)
+        sched = self.build_schedule(e, s, seed)
+        if sched.stepwise and not (e and s):
+            raise UserError(f"the {sched.kind!r} schedule changes within epochs; pass epochs= and steps_per_epoch=")
+        return Freezer(model, optimizer, unit_list, sched, bn_frozen=bn_frozen)
+
+    # ------------------------------------------------------------------ (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "model": self.model, "units": list(self.units),
+                "schedule": dict(self.schedule), "measured": dict(self.measured),
+                "provenance": dict(self.provenance)}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "policy") -> "Policy":
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: must be a JSON object with keys {', '.join(KEYS)}")
+        if d.get("format") != FORMAT:
+            raise UserError(f"{source}: format: expected {FORMAT!r}, got {d.get('format')!r}")
+        if d.get("version") != VERSION:
+            raise UserError(f"{source}: version: this layerout reads version {VERSION}, got {d.get('version')!r}")
+        for k in ("model", "units", "schedule"):
+            if k not in d:
+                raise UserError(f"{source}: {k}: missing")
+        unknown = sorted(set(d) - set(KEYS))
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
+        pol = cls.__new__(cls)
+        pol.model, pol.units, pol.schedule = d["model"], d["units"], d["schedule"]
+        pol.measured, pol.provenance = d.get("measured") or {}, d.get("provenance") or {}
+        pol.validate(source)
+        return pol
+
+
+def save_policy(policy: Policy | dict[str, Any], path: str | os.PathLike) -> Path:
+    """Validate and write atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    if isinstance(policy, dict):
+        policy = Policy.from_dict(policy, source=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(policy.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_policy(path: str | os.PathLike) -> Policy:
+    """Read and validate a policy file (or a run's summary.json); problems raise UserError naming
+    the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such policy file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if isinstance(doc, dict) and "format" not in doc and isinstance(doc.get("policy"), dict):
+        doc = doc["policy"]  # a run's summary.json carries its policy under "policy"
+    return Policy.from_dict(doc, source=str(path))
+
+
+def _int_or(v: Any, default: int) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else default

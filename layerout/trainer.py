@@ -1,0 +1,427 @@
+"""The LayerOut trainer: SGD training of a registered model under a freezing schedule.
+
+One ``Trainer`` is one run: it loads the data onto the device, builds the model, and trains
+epoch by epoch while a ``Freezer`` applies the schedule's masks. After every epoch it computes
+DESIGN.md's metrics, writes ``checkpoint.pt`` and ``epochs.csv`` into ``out_dir`` and calls the
+callbacks (the search reports through them). ``Trainer.resume(out_dir)`` continues a run and
+ends with the same weights as an uninterrupted one: data order, augmentation and LayerOut draws
+are pure functions of (seed, epoch), and model, optimizer, schedule and accounting state are
+checkpointed.
+
+Speed: data stays on the device, augmentation is batched, and the loop never synchronizes with
+the host inside an epoch (loss and accuracy are summed on the device and read once).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from layerout.augment import augment_batch
+from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
+from layerout.data import DataSplits, iterate_batches, load_data
+from layerout.errors import UserError
+from layerout.freezer import BN_MODES, Freezer
+from layerout.models import MODELS, build_model, count_params, model_units
+from layerout.schedules import Schedule, schedule_from_dict
+
+# DESIGN.md "What a trial reports", in column order, then the extras of docs/ARCHITECTURE.md.
+METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
+           "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
+EXTRA_METRICS = ["lr", "frozen_units", "synthetic"]
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "layerout-checkpoint"
+
+Callback = Callable[[dict[str, Any], "Trainer"], Any]
+
+
+@dataclass
+class TrainConfig:
+    """The fixed training recipe of a run (everything but the freezing schedule)."""
+
+    model: str
+    dataset: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: list[int] = field(default_factory=list)  # epochs where lr *= lr_gamma
+    lr_gamma: float = 0.1
+    lr_warmup_epochs: int = 0  # the paper's ResNet-110 warm start: lr_warmup_value for this many epochs
+    lr_warmup_value: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto = cuda if available, else cpu
+    val_frac: float = 0.1
+    augment: bool = True
+    random_erasing: bool = False
+    bn_frozen: str = "train"  # frozen units' BatchNorm: keep updating statistics (paper) or eval (FreezeOut)
+    data_dir: str | None = None
+    download: bool = True
+    test_every_epoch: bool = False
+    max_train_batches: int | None = None  # cap per epoch (smoke tests)
+    synthetic_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = [int(m) for m in (self.lr_milestones or [])]
+
+        def bad(name: str, allowed: str) -> UserError:
+            return UserError(f"train.{name}: {getattr(self, name)!r} is not allowed; {allowed}")
+
+        if self.model not in MODELS:
+            raise UserError(f"train.model: unknown model {self.model!r}; allowed: {', '.join(MODELS)}")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "must be an integer >= 1")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise bad("lr", "must be a number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise bad("momentum", "must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if self.bn_frozen not in BN_MODES:
+            raise bad("bn_frozen", f"allowed: {', '.join(BN_MODES)}")
+        if self.lr_warmup_epochs < 0 or self.lr_warmup_epochs >= self.epochs and self.lr_warmup_epochs:
+            raise bad("lr_warmup_epochs", f"must be in [0, epochs={self.epochs})")
+        if self.max_train_batches is not None and self.max_train_batches < 1:
+            raise bad("max_train_batches", "must be an integer >= 1 or null")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"train: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The global learning rate of ``epoch``: warm start, then step decay at the milestones."""
+    if epoch < cfg.lr_warmup_epochs and cfg.lr_warmup_value is not None:
+        return float(cfg.lr_warmup_value)
+    return float(cfg.lr) * cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if epoch >= m)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device: unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {name!r} asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+class Trainer:
+    """One training run; see the module docstring. ``fit()`` returns the final metrics."""
+
+    def __init__(self, cfg: TrainConfig, schedule: Schedule, out_dir: str | os.PathLike | None = None,
+                 callbacks: list[Callback] | None = None, verbose: bool = True,
+                 data: DataSplits | None = None) -> None:
+        self.cfg, self.schedule = cfg, schedule
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.callbacks = list(callbacks or [])
+        self.verbose = verbose
+        self.device = resolve_device(cfg.device)
+        spec = MODELS[cfg.model]
+        self.data = data or load_data(
+            cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed, data_dir=cfg.data_dir,
+            download=cfg.download, synthetic_shape=(spec.in_channels, spec.input_size, spec.input_size),
+            synthetic_size=cfg.synthetic_size, random_erasing=cfg.random_erasing)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, num_classes=self.data.num_classes,
+                                 in_channels=self.data.in_channels).to(self.device)
+        self.units = model_units(self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        n_train = len(self.data.train_x)
+        self.steps_per_epoch = -(-n_train // cfg.batch_size)
+        if cfg.max_train_batches:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_train_batches)
+        schedule.bind(len(self.units), cfg.epochs, self.steps_per_epoch, seed=cfg.seed)
+        self.freezer = Freezer(self.model, self.optimizer, self.units, schedule, bn_frozen=cfg.bn_frozen)
+        probe = min(2, n_train)
+        self.flops = FlopCache(self.model, self.freezer.params, self.data.train_x[:probe].to(self.device),
+                               self.data.train_y[:probe].to(self.device))
+        self.total_params = count_params(self.model)
+        self.unit_param_counts = [sum(p.numel() for p in ps) for ps in self.freezer.params]
+        self.ledger = ComputeLedger()
+        self.epoch = 0  # epochs finished
+        self.history: list[dict[str, Any]] = []
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    # ------------------------------------------------------------------ public
+    @classmethod
+    def resume(cls, out_dir: str | os.PathLike, callbacks: list[Callback] | None = None, verbose: bool = True,
+               **overrides: Any) -> "Trainer":
+        """Continue the run checkpointed in ``out_dir``. ``overrides`` replace config fields that
+        do not change the result (``device``, ``data_dir``, ``download``)."""
+        path = Path(out_dir) / CHECKPOINT
+        if not path.is_file():
+            raise UserError(f"{out_dir}: no {CHECKPOINT} here; nothing to resume (start a run with --out)")
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: say which
+            raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path}: format: not a layerout checkpoint")
+        allowed = {"device", "data_dir", "download"}
+        bad = sorted(set(overrides) - allowed)
+        if bad:
+            raise ValueError(f"resume can only override {sorted(allowed)}, not {bad}")
+        cfg = TrainConfig.from_dict({**ck["config"], **{k: v for k, v in overrides.items() if v is not None}})
+        schedule = schedule_from_dict(ck["schedule"])
+        schedule.load_state_dict(ck.get("schedule_state") or {})
+        self = cls(cfg, schedule, out_dir=out_dir, callbacks=callbacks, verbose=verbose)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.ledger = ComputeLedger.from_state_dict(ck["ledger"])
+        self.history = list(ck["history"])
+        self.epoch = int(ck["epoch"])
+        torch.set_rng_state(ck["rng"])
+        return self
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs; returns the last epoch's metrics (a callback returning True stops early)."""
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.verbose and self.epoch == 0:
+            self._log(f"training {self.cfg.model} on {self.cfg.dataset}"
+                      f"{' (SYNTHETIC data: throughput only)' if self.data.synthetic else ''}: "
+                      f"{len(self.units)} units, {self.total_params:,} parameters, schedule {self.schedule.kind}, "
+                      f"{self.cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}")
+        if self.ledger.calibration_step_s is None and self.epoch == 0 and self._needs_calibration():
+            self.ledger.calibration_step_s = self._calibrate()
+        while self.epoch < self.cfg.epochs:
+            metrics = self.train_epoch(self.epoch)
+            self.epoch += 1
+            self.history.append(metrics)
+            if self.out_dir is not None:
+                self._save_checkpoint()
+                self._write_epochs_csv()
+            if self.verbose:
+                self._log(self._progress_line(metrics))
+            stop = False
+            for cb in self.callbacks:
+                stop = bool(cb(metrics, self)) or stop
+            if stop:
+                break
+        final = self.history[-1] if self.history else {}
+        if self.out_dir is not None:
+            self._write_summary(final)
+        return final
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of training plus evaluation; returns that epoch's metrics."""
+        cfg, model, opt = self.cfg, self.model, self.optimizer
+        lr = lr_at(cfg, epoch)
+        self.freezer.set_base_lr(lr)
+        model.train()
+        state = self.freezer.on_epoch_start(epoch)
+        samples_per_mask: dict[tuple[bool, ...], int] = {}
+        grad_sq = torch.zeros(len(self.units), device=self.device) if self.schedule.needs_grad_stats else None
+        grad_steps = [0] * len(self.units)
+        loss_sum = torch.zeros((), device=self.device)
+        n_seen = 0
+        batches = iterate_batches(self.data.train_x, self.data.train_y, cfg.batch_size, epoch=epoch, seed=cfg.seed,
+                                  shuffle=True, augment=self.data.augment if cfg.augment else None,
+                                  device=self.device)
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(batches):
+            if step >= self.steps_per_epoch:
+                break
+            if self.schedule.stepwise:
+                state = self.freezer.on_step(step)
+            n = x.shape[0]
+            samples_per_mask[state.frozen] = samples_per_mask.get(state.frozen, 0) + n
+            out = model(x)
+            loss = self.loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_sq is not None:
+                self._accumulate_grad_norms(grad_sq, grad_steps, state.frozen)
+            opt.step()
+            loss_sum += loss.detach() * n
+            n_seen += n
+        synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        steps = min(len(batches), self.steps_per_epoch)
+
+        # accounting (host side, once per epoch)
+        unfrozen = self.flops((False,) * len(self.units))
+        frozen_frac_num = 0.0
+        for mask, count in samples_per_mask.items():
+            self.ledger.add_samples(self.flops(mask), unfrozen, count)
+            frozen_frac_num += count * self._frozen_param_frac(mask)
+        any_frozen = any(any(m) for m in samples_per_mask)
+        self.ledger.end_epoch(frozen_frac_num / max(1, n_seen), seconds, steps, unfrozen_epoch=not any_frozen)
+        if grad_sq is not None:
+            sq = grad_sq.tolist()
+            norms = [math.sqrt(sq[i] / grad_steps[i]) if grad_steps[i] else None for i in range(len(sq))]
+            self.schedule.observe_epoch(epoch, norms)
+
+        val_loss, val_acc = self.evaluate(self.data.val_x, self.data.val_y)
+        last = epoch + 1 == cfg.epochs
+        test_acc = self.evaluate(self.data.test_x, self.data.test_y)[1] if (last or cfg.test_every_epoch) else None
+        time_saved = self.ledger.time_saved_frac
+        return {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / max(1, n_seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "test_accuracy": test_acc,
+            "params_frozen_frac": self.ledger.params_frozen_frac,
+            "compute_saved_frac": self.ledger.compute_saved_frac,
+            "compute_spent_gflop": self.ledger.compute_spent_gflop,
+            "time_saved_frac": time_saved,
+            "train_time_s": self.ledger.train_time_s,
+            "lr": lr,
+            "frozen_units": state.mask_str,
+            "synthetic": self.data.synthetic,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+        """(mean loss, accuracy) in eval mode; the model's mode is restored afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(self.device, non_blocking=True)
+            yb = y[i:i + batch_size].to(self.device, non_blocking=True)
+            out = self.model(xb)
+            loss += nn.functional.cross_entropy(out, yb, reduction="sum")
+            correct += (out.argmax(1) == yb).sum()
+        self.model.train(was_training)
+        n = max(1, len(x))
+        return loss.item() / n, correct.item() / n
+
+    def policy_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """This run's policy in the policy-file format (DESIGN.md), replayable with ``--policy``."""
+        from layerout.policy import Policy, provenance
+
+        metrics = metrics if metrics is not None else (self.history[-1] if self.history else {})
+        measured = {k: metrics.get(k) for k in METRICS if k != "epoch" and metrics.get(k) is not None}
+        measured["epochs"] = metrics.get("epoch", 0)
+        prov = provenance(model=self.cfg.model, dataset=self.cfg.dataset, epochs=self.cfg.epochs,
+                          batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+                          steps_per_epoch=self.steps_per_epoch, device=str(self.device),
+                          synthetic=self.data.synthetic)
+        return Policy(model=self.cfg.model, units=[u.name for u in self.units], schedule=self.schedule.to_dict(),
+                      measured=measured, provenance=prov).to_dict()
+
+    # ------------------------------------------------------------------ internals
+    def _frozen_param_frac(self, mask: tuple[bool, ...]) -> float:
+        return sum(c for c, f in zip(self.unit_param_counts, mask) if f) / max(1, self.total_params)
+
+    def _accumulate_grad_norms(self, grad_sq: torch.Tensor, grad_steps: list[int], frozen: tuple[bool, ...]) -> None:
+        """Add each trainable unit's squared gradient norm of this step (on the device, no sync)."""
+        for i, ps in enumerate(self.freezer.params):
+            if frozen[i]:
+                continue
+            grads = [p.grad for p in ps if p.grad is not None]
+            if grads:
+                grad_sq[i] += torch.stack(torch._foreach_norm(grads)).pow(2).sum()
+                grad_steps[i] += 1
+
+    def _needs_calibration(self) -> bool:
+        """True unless epoch 0 runs entirely unfrozen (then it is the time reference)."""
+        last = max(0, self.steps_per_epoch - 1)
+        return self.schedule.state(0, 0).any_frozen or self.schedule.state(0, last).any_frozen
+
+    def _calibrate(self) -> float:
+        """Median time of an unfrozen step on throwaway copies of the model and optimizer."""
+        model = copy.deepcopy(self.model)
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
+                              weight_decay=self.cfg.weight_decay)
+        x = self.data.train_x[: self.cfg.batch_size].to(self.device)
+        y = self.data.train_y[: self.cfg.batch_size].to(self.device)
+        aug = self.data.augment if self.cfg.augment else None
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+
+        def step() -> None:
+            xb = augment_batch(x, gen, aug)
+            loss = self.loss_fn(model(xb), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        cpu_rng = torch.get_rng_state()
+        try:
+            return time_unfrozen_steps(step, self.device)
+        finally:
+            torch.set_rng_state(cpu_rng)
+
+    def _save_checkpoint(self) -> None:
+        ck = {
+            "format": CHECKPOINT_FORMAT, "version": 1,
+            "config": asdict(self.cfg),
+            "schedule": self.schedule.to_dict(),
+            "schedule_state": self.schedule.state_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+        }
+        path = self.out_dir / CHECKPOINT
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, path)
+
+    def _write_epochs_csv(self) -> None:
+        cols = METRICS + EXTRA_METRICS
+        path = self.out_dir / "epochs.csv"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for row in self.history:
+                w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+        os.replace(tmp, path)
+
+    def _write_summary(self, final: dict[str, Any]) -> None:
+        summary = {
+            "metrics": final,
+            "config": asdict(self.cfg),
+            "policy": self.policy_dict(final),
+            "units": [u.name for u in self.units],
+            "flops_per_sample": {("".join("1" if f else "0" for f in m)): v for m, v in self.flops.per_sample.items()},
+            "unfrozen_step_s": self.ledger.unfrozen_step_s,
+            "finished": self.epoch >= self.cfg.epochs,
+        }
+        path = self.out_dir / "summary.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+
+    def _progress_line(self, m: dict[str, Any]) -> str:
+        ts = m["time_saved_frac"]
+        test = f"  test_acc {m['test_accuracy']:.4f}" if m.get("test_accuracy") is not None else ""
+        return (f"epoch {m['epoch']:>3}/{self.cfg.epochs}  frozen {m['frozen_units']}  "
+                f"train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.4f}"
+                f"{test}  params_frozen {m['params_frozen_frac']:.3f}  compute_saved {m['compute_saved_frac']:.3f}  "
+                f"time_saved {'n/a' if ts is None else f'{ts:.3f}'}  lr {m['lr']:.4g}  {m['train_time_s']:.1f}s")
+
+    @staticmethod
+    def _log(line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
