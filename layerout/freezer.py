@@ -83,8 +83,11 @@ class Freezer:
                 for bn in self.bn_modules[i]:
                     bn.train(self.model.training and not (frozen and self.bn_frozen == "eval"))
         if state.lr_factor is not None and self._unit_groups is not None:
-            for i, group in enumerate(self._unit_groups):
-                if group is not None:
+            # Look the unit groups up each time: optimizer.load_state_dict() (a resumed run) replaces
+            # the param-group dicts, and lrs set on the old ones would never reach the optimizer.
+            for group in self.optimizer.param_groups:
+                i = group.get("layerout_unit")
+                if i is not None:
                     group["lr"] = group["layerout_base_lr"] * state.lr_factor[i]
         self.current = state
         return state

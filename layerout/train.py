@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         raise UserError("--out: required (the folder for epochs.csv, summary.json, checkpoint.pt), or use --resume DIR")
 
+    if (Path(args.out) / "checkpoint.pt").exists():  # never overwrite a stored run
+        raise UserError(f"--out: {args.out} already holds a run (checkpoint.pt); continue it with "
+                        f"--resume {args.out} or choose another folder")
     policy = None
     if args.policy:
         from layerout.policy import load_policy
@@ -196,21 +199,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.model and args.model != policy.model:
             raise UserError(f"{args.policy}: model: the policy is for {policy.model!r}, not --model {args.model!r} "
                             f"(its units: {', '.join(policy.units)})")
-    dataset = args.dataset or (MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
+    prov_dataset = policy.provenance.get("dataset") if policy is not None else None
+    dataset = args.dataset or (prov_dataset if isinstance(prov_dataset, str) and prov_dataset else None) or (
+        MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
     model = args.model or (policy.model if policy else DEFAULT_MODEL_FOR.get(dataset or ""))
     if not dataset:
         raise UserError("--dataset: required; allowed: digits, mnist, cifar10, cifar100, synthetic")
     if model not in MODELS:
         raise UserError(f"--model: unknown model {model!r}; allowed: {', '.join(MODELS)}")
-    if policy is not None and args.epochs is None and isinstance(policy.provenance.get("epochs"), int):
-        args.epochs = policy.provenance["epochs"]  # replay the run the policy came from
-    cfg = TrainConfig.from_dict(_config_dict(args, model, dataset))
+    cfg_dict = _config_dict(args, model, dataset)
+    if policy is not None:  # replay the run the policy came from; flags given here win
+        cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}
+    cfg = TrainConfig.from_dict(cfg_dict)
 
     from layerout.models import build_model, model_units
 
     names = [u.name for u in model_units(build_model(model, in_channels=MODELS[model].in_channels))]
     if policy is not None:
         policy.check_units(names, source=args.policy)
+        try:  # checks that need this run's length (warm-up, start epoch): name the policy file
+            policy.build_schedule(epochs=cfg.epochs)
+        except UserError as e:
+            raise UserError(f"{args.policy}: {e}") from None
         schedule: Schedule = schedule_from_dict(policy.schedule)
     else:
         schedule = schedule_from_dict(schedule_dict_from_args(args, len(names)))
@@ -218,6 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     final = trainer.fit()
     _print_summary(final, Path(args.out))
     return 0
+
+
+def _policy_recipe(policy: Any, model: str, dataset: str) -> dict[str, Any]:
+    """TrainConfig fields of the run a policy came from: ``epochs``, ``batch_size``, ``seed`` from
+    its provenance (any policy), and the whole recipe ``provenance["train"]`` (policies exported
+    from a search) when it is for this model and dataset; never device, data_dir or download."""
+    from dataclasses import fields
+
+    from layerout.trainer import TrainConfig
+
+    prov = policy.provenance
+    known = {f.name for f in fields(TrainConfig)} - {"model", "dataset", "device", "data_dir", "download"}
+    out: dict[str, Any] = {}
+    train = prov.get("train")
+    if isinstance(train, dict) and train.get("model", model) == model and train.get("dataset", dataset) == dataset:
+        out.update({k: v for k, v in train.items() if k in known})
+    for k in ("epochs", "batch_size", "seed"):
+        v = prov.get(k)
+        if k not in out and isinstance(v, int) and not isinstance(v, bool):
+            out[k] = v
+    return out
 
 
 def _print_summary(final: dict[str, Any], out: Path) -> None:

@@ -321,7 +321,9 @@ class Trainer:
         prov = provenance(model=self.cfg.model, dataset=self.cfg.dataset, epochs=self.cfg.epochs,
                           batch_size=self.cfg.batch_size, seed=self.cfg.seed,
                           steps_per_epoch=self.steps_per_epoch, device=str(self.device),
-                          synthetic=self.data.synthetic)
+                          synthetic=self.data.synthetic,
+                          train={k: v for k, v in asdict(self.cfg).items()
+                                 if k not in ("device", "data_dir", "download")})
         return Policy(model=self.cfg.model, units=[u.name for u in self.units], schedule=self.schedule.to_dict(),
                       measured=measured, provenance=prov).to_dict()
 
@@ -405,6 +407,7 @@ class Trainer:
             "config": asdict(self.cfg),
             "policy": self.policy_dict(final),
             "units": [u.name for u in self.units],
+            "device": str(self.device),
             "flops_per_sample": {("".join("1" if f else "0" for f in m)): v for m, v in self.flops.per_sample.items()},
             "unfrozen_step_s": self.ledger.unfrozen_step_s,
             "finished": self.epoch >= self.cfg.epochs,
