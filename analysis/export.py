@@ -6,7 +6,11 @@
 The file has the policy-file shape of DESIGN.md:
 ``{"format": "layerout-policy", "version": 1, "model", "units", "schedule", "measured",
 "provenance"}``; ``schedule`` is the trial's schedule dict (trials.csv ``policy`` column),
-``measured`` its final metrics, ``provenance`` where it came from.
+``measured`` its final metrics, ``provenance`` the recipe that replays it (model, dataset, epochs,
+batch_size, seed, steps_per_epoch and the whole training config under ``train``) and where it came
+from. Every file is validated and written by ``layerout.policy`` (``Policy.from_dict`` and
+``save_policy``), so it loads with ``load_policy`` and replays with
+``python -m layerout.train --policy FILE --out DIR``.
 """
 from __future__ import annotations
 
@@ -90,8 +94,89 @@ def _config_of(row: pd.Series) -> dict[str, Any]:
     return out
 
 
+# TrainConfig fields that describe where a run ran, not what it did: never part of a replayed recipe.
+_LOCAL_FIELDS = ("device", "data_dir", "download")
+
+
+def _train_fields() -> dict[str, str]:
+    """TrainConfig field name -> its annotation (a string such as 'int', 'float | None', 'list[int]')."""
+    from dataclasses import fields
+
+    from layerout.trainer import TrainConfig
+
+    return {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
+def _coerce(value: Any, annotation: str) -> Any:
+    """A CSV cell back to the TrainConfig field's type (lists were stored as JSON, ints may read as floats)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    value = _json_safe(value)
+    if annotation.startswith("list"):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value] \
+            if isinstance(value, list) else None
+    if annotation.startswith("bool"):
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
+    if annotation.startswith("int") and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if annotation.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def train_recipe(exp: Experiment, row: pd.Series) -> dict[str, Any]:
+    """The training recipe (TrainConfig fields) the trial ran with: the trial's ``config/train/*``
+    columns (older tables: ``config/<field>``), over the experiment's ``space.train``; without
+    ``device``, ``data_dir``, ``download`` (they say where it ran, not what it did)."""
+    known = _train_fields()
+    recipe: dict[str, Any] = {}
+    space = exp.meta.get("space")
+    if isinstance(space, dict):
+        for k in ("model", "dataset", "seed"):
+            if k in space:
+                recipe[k] = space[k]
+        if isinstance(space.get("train"), dict):
+            recipe.update(space["train"])
+    cfg = _config_of(row)
+    for k in known:
+        for key in (k, f"train/{k}"):  # the nested form wins
+            if key in cfg:
+                recipe[k] = cfg[key]
+    out = {}
+    for k, v in recipe.items():
+        if k in known and k not in _LOCAL_FIELDS:
+            v = _coerce(v, known[k])
+            if v is not None or "None" in known[k]:
+                out[k] = v
+    if exp.model:
+        out["model"] = str(exp.model)
+    if exp.dataset:
+        out["dataset"] = str(exp.dataset)
+    if exp.epoch_budget:
+        out["epochs"] = int(exp.epoch_budget)
+    return out
+
+
+def _int_cell(x: Any) -> int | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return int(v) if math.isfinite(v) and v.is_integer() and v > 0 else None
+
+
 def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
-    """The policy-file dict for one trial row of ``exp``; ``UserError`` naming what is missing."""
+    """The policy-file dict for one trial row of ``exp``; ``UserError`` naming what is missing.
+
+    ``provenance`` carries what ``python -m layerout.train --policy`` needs to replay the trial:
+    ``model``, ``dataset``, ``epochs``, ``batch_size``, ``seed``, ``steps_per_epoch`` (as a
+    trainer's own policy has them) and the whole recipe under ``train``; plus where it came from.
+    """
     trial_id = str(row["trial_id"])
     where = exp.path / "trials.csv"
     schedule = parse_schedule(row.get("policy"))
@@ -109,22 +194,28 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     measured = {k: _json_safe(row.get(k)) for k in MEASURED if k in row.index}
     measured["epochs"] = _json_safe(row.get("epochs_done"))
     meta = exp.meta
+    recipe = train_recipe(exp, row)
     provenance = {
+        "model": str(model),
+        "dataset": exp.dataset,
+        "epochs": exp.epoch_budget,
+        "batch_size": recipe.get("batch_size"),
+        "seed": recipe.get("seed"),
+        "steps_per_epoch": _int_cell(row.get("steps_per_epoch")),
+        "train": recipe,
         "experiment": exp.name,
         "experiment_dir": str(exp.path.resolve()),
         "trial_id": trial_id,
         "family": str(row.get("family", "")),
         "paper_config": str(row.get("paper_config", "")) or None,
         "picked_by": picked_by,
-        "stopped_early": bool(row.get("stopped", False)),
+        "stopped_early": bool(row.get("stopped", row.get("stopped_early", False))),
         "space_file": meta.get("space_file"),
-        "dataset": exp.dataset,
-        "epochs": exp.epoch_budget,
-        "trial_config": _config_of(row),
         "versions": meta.get("versions"),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "exported_by": "python -m analysis.export",
     }
+    provenance = {k: v for k, v in provenance.items() if v is not None or k in ("paper_config",)}
     return {
         "format": "layerout-policy",
         "version": 1,
@@ -136,36 +227,14 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     }
 
 
-def _as_policy(module: Any, doc: dict) -> Any:
-    """``doc`` as a ``layerout.policy.Policy`` (from_dict or keyword fields), or None if it won't fit."""
-    Policy = module.Policy  # noqa: N806
-    from_dict = getattr(Policy, "from_dict", None)
-    if callable(from_dict):
-        return from_dict(doc)
-    try:
-        return Policy(**{k: doc[k] for k in ("model", "units", "schedule", "measured", "provenance")})
-    except TypeError:
-        return None
-
-
 def write_policy_file(doc: dict, path: Path) -> Path:
-    """Write a policy dict to ``path``: through ``layerout.policy.save_policy`` when that module
-    exists (so the file is validated like any other policy), else as plain JSON of the same shape."""
+    """Validate ``doc`` as a policy (``layerout.policy.Policy.from_dict``: format, version, units,
+    schedule) and write it atomically with ``save_policy``; a bad one is a ``UserError``."""
+    from layerout.policy import Policy, save_policy
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from layerout import policy as policy_module  # type: ignore[attr-defined]
-    except ImportError:
-        policy_module = None
-    if policy_module is not None and hasattr(policy_module, "Policy") and hasattr(policy_module, "save_policy"):
-        pol = _as_policy(policy_module, doc)
-        if pol is not None:
-            policy_module.save_policy(pol, path)
-            return path
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return save_policy(Policy.from_dict(doc, source=f"{path} (trial {doc.get('provenance', {}).get('trial_id')})"),
+                       path)
 
 
 def _slug(text: str) -> str:
@@ -176,22 +245,52 @@ def policy_filename(trial_id: str) -> str:
     return f"{_slug(str(trial_id))}.json"
 
 
+# TrainConfig field -> the ``python -m layerout.train`` flag that sets it (values are written only
+# where they differ from TrainConfig's defaults, so the command stays short and still exact).
+_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+          "weight_decay": "--weight-decay", "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
+          "bn_frozen": "--bn-frozen", "val_frac": "--val-frac", "seed": "--seed",
+          "max_train_batches": "--max-train-batches"}
+_SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--random-erasing"),
+             "test_every_epoch": (True, "--test-every-epoch")}
+
+
+def _defaults() -> dict[str, Any]:
+    from dataclasses import MISSING, fields
+
+    from layerout.trainer import TrainConfig
+
+    out = {}
+    for f in fields(TrainConfig):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
 def retrain_command(exp: Experiment, row: pd.Series, policy_path: str | Path) -> str:
-    """The command that retrains one trial's policy without Ray (run from the experiment dir)."""
-    cfg = _config_of(row)
+    """The command that retrains one trial's policy without Ray (run from the experiment dir):
+    the trial's recipe as flags wherever it differs from the trainer's defaults."""
+    recipe = train_recipe(exp, row)
+    defaults = _defaults()
     parts = ["python", "-m", "layerout.train"]
-    model, dataset = exp.model, exp.dataset
-    if model:
-        parts += ["--model", str(model)]
-    if dataset:
-        parts += ["--dataset", str(dataset)]
+    if exp.model:
+        parts += ["--model", str(exp.model)]
+    if exp.dataset:
+        parts += ["--dataset", str(exp.dataset)]
     parts += ["--policy", str(policy_path)]
-    if exp.epoch_budget:
-        parts += ["--epochs", str(exp.epoch_budget)]
-    for key, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed")):
-        val = cfg.get(key, cfg.get(f"train/{key}"))
-        if val is not None:
-            parts += [flag, str(val)]
+    for key, flag in _FLAGS.items():
+        val = recipe.get(key)
+        if val is None or (key != "epochs" and val == defaults.get(key)):
+            continue
+        parts += [flag, ",".join(str(v) for v in val) if isinstance(val, list) else str(val)]
+    if recipe.get("lr_warmup_epochs") and recipe.get("lr_warmup_value") is not None:
+        parts += ["--lr-warmup", f"{recipe['lr_warmup_epochs']}:{recipe['lr_warmup_value']}"]
+    for key, (when, flag) in _SWITCHES.items():
+        if key in recipe and recipe[key] == when:
+            parts.append(flag)
+    parts += ["--out", f"runs/{_slug(str(row['trial_id']))}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -413,6 +413,7 @@ def _rebuild_from_ray(files: list[Path], meta: dict | None) -> tuple[pd.DataFram
         }
         row.update(_flatten(config, "config"))
         row["policy"] = json.dumps(schedule) if schedule is not None else ""
+        row["steps_per_epoch"] = last.get("steps_per_epoch", np.nan)  # what replaying the policy needs
         for col in METRICS + EXTRA_EPOCH_COLUMNS:
             row[col] = last.get(col, np.nan)
         if lines and (row["test_accuracy"] is None or _isnan(row["test_accuracy"])):

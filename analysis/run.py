@@ -145,13 +145,11 @@ def run_analysis(
         failed: list[tuple[str, str]] = []
         for _, r in fr.front.iterrows():
             label = "front (knee)" if r["trial_id"] == fr.knee else "front"
+            dest = out / "policies" / policy_filename(r["trial_id"])
             try:
-                doc = build_policy(exp, r, label)
+                res.policies[r["trial_id"]] = write_policy_file(build_policy(exp, r, label), dest)
             except UserError as exc:
                 failed.append((str(r["trial_id"]), str(exc)))
-                continue
-            dest = out / "policies" / policy_filename(r["trial_id"])
-            res.policies[r["trial_id"]] = write_policy_file(doc, dest)
         if failed:
             ids = ", ".join(t for t, _ in failed[:6]) + (" ..." if len(failed) > 6 else "")
             warnings.warn(f"no policy file for {len(failed)} front trial(s) ({ids}): {failed[0][1]}",

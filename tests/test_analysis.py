@@ -20,6 +20,7 @@ from analysis.front import compute_front
 from analysis.pareto import hypervolume_2d, knee_point, pareto_front
 from analysis.results import load_experiment, select_trials
 from layerout.errors import UserError
+from layerout.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJ = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
@@ -346,6 +347,14 @@ def test_export_picks(exp_dir, tmp_path, capsys, args, expected):
     assert doc["measured"]["compute_saved_frac"] == pytest.approx(row[8])
     assert doc["provenance"]["space_file"] == "search_spaces/presets/demo.yaml"
     assert doc["provenance"]["versions"]["ray"] == "2.60.0"
+    # what python -m layerout.train --policy replays: the run's length, batch size, seed and dataset
+    prov = doc["provenance"]
+    assert (prov["model"], prov["dataset"], prov["epochs"], prov["batch_size"], prov["seed"]) == (
+        "digits_cnn", "digits", EPOCHS, 64, 0)
+    assert prov["train"] == {"model": "digits_cnn", "dataset": "digits", "epochs": EPOCHS, "lr": 0.05,
+                             "batch_size": 64, "seed": 0}
+    pol = load_policy(out)  # written through layerout.policy: it loads and validates
+    assert pol.schedule == row[6] and pol.units == UNITS
     assert str(out) in stdout and expected in stdout
 
 
@@ -429,7 +438,7 @@ def write_ray_trial(exp: Path, tid: str, config: dict, accs: list[float], saved:
     for i, a in enumerate(accs, 1):
         line = {"epoch": i, "val_accuracy": a, "compute_saved_frac": saved, "test_accuracy": float("nan"),
                 "time_saved_frac": saved / 2, "train_loss": 1.0, "training_iteration": i, "trial_id": tid,
-                "config": config, "done": done and i == len(accs), "frozen_units": "0100"}
+                "config": config, "done": done and i == len(accs), "frozen_units": "0100", "steps_per_epoch": 21}
         if policy is not None:
             line["policy"] = json.dumps(policy, sort_keys=True)
         lines.append(line)
@@ -484,7 +493,12 @@ def test_rebuild_from_ray_results(tmp_path, with_meta):
         proc = run_module("analysis", exp)
         assert proc.returncode == 0, proc.stderr
         assert (exp / "report.html").exists()
-        assert "--policy policies/bbb.json --epochs 3 --lr 0.05 --seed 1" in (exp / "report.html").read_text()
+        # the trial's recipe where it differs from the trainer's defaults (lr 0.05 is the default)
+        assert "--policy policies/bbb.json --epochs 3 --seed 1 --out runs/bbb" in (exp / "report.html").read_text()
+        pol = load_policy(exp / "policies" / "bbb.json")
+        assert pol.provenance["steps_per_epoch"] == 21 and pol.provenance["seed"] == 1
+        assert pol.provenance["train"] == {"model": "digits_cnn", "dataset": "digits", "epochs": 3, "lr": 0.05,
+                                           "seed": 1}
     else:  # no unit names: no policy files, but the analysis still runs and says why
         proc = run_module("analysis", exp)
         assert proc.returncode == 0, proc.stderr
