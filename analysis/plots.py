@@ -113,8 +113,11 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     # labels: baseline and paper configurations (finished or not), then the knee
     with_metrics = t[has]
     labelled = with_metrics[(with_metrics["paper_config"] != "") | (with_metrics["family"] == "none")]
-    offsets = [(10, 10), (10, -14), (-10, 12), (-10, -14), (14, 0), (-14, 0)]
-    for i, (_, r) in enumerate(labelled.iterrows()):
+    # The paper's points often sit close together (random v on few units): stagger their labels at
+    # growing vertical distances; the baseline's goes below it.
+    offsets = [(12, 12), (12, -16), (18, 26), (18, -30), (24, 40), (24, -44)]
+    i = 0
+    for _, r in labelled.iterrows():
         name = r["paper_config"] or "baseline"
         if r["trial_id"] not in cand_ids:
             name += " (not finished)"
@@ -126,7 +129,11 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
         else:
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="D", s=40,
                        facecolors="none", edgecolors="black", zorder=5)
-        dx, dy = offsets[i % len(offsets)]
+        if r["family"] == "none":
+            dx, dy = (4, -20)
+        else:
+            dx, dy = offsets[i % len(offsets)]
+            i += 1
         ax.annotate(name, (100 * r["compute_saved_frac"], 100 * r["val_accuracy"]), xytext=(dx, dy),
                     textcoords="offset points", fontsize=8, ha="left" if dx >= 0 else "right",
                     arrowprops=dict(arrowstyle="-", color="#555555", lw=0.6), zorder=6)
@@ -134,8 +141,12 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     ax.scatter([100 * k["compute_saved_frac"]], [100 * k["val_accuracy"]], s=260, facecolors="none",
                edgecolors="crimson", linewidths=2.2, zorder=6, label="knee")
     ax.annotate(f"knee ({k['trial_id']})", (100 * k["compute_saved_frac"], 100 * k["val_accuracy"]),
-                xytext=(14, -22), textcoords="offset points", fontsize=9, color="crimson",
-                fontweight="bold", zorder=7)
+                xytext=(0.98, 0.97), textcoords="axes fraction", ha="right", va="top", fontsize=9,
+                color="crimson", fontweight="bold", zorder=7,
+                arrowprops=dict(arrowstyle="-", color="crimson", lw=0.8, shrinkB=9))
+    # top right: no trial dominates the knee, so the corner above and right of it is empty
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the labels above the top points
 
     ax.set_xlabel("compute saved (% of unfrozen training FLOPs)")
     ax.set_ylabel("validation accuracy (%)")
@@ -203,8 +214,7 @@ def plot_front_policies(exp: Experiment, fr: Front, path: str | Path) -> Path:
     names = exp.units if len(exp.units) == k else [str(i) for i in range(k)]
     panel_w = max(3.2, 0.32 * k + 1.2)
     fig = _new_figure(panel_w * (2 if show_meas else 1) + 3.8, max(2.6, 0.34 * n + 2.0))
-    cmap = colormaps["magma_r"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = colormaps["magma_r"].with_extremes(bad="#dddddd")
     panels = [(sched, "scheduled: freeze probability / fraction frozen")]
     if show_meas:
         panels.append((meas, "measured: fraction of epochs frozen"))
