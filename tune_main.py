@@ -175,7 +175,7 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> Any:
     if _is_loopback(address):
         # Bind to and talk over 127.0.0.1 (REFERENCE.md "Ray on the development machines").
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the CLIReporter table below
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # legacy output: silent at verbose=0 (TrialProgress prints)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import logging
 
@@ -191,6 +191,8 @@ def _init_ray(address: str | None, num_cpus: int | None = None) -> Any:
     else:
         # address="local" always starts a new instance, even where a killed cluster left its
         # address file behind.
+        # Its token-authentication notice is for clusters people join; this one is private to the run.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING)
     return ray
@@ -246,13 +248,42 @@ def _read_experiment(exp_dir: str) -> dict[str, Any]:
     return doc
 
 
-def _reporter(tune: Any, objectives: list[tuple[str, str]]) -> Any:
-    metrics = {"epoch": "epoch", "val_accuracy": "val acc", "compute_saved_frac": "compute saved"}
-    for n, _ in objectives:
-        metrics.setdefault(n, n)
-    return tune.CLIReporter(metric_columns=metrics,
-                            parameter_columns={"family": "family", "paper_config": "paper"},
-                            max_progress_rows=30, max_error_rows=5, max_report_frequency=15)
+class _TuneMessages:
+    """Ray Tune's interrupt messages, in this tool's terms (it tells people to call Tuner.restore)."""
+
+    def filter(self, record: Any) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Stop signal received"):
+            print("\ninterrupted: stopping the running trials and saving the search state "
+                  "(interrupt again to quit at once)", file=sys.stderr, flush=True)
+            return False
+        return "has been interrupted" not in msg and "Tuner.restore(" not in msg
+
+
+def _fit(tuner: Any) -> Any:
+    """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray Tune stops the running trials and
+    saves the search state, the tables and analysis of what finished are written, and
+    ``--resume`` continues from there."""
+    import logging
+    import signal
+
+    logging.getLogger("ray.tune.tune").addFilter(_TuneMessages())
+    try:
+        old = signal.signal(signal.SIGTERM, lambda sig, frame: os.kill(os.getpid(), signal.SIGINT))
+    except ValueError:  # not the main thread: leave signals alone
+        old = None
+    try:
+        return tuner.fit()
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _progress(num_samples: int, epochs: int) -> Any:
+    """Console output: one line per finished trial (Ray's status tables are off, verbose=0)."""
+    from search_spaces.tune_ray import TrialProgress
+
+    return TrialProgress(num_samples, epochs)
 
 
 def _trainable(tune: Any, opts: dict[str, Any]) -> Any:
@@ -307,11 +338,12 @@ def _start(args: argparse.Namespace) -> int:
         _check_resources(ray, args.cpus_per_trial, args.gpus_per_trial, local=not args.address)
         _write_json(f"{exp_dir}/experiment.json", meta)
         from ray import tune
-        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.schedulers import FIFOScheduler
         from ray.tune.search.optuna import OptunaSearch
 
         from search_spaces.space import define_by_run
         from search_spaces.tune_glue import trial_dirname
+        from search_spaces.tune_ray import PaperASHA
 
         objectives = space.objectives
         searcher = OptunaSearch(space=define_by_run(space, space.num_units),
@@ -319,13 +351,22 @@ def _start(args: argparse.Namespace) -> int:
                                 sampler=_sampler(args.sampler, space.seed, num_samples),
                                 study_name=name, storage=ot_storage)
         study = getattr(searcher, "_ot_study", None)
+        import warnings
+
+        try:  # axis names in optuna-dashboard
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" in Optuna
+                study.set_metric_names([n for n, _ in objectives])
+        except Exception:  # noqa: BLE001 - cosmetic; older Optuna or a storage without it
+            pass
         for fixed, attrs in paper_enqueue(space)[:num_samples]:  # the paper's five configurations go first
             study.enqueue_trial(fixed, user_attrs=attrs)
         if scheduler == "asha":
             metric, mode = next(((n, m) for n, m in objectives if n == "val_accuracy"), objectives[0])
-            sched = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=space.epochs,
-                                  grace_period=space.early_stopping.grace_period,
-                                  reduction_factor=space.early_stopping.reduction_factor)
+            # ASHA, except that the paper's configurations always train the full budget
+            sched = PaperASHA(time_attr="epoch", metric=metric, mode=mode, max_t=space.epochs,
+                              grace_period=space.early_stopping.grace_period,
+                              reduction_factor=space.early_stopping.reduction_factor)
         else:
             sched = FIFOScheduler()
         tuner = tune.Tuner(
@@ -334,17 +375,18 @@ def _start(args: argparse.Namespace) -> int:
                                         max_concurrent_trials=max_conc or None, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=1,
+                name=name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                progress_reporter=_reporter(tune, objectives)),
+                callbacks=[_progress(num_samples, space.epochs)]),
         )
         print(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
               f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {args.sampler}, "
-              f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else ""),
+              f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
+              + (f"\n  watch the study: optuna-dashboard {args.optuna_storage}" if args.optuna_storage else ""),
               flush=True)
         t0 = time.time()
-        results = tuner.fit()
+        results = _fit(tuner)
         return _finish(exp_dir, meta, results, time.time() - t0, args.no_analysis)
     finally:
         ray.shutdown()
@@ -371,7 +413,7 @@ def _resume(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(tune, opts), resume_unfinished=True,
                                    resume_errored=True)
         t0 = time.time()
-        results = tuner.fit()
+        results = _fit(tuner)
         meta.setdefault("resumed", []).append(_now())
         return _finish(exp_dir, meta, results, time.time() - t0, args.no_analysis)
     finally:
@@ -381,21 +423,29 @@ def _resume(args: argparse.Namespace) -> int:
 def _finish(exp_dir: str, meta: dict[str, Any], results: Any, wall_s: float, no_analysis: bool) -> int:
     """Write trials.csv / epochs.csv / experiment.json, then the analysis; print where things are."""
     trials_df, n_err = write_tables(exp_dir, meta, results)
-    meta["finished"] = _now()
-    meta["wall_clock_s"] = round(wall_s, 1)
-    meta["trials"] = int(len(trials_df))
-    _write_json(f"{exp_dir}/experiment.json", meta)
     n = len(trials_df)
+    planned = int((meta.get("options") or {}).get("num_samples") or n)
+    unfinished = int((~trials_df["status"].isin(["TERMINATED", "ERROR"])).sum()) if n else 0
+    interrupted = bool(unfinished or n < planned)
+    meta["finished"] = None if interrupted else _now()
+    if interrupted:
+        meta["interrupted"] = _now()
+    else:
+        meta.pop("interrupted", None)
+    meta["wall_clock_s"] = round(float(meta.get("wall_clock_s") or 0) + wall_s, 1)
+    meta["trials"] = int(n)
+    _write_json(f"{exp_dir}/experiment.json", meta)
     done = int(((trials_df["status"] == "TERMINATED") & ~trials_df["stopped_early"].astype(bool)).sum()) if n else 0
     stopped = int(trials_df["stopped_early"].astype(bool).sum()) if n else 0
-    unfinished = int((~trials_df["status"].isin(["TERMINATED", "ERROR"])).sum()) if n else 0
-    print(f"\n{n} trials in {wall_s:.0f} s: {done} trained the full {meta.get('epochs')} epochs, "
+    print(f"\n{n} of {planned} trials in {wall_s:.0f} s: {done} trained the full {meta.get('epochs')} epochs, "
           f"{stopped} stopped early by ASHA, {n_err} errored" + (f", {unfinished} unfinished" if unfinished else ""))
     print(f"results: {exp_dir}/trials.csv, {exp_dir}/epochs.csv, {exp_dir}/experiment.json")
-    if unfinished:
-        print(f"the search was interrupted; continue it with: python tune_main.py --resume {exp_dir}")
     if n and not no_analysis:
         _analysis(exp_dir, trials_df, meta)
+    if interrupted:
+        print(f"\nthe search was interrupted after {n - unfinished} of {planned} trials; the analysis above covers "
+              f"those. Continue it with:\n  python tune_main.py --resume {exp_dir}")
+        return 130
     if n and n_err == n:
         print(f"error: every trial failed; see the error.txt files under {exp_dir}", file=sys.stderr)
         return 1
@@ -404,19 +454,24 @@ def _finish(exp_dir: str, meta: dict[str, Any], results: Any, wall_s: float, no_
 
 def write_tables(exp_dir: str, meta: dict[str, Any], results: Any) -> tuple[Any, int]:
     """trials.csv and epochs.csv from the ResultGrid's trials and their stored result.json."""
-    from search_spaces.tune_glue import build_tables, read_result_lines, read_text, storage_fs, write_text
+    from search_spaces.tune_glue import (build_tables, read_result_lines, read_text, saved_trial_statuses,
+                                         storage_fs, write_text)
 
     fs, base = storage_fs(exp_dir)
     records = []
     analysis = getattr(results, "_experiment_analysis", None)
     trials = list(getattr(analysis, "trials", None) or [])
+    saved = saved_trial_statuses(fs, base)
     if trials:
         for t in trials:
             path = str(t.path)
             err = None
-            if t.status == "ERROR":
+            status = t.status
+            if saved.get(t.trial_id) in ("RUNNING", "PENDING", "PAUSED"):
+                status = "RUNNING"  # interrupted: --resume continues it
+            elif status == "ERROR":
                 err = read_text(fs, path + "/error.txt") or "error"
-            records.append({"trial_id": t.trial_id, "status": t.status, "config": t.config,
+            records.append({"trial_id": t.trial_id, "status": status, "config": t.config,
                             "rows": read_result_lines(read_text(fs, path + "/result.json")), "error": err})
     else:  # fall back on the public Result objects
         for r in results:
@@ -432,33 +487,34 @@ def write_tables(exp_dir: str, meta: dict[str, Any], results: Any) -> tuple[Any,
 
 
 def _analysis(exp_dir: str, trials_df: Any, meta: dict[str, Any]) -> None:
-    """Pareto table, plots, report and the knee's policy, via ``analysis`` when it is there."""
+    """The Pareto table, then where the plot, report and knee policy were written."""
     from search_spaces.tune_glue import is_local, pareto_rows, pareto_text
 
     objectives = [tuple(o) for o in meta.get("objectives") or [("val_accuracy", "max"), ("compute_saved_frac", "max")]]
-    try:
-        import analysis
+    if is_local(exp_dir):
+        from analysis.export import export_policy
+        from analysis.run import run_analysis
 
-        run_analysis = getattr(analysis, "run_analysis", None)
-    except ImportError:
-        run_analysis = None
-    if run_analysis is not None and is_local(exp_dir):
         exp = Path(exp_dir.replace("file://", ""))
         try:
-            run_analysis(exp)
-            from analysis.export import export_policy
-
+            res = run_analysis(exp, quiet=True)
             knee = export_policy(exp, pick="knee", out=exp / "policies" / "knee.json")
-            print(f"\nreport: {exp / 'report.html'}\nPareto plot: {exp / 'pareto.png'}\nknee policy: {knee}")
-            print(f"train with it: python -m layerout.train --model {meta.get('model')} "
-                  f"--dataset {meta.get('dataset')} --policy {knee}")
+            print("\n" + res.table)
+            print(f"\nPareto plot: {exp / 'pareto.png'}\nreport:      {exp / 'report.html'}\n"
+                  f"knee policy: {knee}  (all {len(res.policies)} front policies in {exp / 'policies'})")
+            print(f"train with it: python -m layerout.train --policy {knee} --out runs/knee")
+            print(f"other picks: python -m analysis.export {exp_dir} --pick max-accuracy (or min-compute, "
+                  "or --min-accuracy 0.97) -o policy.json")
             return
         except UserError as exc:
             print(f"analysis: {exc}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - the results are stored; the analysis must not lose them
             print(f"analysis failed ({exc.__class__.__name__}: {exc}); the results are stored, rerun it with "
                   f"python -m analysis {exp_dir}", file=sys.stderr)
-    # Fallback (analysis missing or failed): the non-dominated full-budget trials.
+    else:
+        print(f"\nthe experiment is in remote storage: copy it to a local folder and run python -m analysis on it "
+              f"for the plots, report and policy files")
+    # Fallback (remote storage, or the analysis failed): the non-dominated full-budget trials.
     front = pareto_rows(trials_df, objectives)
     if len(front):
         print("\nPareto front (trials that trained the full budget; sorted by compute saved):")
@@ -484,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "--gpus-per-trial", "--no-analysis")]
         if clash:
             raise UserError(f"--resume continues an experiment as it was started; {', '.join(clash)} cannot "
-                            "be changed (allowed with --resume: --address, --cpus-per-trial, --gpus-per-trial)")
+                            "be changed (allowed with --resume: --address, --cpus-per-trial, --gpus-per-trial, --no-analysis)")
         return _resume(args)
     return _start(args)
 

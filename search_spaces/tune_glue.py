@@ -24,6 +24,7 @@ from typing import Any, Iterable
 METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
            "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
 EXTRA_COLUMNS = ["lr", "frozen_units", "synthetic"]
+TRIAL_EXTRA_COLUMNS = ["steps_per_epoch"]  # per trial (trials.csv only): what replaying its policy needs
 TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done"]
 
 
@@ -72,9 +73,11 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> N
 
     def report(metrics: dict[str, Any], trainer: Any) -> None:
         m = _reportable(metrics)
-        sched = getattr(trainer, "schedule", None)
-        if sched is not None and hasattr(sched, "to_dict"):
-            m["policy"] = json.dumps(sched.to_dict(), sort_keys=True)
+        # What a policy file needs besides the experiment's units and the config's training
+        # recipe: the schedule as it ran (drawn v, adaptive freeze epochs filled in) and the
+        # steps per epoch it was bound to (FreezeOut's step-wise masks depend on it).
+        m["policy"] = json.dumps(trainer.schedule.to_dict(), sort_keys=True)
+        m["steps_per_epoch"] = int(trainer.steps_per_epoch)
         # report() copies out_dir (checkpoint.pt of this epoch) to the trial's storage before
         # returning, so the trainer may overwrite it next epoch.
         tune.report(m, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
@@ -84,29 +87,15 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> N
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 shutil.copytree(d, out_dir, dirs_exist_ok=True)
-            trainer = Trainer.resume(str(out_dir), callbacks=[report], **_resume_kwargs(overrides))
+            trainer = Trainer.resume(str(out_dir), callbacks=[report], verbose=False, **overrides)
         else:
             cfg = TrainConfig(**{**config["train"], **overrides})
             schedule = schedule_from_dict(config["schedule"])
-            trainer = Trainer(cfg, schedule, out_dir=str(out_dir), callbacks=[report])
+            # quiet: the driver prints one line per finished trial (search_spaces.tune_ray)
+            trainer = Trainer(cfg, schedule, out_dir=str(out_dir), callbacks=[report], verbose=False)
         trainer.fit()
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _resume_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments Trainer.resume accepts among the overrides (device / data_dir)."""
-    import inspect
-
-    from layerout.trainer import Trainer
-
-    try:
-        params = inspect.signature(Trainer.resume).parameters
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return dict(overrides)
-    return {k: v for k, v in overrides.items() if k in params}
 
 
 def trial_dirname(trial: Any) -> str:
@@ -153,6 +142,38 @@ def write_text(fs: Any, path: str, text: str) -> None:
         with fs.open_output_stream(path) as f:
             f.write(text.encode("utf-8"))
         fs.delete_file(tmp)
+
+
+def saved_trial_statuses(fs: Any, exp_dir: str) -> dict[str, str]:
+    """trial id -> status in Ray Tune's newest ``experiment_state-*.json`` (what ``--resume`` will
+    continue from). After an interrupted ``fit()`` the in-memory trials all read TERMINATED, but
+    the saved state still says RUNNING / PENDING / PAUSED for the ones that did not finish.
+    Empty when the file is missing or unreadable."""
+    import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(exp_dir, recursive=False))
+    except OSError:
+        return {}
+    states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return {}
+    try:
+        doc = json.loads(read_text(fs, states[-1]) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    out: dict[str, str] = {}
+    for entry in doc.get("trial_data") or []:
+        state = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+        if isinstance(state, str):
+            try:
+                state = json.loads(state)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(state, dict) and state.get("trial_id") and state.get("status"):
+            out[str(state["trial_id"])] = str(state["status"])
+    return out
 
 
 # ------------------------------------------------------------------------------ result tables
@@ -229,6 +250,8 @@ def build_tables(trials: Iterable[dict[str, Any]], epochs_budget: int):
         row.update(_flatten({k: v for k, v in config.items() if k not in ("paper_config",)}, "config"))
         policy = last.get("policy") if last else None
         row["policy"] = policy if policy else json.dumps(config.get("schedule", {}), sort_keys=True)
+        for c in TRIAL_EXTRA_COLUMNS:
+            row[c] = last.get(c, math.nan) if last else math.nan
         for m in METRICS + EXTRA_COLUMNS:
             row[m] = last.get(m, math.nan) if last else math.nan
         if t.get("error"):
@@ -239,13 +262,15 @@ def build_tables(trials: Iterable[dict[str, Any]], epochs_budget: int):
                                **{m: r.get(m, math.nan) for m in METRICS + EXTRA_COLUMNS}})
     trials_df = pd.DataFrame(trial_rows)
     if trials_df.empty:
-        trials_df = pd.DataFrame(columns=TRIAL_FIRST_COLUMNS + ["policy"] + METRICS + EXTRA_COLUMNS)
+        trials_df = pd.DataFrame(columns=TRIAL_FIRST_COLUMNS + ["policy"] + TRIAL_EXTRA_COLUMNS + METRICS
+                                 + EXTRA_COLUMNS)
     else:
         cfg_cols = sorted(c for c in trials_df.columns if c.startswith("config/"))
-        rest = [c for c in trials_df.columns if c not in TRIAL_FIRST_COLUMNS and c not in cfg_cols
-                and c not in METRICS + EXTRA_COLUMNS + ["policy", "error"]]
+        known = METRICS + EXTRA_COLUMNS + TRIAL_EXTRA_COLUMNS + ["policy", "error"]
+        rest = [c for c in trials_df.columns if c not in TRIAL_FIRST_COLUMNS and c not in cfg_cols and c not in known]
         tail = ["error"] if "error" in trials_df.columns else []
-        trials_df = trials_df[TRIAL_FIRST_COLUMNS + cfg_cols + rest + ["policy"] + METRICS + EXTRA_COLUMNS + tail]
+        trials_df = trials_df[TRIAL_FIRST_COLUMNS + cfg_cols + rest + ["policy"] + TRIAL_EXTRA_COLUMNS + METRICS
+                              + EXTRA_COLUMNS + tail]
     epochs_df = pd.DataFrame(epoch_rows, columns=["trial_id"] + METRICS + EXTRA_COLUMNS)
     return _tidy(trials_df), _tidy(epochs_df)
 

@@ -21,8 +21,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 
 import pandas as pd  # noqa: E402
 
-pytest.importorskip("layerout.trainer", reason="the search runs the LayerOut trainer")
 import tune_main  # noqa: E402
+from layerout.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
@@ -75,11 +75,12 @@ def _result_lines(trial_dir: Path) -> list[dict]:
     return out
 
 
-def test_search_writes_experiment_trials_and_epochs(tmp_path):
+def test_search_writes_experiment_trials_and_epochs(tmp_path, capsys):
     space = _space(tmp_path, "four", MIXED)
     rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "four",
-                         "--num-samples", "4", "--no-analysis"])
+                         "--num-samples", "4"])
     assert rc == 0
+    out = capsys.readouterr().out
     exp = tmp_path / "res" / "four"
     trials, epochs, meta = _read(exp)
     assert len(trials) == 4 and trials["trial_id"].is_unique
@@ -108,6 +109,38 @@ def test_search_writes_experiment_trials_and_epochs(tmp_path):
     assert meta["objectives"] == [["val_accuracy", "max"], ["compute_saved_frac", "max"]]
     assert meta["finished"] and meta["created"] and {"python", "torch", "ray", "optuna"} <= set(meta["versions"])
     assert meta["options"]["num_samples"] == 4 and meta["space"]["model"] == "digits_cnn"
+    # one console line per finished trial, then the Pareto table and where the files are
+    assert sum(line.startswith("[") and "/4] trial " in line for line in out.splitlines()) == 4, out
+    assert "Pareto front of four" in out and "knee:" in out
+    for name in ("pareto.png", "report.html", "policies/knee.json"):
+        assert (exp / name).is_file() and str(exp / name) in out, name
+    assert (exp / "pareto.png").stat().st_size > 10_000
+    assert (trials["steps_per_epoch"] == 21).all()  # ceil(1294 training images / 64): digits, 10% held out
+
+    # the knee's policy file loads, carries the recipe, and replays without Ray
+    knee = load_policy(exp / "policies" / "knee.json")
+    assert knee.model == "digits_cnn" and knee.units == ["conv1", "conv2", "head"]
+    prov = knee.provenance
+    assert (prov["dataset"], prov["epochs"], prov["batch_size"], prov["seed"], prov["steps_per_epoch"]) == (
+        "digits", EPOCHS, 64, 0, 21)
+    assert prov["train"]["augment"] is False and prov["train"]["lr_milestones"] == []
+
+    # efreeze's policy replayed by layerout.train: same masks, same FLOPs saved
+    from analysis.export import build_policy, write_policy_file
+    from analysis.results import load_experiment
+    from layerout.train import main as train_main
+
+    e = load_experiment(exp)
+    row = e.trials[e.trials["paper_config"] == "efreeze"].iloc[0]
+    pfile = write_policy_file(build_policy(e, row, "test"), tmp_path / "efreeze.json")
+    assert train_main(["--policy", str(pfile), "--out", str(tmp_path / "replay"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "replay" / "summary.json").read_text())
+    assert summary["config"]["epochs"] == EPOCHS and summary["config"]["augment"] is False
+    replay = pd.read_csv(tmp_path / "replay" / "epochs.csv", dtype={"frozen_units": str})
+    ran = epochs[epochs["trial_id"] == row["trial_id"]]
+    assert replay["frozen_units"].tolist() == ran["frozen_units"].tolist()
+    assert replay["compute_saved_frac"].tolist() == pytest.approx(ran["compute_saved_frac"].tolist(), abs=1e-9)
+    assert summary["metrics"]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=0.03)
 
 
 def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path):
@@ -115,18 +148,19 @@ def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path):
     high = "  layerout: {vector: per_unit, v: [0.97, 1.0], warmup_epochs: 0, v_mode: manual}"
     space = _space(tmp_path, "asha", high, extra="")
     rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "asha",
-                         "--num-samples", "6", "--max-concurrent", "1", "--no-analysis"])
+                         "--num-samples", "7", "--max-concurrent", "1", "--no-analysis"])
     assert rc == 0
     trials, epochs, _ = _read(tmp_path / "res" / "asha")
-    assert len(trials) == 6
+    assert len(trials) == 7
     stopped = trials[trials["stopped_early"]]
     assert len(stopped) >= 1, trials[["trial_id", "paper_config", "epochs_done", "val_accuracy"]]
     assert (stopped["status"] == "TERMINATED").all() and (stopped["epochs_done"] < EPOCHS).all()
     assert stopped["val_accuracy"].notna().all() and stopped["compute_saved_frac"].notna().all()
     for tid, done in zip(stopped["trial_id"], stopped["epochs_done"]):
         assert (epochs["trial_id"] == tid).sum() == done
-    base = trials.loc[trials["paper_config"] == "baseline"].iloc[0]
-    assert not base["stopped_early"] and base["epochs_done"] == EPOCHS
+    # the paper's configurations are the reference points: ASHA never stops them
+    paper = trials[trials["paper_config"].fillna("") != ""]
+    assert len(paper) == 5 and not paper["stopped_early"].any() and (paper["epochs_done"] == EPOCHS).all()
 
 
 def test_cluster_mode_with_address(tmp_path):
@@ -208,6 +242,42 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert meta["finished"] and meta.get("resumed")
     assert trials["paper_config"].fillna("").tolist()[:5] == ["baseline", "since_start", "warmup_random",
                                                              "efreeze", "dfreeze"]
+
+
+def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
+    """SIGTERM is Ctrl-C: running trials stop, the tables of what finished are written (the
+    unfinished one marked RUNNING), exit 130; --resume then completes the search."""
+    space = _space(tmp_path, "term", MIXED)
+    exp = tmp_path / "res" / "term"
+    cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
+           "--name", "term", "--num-samples", "6", "--max-concurrent", "1", "--scheduler", "none",
+           "--no-analysis"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(), start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None and not _finished_trials(exp):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out[-3000:]
+    assert f"python tune_main.py --resume {exp}" in out and "Tuner.restore" not in out
+    trials, _, meta = _read(exp)
+    assert 1 <= len(trials) < 6 or (trials["status"] == "RUNNING").any(), trials
+    assert meta["finished"] is None and meta["interrupted"]
+    assert not trials["stopped_early"].any()  # interrupted trials are not "stopped by ASHA"
+
+    res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
+                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 6 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()
+    assert len(epochs) == 6 * EPOCHS and meta["finished"] and "interrupted" not in meta
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

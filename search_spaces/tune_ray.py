@@ -1,0 +1,102 @@
+"""Ray Tune parts of the search that Ray pickles into the experiment state (so they live in an
+importable module, and ``tune_main.py --resume`` finds them again):
+
+- ``PaperASHA``: ASHA that never stops the paper's configurations (the trials whose config has a
+  ``paper_config``): they are the reference points every Pareto plot shows, and the baseline is
+  what "accuracy lost" is measured against. Their results still count at ASHA's rungs.
+- ``TrialProgress``: the driver's console output, one line per finished (or stopped, or failed)
+  trial and a status line when nothing finished for a while, instead of Ray's status tables.
+
+This module imports Ray; only tune_main.py imports it.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+
+class PaperASHA(AsyncHyperBandScheduler):
+    """ASHA (asynchronous successive halving) that lets the paper's configurations finish."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if (action == TrialScheduler.STOP and (trial.config or {}).get("paper_config")
+                and result.get(self._time_attr, 0) < self._max_t):
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+
+def _pct(x: Any, digits: int = 1) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "   -  "
+    return "   -  " if math.isnan(v) else f"{100 * v:5.{digits}f}%"
+
+
+class TrialProgress(Callback):
+    """One console line per trial that ends; a status line after ``quiet_s`` without one."""
+
+    def __init__(self, num_samples: int, epochs: int, quiet_s: float = 120.0):
+        self.num_samples = int(num_samples)
+        self.epochs = int(epochs)
+        self.quiet_s = float(quiet_s)
+        self._last_print = time.time()
+        self._printed: set[str] = set()
+
+    def __setstate__(self, state: dict) -> None:  # restored by --resume: a new clock
+        self.__dict__.update(state)
+        self._last_print = time.time()
+
+    def _print(self, line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+        self._last_print = time.time()
+
+    def _ended(self, trials: list, trial: Any, error: bool) -> None:
+        if trial.trial_id in self._printed:
+            return
+        self._printed.add(trial.trial_id)
+        done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
+        width = len(str(self.num_samples))
+        cfg = trial.config or {}
+        res = trial.last_result or {}
+        epoch = res.get("epoch")
+        what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else "")
+        head = f"[{done:>{width}}/{self.num_samples}] trial {trial.trial_id}  {what:<26}"
+        if error:
+            self._print(f"{head} FAILED after {epoch or 0}/{self.epochs} epochs (see {trial.path}/error.txt)")
+            return
+        if epoch is None:
+            self._print(f"{head} ended without reporting")
+            return
+        stopped = int(epoch) < self.epochs
+        ran = f"{int(epoch)}/{self.epochs} epochs" + (" (ASHA stopped it)" if stopped else "")
+        secs = res.get("time_total_s")
+        self._print(f"{head} {ran:<28} val acc {_pct(res.get('val_accuracy'), 2)}  "
+                    f"compute saved {_pct(res.get('compute_saved_frac'))}  "
+                    f"time saved {_pct(res.get('time_saved_frac'))}"
+                    + (f"  {secs:.0f} s" if isinstance(secs, (int, float)) else ""))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trials, trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trials, trial, error=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.time() - self._last_print < self.quiet_s:
+            return
+        running = [t for t in trials if t.status == "RUNNING"]
+        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        if not running:
+            self._last_print = time.time()
+            return
+        epochs = sorted(int((t.last_result or {}).get("epoch") or 0) for t in running)
+        self._print(f"... {done}/{self.num_samples} trials finished, {len(running)} running "
+                    f"(epochs done: {', '.join(map(str, epochs[:8]))}{' ...' if len(epochs) > 8 else ''})")
