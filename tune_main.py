@@ -410,6 +410,10 @@ def _resume(args: argparse.Namespace) -> int:
                             "(the search never started)")
         _check_resources(ray, cpus, gpus, local=not address)
         print(f"resuming experiment: {exp_dir}", flush=True)
+        from search_spaces.tune_glue import repair_checkpoint_refs
+
+        for line in repair_checkpoint_refs(exp_dir):
+            print(f"  {line}", flush=True)
         tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(tune, opts), resume_unfinished=True,
                                    resume_errored=True)
         t0 = time.time()
@@ -502,7 +506,7 @@ def _analysis(exp_dir: str, trials_df: Any, meta: dict[str, Any]) -> None:
             print("\n" + res.table)
             print(f"\nPareto plot: {exp / 'pareto.png'}\nreport:      {exp / 'report.html'}\n"
                   f"knee policy: {knee}  (all {len(res.policies)} front policies in {exp / 'policies'})")
-            print(f"train with it: python -m layerout.train --policy {knee} --out runs/knee")
+            print(f"train with it: python -m layerout.train --policy {knee} --out {exp / 'runs' / 'knee'}")
             print(f"other picks: python -m analysis.export {exp_dir} --pick max-accuracy (or min-compute, "
                   "or --min-accuracy 0.97) -o policy.json")
             return

@@ -371,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  trial {prov.get('trial_id')} ({prov.get('picked_by')}), {doc['schedule'].get('kind')}: "
           f"val acc {pct(m.get('val_accuracy'))}, compute saved {pct(m.get('compute_saved_frac'))}, "
           f"time saved {pct(m.get('time_saved_frac'))}, test acc {pct(m.get('test_accuracy'))}")
+    print(f"  train with it (replays the trial's recipe): python -m layerout.train --policy {shlex.quote(str(path))} "
+          f"--out runs/{_slug(str(prov.get('trial_id')))}")
     if args.all_front:
         paths = export_front(args.experiment_dir, args.all_front, include_stopped=args.include_stopped)
         print(f"front policies: {len(paths)} written to {args.all_front}")

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
            "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
 EXTRA_COLUMNS = ["lr", "frozen_units", "synthetic"]
+RAY_SEEN_MARKER = "ray_seen_epoch.json"  # in a repaired checkpoint: the last epoch Ray's state recorded
 TRIAL_EXTRA_COLUMNS = ["steps_per_epoch"]  # per trial (trials.csv only): what replaying its policy needs
 TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done"]
 
@@ -87,7 +88,16 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> N
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 shutil.copytree(d, out_dir, dirs_exist_ok=True)
+            marker = out_dir / RAY_SEEN_MARKER  # left by repair_checkpoint_refs
+            seen = None
+            if marker.is_file():
+                seen = json.loads(marker.read_text()).get("epoch")
+                marker.unlink()
             trainer = Trainer.resume(str(out_dir), callbacks=[report], verbose=False, **overrides)
+            if isinstance(seen, int):  # epochs the checkpoint holds but Ray never recorded: report them
+                for m in trainer.history:
+                    if int(m.get("epoch") or 0) > seen:
+                        report(m, trainer)
         else:
             cfg = TrainConfig(**{**config["train"], **overrides})
             schedule = schedule_from_dict(config["schedule"])
@@ -149,19 +159,8 @@ def saved_trial_statuses(fs: Any, exp_dir: str) -> dict[str, str]:
     continue from). After an interrupted ``fit()`` the in-memory trials all read TERMINATED, but
     the saved state still says RUNNING / PENDING / PAUSED for the ones that did not finish.
     Empty when the file is missing or unreadable."""
-    import pyarrow.fs as pafs
-
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(exp_dir, recursive=False))
-    except OSError:
-        return {}
-    states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
-                    and i.base_name.endswith(".json"))
-    if not states:
-        return {}
-    try:
-        doc = json.loads(read_text(fs, states[-1]) or "{}")
-    except json.JSONDecodeError:
+    doc = _newest_state(fs, exp_dir)
+    if doc is None:
         return {}
     out: dict[str, str] = {}
     for entry in doc.get("trial_data") or []:
@@ -173,6 +172,72 @@ def saved_trial_statuses(fs: Any, exp_dir: str) -> dict[str, str]:
                 continue
         if isinstance(state, dict) and state.get("trial_id") and state.get("status"):
             out[str(state["trial_id"])] = str(state["status"])
+    return out
+
+
+def _newest_state(fs: Any, exp_dir: str) -> dict[str, Any] | None:
+    import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(exp_dir, recursive=False))
+    except OSError:
+        return None
+    states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return None
+    try:
+        doc = json.loads(read_text(fs, states[-1]) or "{}")
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def repair_checkpoint_refs(exp_dir: str) -> list[str]:
+    """Before ``--resume`` of a local experiment: give every unfinished trial the checkpoint that
+    Ray Tune's saved state names for it.
+
+    Ray saves the experiment state at most every ~10 s, but a trial deletes its previous
+    checkpoint (``num_to_keep=1``) as soon as it reports a new one; a driver killed in between
+    leaves a state naming a checkpoint that is gone, and Ray then fails that trial ("does not
+    exist on storage anymore"). The newer checkpoint is there and is what the trial should
+    continue from, so it is moved to the name the state expects, with a note of the last epoch
+    the state recorded: ``train_trial`` reports the epochs after it again (their results were
+    lost with the driver) before it trains on. Returns one line per repaired trial; does
+    nothing for remote storage or a state it cannot read.
+    """
+    import re
+    import shutil
+
+    if not is_local(exp_dir):
+        return []
+    base = Path(exp_dir.replace("file://", ""))
+    fs, p = storage_fs(str(base))
+    doc = _newest_state(fs, p)
+    out: list[str] = []
+    for entry in (doc or {}).get("trial_data") or []:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+            continue
+        try:
+            state = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+            meta = json.loads(entry[1]) if isinstance(entry[1], str) else entry[1]
+            if state.get("status") == "TERMINATED":
+                continue
+            blob = (meta.get("checkpoint_manager") or {}).get("value") or ""
+            names = sorted(set(re.findall(r"checkpoint_\d{6}", bytes.fromhex(blob).decode("latin-1"))))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        tdir = base / f"trial_{state.get('trial_id')}"
+        if not names or not tdir.is_dir() or (tdir / names[-1]).exists():
+            continue
+        present = sorted(d.name for d in tdir.glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d{6}", d.name))
+        newer = [n for n in present if n > names[-1]]
+        if newer:
+            shutil.move(str(tdir / newer[-1]), str(tdir / names[-1]))
+            seen = (meta.get("last_result") or {}).get("epoch")
+            (tdir / names[-1] / RAY_SEEN_MARKER).write_text(json.dumps({"epoch": seen}))
+            out.append(f"trial {state.get('trial_id')}: continues from {newer[-1]} (the saved state named "
+                       f"{names[-1]}, deleted after it)")
     return out
 
 

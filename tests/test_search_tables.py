@@ -51,3 +51,33 @@ def test_result_lines_skip_a_cut_line_and_later_reports_win():
         + "\n" + '{"epoch": 2, "val_acc'
     rows = epochs_of(read_result_lines(text))
     assert [(r["epoch"], r["val_accuracy"]) for r in rows] == [(1, 0.2)]
+
+
+def test_repair_gives_a_resumed_trial_the_checkpoint_its_saved_state_names(tmp_path):
+    """A driver killed between Ray's state save (naming checkpoint_000001) and the deletion of that
+    checkpoint (after checkpoint_000002 arrived): the newer one takes the expected name."""
+    from search_spaces.tune_glue import RAY_SEEN_MARKER, repair_checkpoint_refs
+
+    def entry(tid, status, ckpt, epoch):
+        blob = (b"\x80\x05junk" + ckpt.encode() + b"more").hex()
+        return [json.dumps({"trial_id": tid, "status": status}),
+                json.dumps({"last_result": {"epoch": epoch},
+                            "checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": blob}})]
+
+    for tid, names in (("a", ["checkpoint_000002"]), ("b", ["checkpoint_000002"]), ("c", ["checkpoint_000001"])):
+        for n in names:
+            (tmp_path / f"trial_{tid}" / n).mkdir(parents=True)
+            (tmp_path / f"trial_{tid}" / n / "checkpoint.pt").write_text(tid)
+    state = {"trial_data": [entry("a", "RUNNING", "checkpoint_000001", 2),
+                            entry("b", "TERMINATED", "checkpoint_000001", 2),   # finished: left alone
+                            entry("c", "RUNNING", "checkpoint_000001", 2)]}     # intact: left alone
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (tmp_path / "experiment_state-2026-01-01_00-00-10.json").write_text(json.dumps(state))
+    lines = repair_checkpoint_refs(str(tmp_path))
+    assert len(lines) == 1 and "trial a" in lines[0]
+    a = tmp_path / "trial_a"
+    assert sorted(p.name for p in a.iterdir()) == ["checkpoint_000001"]
+    assert json.loads((a / "checkpoint_000001" / RAY_SEEN_MARKER).read_text()) == {"epoch": 2}
+    assert (tmp_path / "trial_b" / "checkpoint_000002").is_dir()
+    assert not (tmp_path / "trial_c" / "checkpoint_000001" / RAY_SEEN_MARKER).exists()
+    assert repair_checkpoint_refs(str(tmp_path)) == []  # idempotent
