@@ -237,12 +237,7 @@ def _family_of(policy: Any) -> str:
 
 
 def _normalize_trials(trials: pd.DataFrame, meta: dict, epochs: pd.DataFrame, where: Path) -> pd.DataFrame:
-    t = trials.copy()
-    t["trial_id"] = t["trial_id"].astype(str)
-    for col in METRICS:
-        if col not in t.columns:
-            t[col] = np.nan
-        t[col] = pd.to_numeric(t[col], errors="coerce")
+    t = _with_numeric_metrics(trials)
     if "status" not in t.columns:
         t["status"] = "TERMINATED"
     t["status"] = t["status"].fillna("").astype(str).str.upper()
@@ -268,13 +263,18 @@ def _normalize_trials(trials: pd.DataFrame, meta: dict, epochs: pd.DataFrame, wh
 
 
 def _normalize_epochs(epochs: pd.DataFrame) -> pd.DataFrame:
-    e = epochs.copy()
-    e["trial_id"] = e["trial_id"].astype(str)
+    return _with_numeric_metrics(epochs).reset_index(drop=True)
+
+
+def _with_numeric_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with string trial ids and every metric column numeric (missing ones NaN)."""
+    out = df.copy()
+    out["trial_id"] = out["trial_id"].astype(str)
     for col in METRICS:
-        if col not in e.columns:
-            e[col] = np.nan
-        e[col] = pd.to_numeric(e[col], errors="coerce")
-    return e.reset_index(drop=True)
+        if col not in out.columns:
+            out[col] = np.nan
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,12 +291,15 @@ def _find_ray_results(path: Path) -> list[Path]:
     return out
 
 
-def _flatten(d: dict, prefix: str) -> dict[str, Any]:
+def flatten_config(d: dict, prefix: str) -> dict[str, Any]:
+    """A nested config as trials.csv columns: ``{"train": {"epochs": 8}}`` -> ``prefix/train/epochs``;
+    lists as JSON. The search writes its tables with it and the analysis reads Ray's results with it,
+    so both name columns alike."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}/{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key))
+            out.update(flatten_config(v, key))
         elif isinstance(v, (list, tuple)):
             out[key] = json.dumps(list(v))
         else:
@@ -411,7 +414,7 @@ def _rebuild_from_ray(files: list[Path], meta: dict | None) -> tuple[pd.DataFram
             "family": str(_find_key(config, "family") or (schedule or {}).get("kind", "")),
             "epochs_done": epochs_done,
         }
-        row.update(_flatten(config, "config"))
+        row.update(flatten_config(config, "config"))
         row["policy"] = json.dumps(schedule) if schedule is not None else ""
         row["steps_per_epoch"] = last.get("steps_per_epoch", np.nan)  # what replaying the policy needs
         for col in METRICS + EXTRA_EPOCH_COLUMNS:

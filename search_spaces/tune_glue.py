@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from analysis.results import flatten_config
+
 # DESIGN.md "What a trial reports", plus the per-epoch extras of docs/ARCHITECTURE.md.
 METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
            "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
@@ -242,17 +244,6 @@ def repair_checkpoint_refs(exp_dir: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ result tables
-def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}/{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
 
 
 def _trial_sort_key(trial_id: str) -> tuple:
@@ -312,7 +303,7 @@ def build_tables(trials: Iterable[dict[str, Any]], epochs_budget: int):
             "paper_config": config.get("paper_config", "") or "", "family": config.get("family", ""),
             "epochs_done": done,
         }
-        row.update(_flatten({k: v for k, v in config.items() if k not in ("paper_config",)}, "config"))
+        row.update(flatten_config({k: v for k, v in config.items() if k not in ("paper_config",)}, "config"))
         policy = last.get("policy") if last else None
         row["policy"] = policy if policy else json.dumps(config.get("schedule", {}), sort_keys=True)
         for c in TRIAL_EXTRA_COLUMNS:
