@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/trainer.py --device cpu
+	$(PY) benchmarks/trainer.py --device cpu --quick --threads 1
 
 clean:
 	rm -rf $(VENV) results
