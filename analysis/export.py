@@ -94,17 +94,16 @@ def _config_of(row: pd.Series) -> dict[str, Any]:
     return out
 
 
-# TrainConfig fields that describe where a run ran, not what it did: never part of a replayed recipe.
-_LOCAL_FIELDS = ("device", "data_dir", "download")
 
 
 def _train_fields() -> dict[str, str]:
-    """TrainConfig field name -> its annotation (a string such as 'int', 'float | None', 'list[int]')."""
+    """TrainConfig field name -> its annotation (a string such as 'int', 'float | None', 'list[int]'),
+    without ``LOCAL_FIELDS`` (where a run ran is never part of a replayed recipe)."""
     from dataclasses import fields
 
-    from layerout.trainer import TrainConfig
+    from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
-    return {f.name: str(f.type) for f in fields(TrainConfig)}
+    return {f.name: str(f.type) for f in fields(TrainConfig) if f.name not in LOCAL_FIELDS}
 
 
 def _coerce(value: Any, annotation: str) -> Any:
@@ -132,7 +131,7 @@ def _coerce(value: Any, annotation: str) -> Any:
 def train_recipe(exp: Experiment, row: pd.Series) -> dict[str, Any]:
     """The training recipe (TrainConfig fields) the trial ran with: the trial's ``config/train/*``
     columns (older tables: ``config/<field>``), over the experiment's ``space.train``; without
-    ``device``, ``data_dir``, ``download`` (they say where it ran, not what it did)."""
+    ``LOCAL_FIELDS`` (device, data_dir, download, fast_path: where it ran, not what it did)."""
     known = _train_fields()
     recipe: dict[str, Any] = {}
     space = exp.meta.get("space")
@@ -149,7 +148,7 @@ def train_recipe(exp: Experiment, row: pd.Series) -> dict[str, Any]:
                 recipe[k] = cfg[key]
     out = {}
     for k, v in recipe.items():
-        if k in known and k not in _LOCAL_FIELDS:
+        if k in known:
             v = _coerce(v, known[k])
             if v is not None or "None" in known[k]:
                 out[k] = v

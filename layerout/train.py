@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-frac", type=float, default=None, help="validation share of the training set (0.1)")
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    tr.add_argument("--fast-path", choices=("off", "cudagraph"), default=None,
+                    help="cudagraph: replay one captured CUDA graph per freezing mask (CUDA only; "
+                         "not yet measured on a GPU, see benchmarks/RESULTS.md). Default off")
     tr.add_argument("--data-dir", default=None, help="dataset folder (default ~/.cache/layerout-tune/data)")
     tr.add_argument("--no-download", action="store_true", help="never download; read --data-dir only")
     tr.add_argument("--test-every-epoch", action="store_true", help="also report test accuracy every epoch")
@@ -146,7 +149,7 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
     cfg: dict[str, Any] = {"model": model, "dataset": dataset}
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
                       ("weight_decay", "weight_decay"), ("lr_gamma", "lr_gamma"), ("bn_frozen", "bn_frozen"),
-                      ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("data_dir", "data_dir"),
+                      ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"), ("data_dir", "data_dir"),
                       ("max_train_batches", "max_train_batches")):
         v = getattr(args, flag)
         if v is not None:
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from layerout.trainer import TrainConfig, Trainer
 
     if args.resume:
-        overrides = {"device": args.device, "data_dir": args.data_dir}
+        overrides = {"device": args.device, "data_dir": args.data_dir, "fast_path": args.fast_path}
         if args.no_download:
             overrides["download"] = False
         trainer = Trainer.resume(args.resume, verbose=not args.quiet, **overrides)
@@ -233,13 +236,13 @@ def main(argv: list[str] | None = None) -> int:
 def _policy_recipe(policy: Any, model: str, dataset: str) -> dict[str, Any]:
     """TrainConfig fields of the run a policy came from: ``epochs``, ``batch_size``, ``seed`` from
     its provenance (any policy), and the whole recipe ``provenance["train"]`` (policies exported
-    from a search) when it is for this model and dataset; never device, data_dir or download."""
+    from a search) when it is for this model and dataset; never ``LOCAL_FIELDS`` (device, ...)."""
     from dataclasses import fields
 
-    from layerout.trainer import TrainConfig
+    from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
     prov = policy.provenance
-    known = {f.name for f in fields(TrainConfig)} - {"model", "dataset", "device", "data_dir", "download"}
+    known = {f.name for f in fields(TrainConfig)} - {"model", "dataset", *LOCAL_FIELDS}
     out: dict[str, Any] = {}
     train = prov.get("train")
     if isinstance(train, dict) and train.get("model", model) == model and train.get("dataset", dataset) == dataset:

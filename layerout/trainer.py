@@ -31,6 +31,7 @@ from layerout.augment import augment_batch
 from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
 from layerout.data import DataSplits, iterate_batches, load_data
 from layerout.errors import UserError
+from layerout.fastpath import FAST_PATHS, StepRunner
 from layerout.freezer import BN_MODES, Freezer
 from layerout.models import MODELS, build_model, count_params, model_units
 from layerout.schedules import Schedule, schedule_from_dict
@@ -43,6 +44,9 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "layerout-checkpoint"
 
 Callback = Callable[[dict[str, Any], "Trainer"], Any]
+# TrainConfig fields that say where and how fast a run ran, not what it computed: a resumed run
+# may change them, and a replayed policy's recipe never carries them.
+LOCAL_FIELDS = ("device", "data_dir", "download", "fast_path")
 
 
 @dataclass
@@ -71,6 +75,7 @@ class TrainConfig:
     test_every_epoch: bool = False
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
     synthetic_size: int | None = None
+    fast_path: str = "off"  # "cudagraph": one captured CUDA graph per mask (layerout/fastpath.py); CUDA only
 
     def __post_init__(self) -> None:
         self.lr_milestones = [int(m) for m in (self.lr_milestones or [])]
@@ -92,6 +97,8 @@ class TrainConfig:
             raise bad("weight_decay", "must be >= 0")
         if self.bn_frozen not in BN_MODES:
             raise bad("bn_frozen", f"allowed: {', '.join(BN_MODES)}")
+        if self.fast_path not in FAST_PATHS:
+            raise bad("fast_path", f"allowed: {', '.join(FAST_PATHS)}")
         if self.lr_warmup_epochs < 0 or self.lr_warmup_epochs >= self.epochs and self.lr_warmup_epochs:
             raise bad("lr_warmup_epochs", f"must be in [0, epochs={self.epochs})")
         if self.max_train_batches is not None and self.max_train_batches < 1:
@@ -162,13 +169,19 @@ class Trainer:
         self.epoch = 0  # epochs finished
         self.history: list[dict[str, Any]] = []
         self.loss_fn = nn.CrossEntropyLoss()
+        # per-unit squared gradient norms summed over an epoch (adaptive freezing); persistent, so
+        # that captured CUDA graphs can add into it
+        self.grad_sq = torch.zeros(len(self.units), device=self.device) if schedule.needs_grad_stats else None
+        self.runner = StepRunner(self.model, self.optimizer, self.loss_fn, self.device, mode=self._runner_mode(),
+                                 after_backward=self._accumulate_grad_norms if self.grad_sq is not None else None,
+                                 log=self._log)
 
     # ------------------------------------------------------------------ public
     @classmethod
     def resume(cls, out_dir: str | os.PathLike, callbacks: list[Callback] | None = None, verbose: bool = True,
                **overrides: Any) -> "Trainer":
         """Continue the run checkpointed in ``out_dir``. ``overrides`` replace config fields that
-        do not change the result (``device``, ``data_dir``, ``download``)."""
+        do not change the result (``LOCAL_FIELDS``)."""
         path = Path(out_dir) / CHECKPOINT
         if not path.is_file():
             raise UserError(f"{out_dir}: no {CHECKPOINT} here; nothing to resume (start a run with --out)")
@@ -178,7 +191,7 @@ class Trainer:
             raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path}: format: not a layerout checkpoint")
-        allowed = {"device", "data_dir", "download"}
+        allowed = set(LOCAL_FIELDS)
         bad = sorted(set(overrides) - allowed)
         if bad:
             raise ValueError(f"resume can only override {sorted(allowed)}, not {bad}")
@@ -202,7 +215,8 @@ class Trainer:
             self._log(f"training {self.cfg.model} on {self.cfg.dataset}"
                       f"{' (SYNTHETIC data: throughput only)' if self.data.synthetic else ''}: "
                       f"{len(self.units)} units, {self.total_params:,} parameters, schedule {self.schedule.kind}, "
-                      f"{self.cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}")
+                      f"{self.cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
+                      f"{', CUDA graphs' if self.runner.mode == 'cudagraph' else ''}")
         if self.ledger.calibration_step_s is None and self.epoch == 0 and self._needs_calibration():
             self.ledger.calibration_step_s = self._calibrate()
         while self.epoch < self.cfg.epochs:
@@ -226,15 +240,18 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of training plus evaluation; returns that epoch's metrics."""
-        cfg, model, opt = self.cfg, self.model, self.optimizer
+        cfg, model = self.cfg, self.model
         lr = lr_at(cfg, epoch)
         self.freezer.set_base_lr(lr)
         model.train()
         state = self.freezer.on_epoch_start(epoch)
         samples_per_mask: dict[tuple[bool, ...], int] = {}
-        grad_sq = torch.zeros(len(self.units), device=self.device) if self.schedule.needs_grad_stats else None
+        grad_sq = self.grad_sq
+        if grad_sq is not None:
+            grad_sq.zero_()
         grad_steps = [0] * len(self.units)
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = self.runner.loss_sum
+        loss_sum.zero_()
         n_seen = 0
         batches = iterate_batches(self.data.train_x, self.data.train_y, cfg.batch_size, epoch=epoch, seed=cfg.seed,
                                   shuffle=True, augment=self.data.augment if cfg.augment else None,
@@ -248,14 +265,10 @@ class Trainer:
                 state = self.freezer.on_step(step)
             n = x.shape[0]
             samples_per_mask[state.frozen] = samples_per_mask.get(state.frozen, 0) + n
-            out = model(x)
-            loss = self.loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.runner.step(x, y, state.frozen)  # forward, backward, grad stats, SGD; loss into loss_sum
             if grad_sq is not None:
-                self._accumulate_grad_norms(grad_sq, grad_steps, state.frozen)
-            opt.step()
-            loss_sum += loss.detach() * n
+                for i, frozen in enumerate(state.frozen):
+                    grad_steps[i] += not frozen
             n_seen += n
         synchronize(self.device)
         seconds = time.perf_counter() - t0
@@ -331,15 +344,19 @@ class Trainer:
     def _frozen_param_frac(self, mask: tuple[bool, ...]) -> float:
         return sum(c for c, f in zip(self.unit_param_counts, mask) if f) / max(1, self.total_params)
 
-    def _accumulate_grad_norms(self, grad_sq: torch.Tensor, grad_steps: list[int], frozen: tuple[bool, ...]) -> None:
-        """Add each trainable unit's squared gradient norm of this step (on the device, no sync)."""
+    def _runner_mode(self) -> str:
+        return "cudagraph" if self.cfg.fast_path == "cudagraph" else "eager"
+
+    def _accumulate_grad_norms(self, frozen: tuple[bool, ...]) -> None:
+        """Add each trainable unit's squared gradient norm of this step into ``grad_sq`` (on the
+        device, no sync; the epoch loop counts the steps)."""
+        assert self.grad_sq is not None
         for i, ps in enumerate(self.freezer.params):
             if frozen[i]:
                 continue
             grads = [p.grad for p in ps if p.grad is not None]
             if grads:
-                grad_sq[i] += torch.stack(torch._foreach_norm(grads)).pow(2).sum()
-                grad_steps[i] += 1
+                self.grad_sq[i] += torch.stack(torch._foreach_norm(grads)).pow(2).sum()
 
     def _needs_calibration(self) -> bool:
         """True unless epoch 0 runs entirely unfrozen (then it is the time reference)."""
@@ -358,17 +375,15 @@ class Trainer:
         y = self.data.train_y[: self.cfg.batch_size].to(self.device)
         aug = self.data.augment if self.cfg.augment else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        runner = StepRunner(model, opt, self.loss_fn, self.device, mode=self.runner.mode, log=lambda _: None)
+        unfrozen = (False,) * len(self.units)
 
         def step() -> None:
-            xb = augment_batch(x, gen, aug)
-            loss = self.loss_fn(model(xb), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            runner.step(augment_batch(x, gen, aug), y, unfrozen)  # the same step path as training
 
         cpu_rng = torch.get_rng_state()
         try:
-            return time_unfrozen_steps(step, self.device)
+            return time_unfrozen_steps(step, self.device, warmup=2 + (runner.warmup + 1) * (runner.mode != "eager"))
         finally:
             torch.set_rng_state(cpu_rng)
 

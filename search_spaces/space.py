@@ -81,7 +81,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_milestones": [], "lr_gamma": 0.1, "lr_warmup_epochs": 0, "lr_warmup_value": None,
     "device": "auto", "val_frac": 0.1, "augment": True, "random_erasing": False,
     "bn_frozen": "train", "test_every_epoch": False, "max_train_batches": None,
-    "synthetic_size": None,
+    "synthetic_size": None, "fast_path": "off",
 }
 TOP_KEYS = ("name", "description", "model", "dataset", "train", "families", "objectives",
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",
@@ -457,6 +457,8 @@ def _train(v: _V, raw: Any) -> dict[str, Any]:
         out[b] = v.bool_(f"train.{b}", out[b])
     if out["bn_frozen"] not in ("train", "eval"):
         raise v.err("train.bn_frozen", f"must be one of train, eval, got {out['bn_frozen']!r}")
+    if out["fast_path"] not in ("off", "cudagraph"):
+        raise v.err("train.fast_path", f"must be one of off, cudagraph, got {out['fast_path']!r}")
     for n in ("max_train_batches", "synthetic_size"):
         if out[n] is not None:
             out[n] = v.int_(f"train.{n}", out[n], 1)
