@@ -115,3 +115,15 @@ def test_cli_json_lists_models():
     assert rows["mnist_shallow"]["params"] == 491_114 and len(rows["mnist_shallow"]["units"]) == 7
     assert rows["vgg16"]["params"] == 33_663_050 and len(rows["vgg16"]["units"]) == 16
     assert len(rows["resnet110"]["units"]) == 56 and len(rows["digits_cnn"]["units"]) == 3
+
+
+def test_digits_cnn_pool_passes_4x4_through_and_pools_other_sizes():
+    from layerout.models import PoolTo
+
+    pool = PoolTo(4)
+    x = torch.randn(2, 3, 4, 4)
+    assert pool(x) is x
+    big = torch.randn(2, 3, 8, 8)
+    assert torch.equal(pool(big), torch.nn.AdaptiveAvgPool2d(4)(big))
+    model = build_model("digits_cnn", num_classes=10, in_channels=1)
+    assert model(torch.randn(2, 1, 12, 12)).shape == (2, 10)  # other input sizes still work
