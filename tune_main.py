@@ -30,22 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layerout.errors import UserError, cli_main
+from layerout.errors import ArgumentParser, UserError, cli_main
 
 ROOT = Path(__file__).resolve().parent
 SAMPLERS = ("tpe", "nsga2", "random")
 EXPERIMENT_FORMAT = "layerout-experiment"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one UserError line (exit 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (python tune_main.py --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tune_main.py", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python tune_main.py", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--preset", help="a preset in search_spaces/presets/ (default: demo)")
@@ -516,8 +509,8 @@ def _analysis(exp_dir: str, trials_df: Any, meta: dict[str, Any]) -> None:
             print(f"analysis failed ({exc.__class__.__name__}: {exc}); the results are stored, rerun it with "
                   f"python -m analysis {exp_dir}", file=sys.stderr)
     else:
-        print(f"\nthe experiment is in remote storage: copy it to a local folder and run python -m analysis on it "
-              f"for the plots, report and policy files")
+        print("\nthe experiment is in remote storage: copy it to a local folder and run python -m analysis on it "
+              "for the plots, report and policy files")
     # Fallback (remote storage, or the analysis failed): the non-dominated full-budget trials.
     front = pareto_rows(trials_df, objectives)
     if len(front):

@@ -19,7 +19,6 @@ import json
 import math
 import re
 import shlex
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import pandas as pd
 
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
-from analysis.results import METRICS, Experiment, load_experiment
+from analysis.results import Experiment, load_experiment
 from layerout.errors import UserError
 
 PICKS = ("knee", "max-accuracy", "min-compute")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_front

@@ -6,7 +6,6 @@ parameter counts match the paper; ``digits_cnn`` is the small net of the embedde
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from typing import Callable
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerout.errors import UserError
+from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.units import Unit, units_of
 
 
@@ -274,7 +273,7 @@ def describe(num_classes: int = 10) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m layerout.models", description="List the built-in models.")
+    ap = ArgumentParser(prog="python -m layerout.models", description="List the built-in models.")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--num-classes", type=int, default=10)
     args = ap.parse_args(argv)
@@ -288,4 +287,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

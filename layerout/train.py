@@ -7,12 +7,11 @@ config and the run's policy, replayable with ``--policy``) and ``DIR/checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from layerout.errors import UserError, cli_main
+from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.models import MODELS
 from layerout.schedules import SCHEDULES, V_MODES, Schedule, paper_vectors, schedule_from_dict
 
@@ -35,7 +34,7 @@ def parse_ints(text: str, flag: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m layerout.train",
         description="Train one model under one freezing schedule (or a policy file); no Ray needed.")
     ap.add_argument("--model", help=f"built-in model: {', '.join(MODELS)} (default: the dataset's usual one)")

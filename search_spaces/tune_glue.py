@@ -333,8 +333,6 @@ def build_tables(trials: Iterable[dict[str, Any]], epochs_budget: int):
 
 def _tidy(df):
     """Integer columns stay integers where some rows are empty (1, not 1.0)."""
-    import pandas as pd
-
     out = df.copy()
     for c in out.columns:
         s = out[c]

@@ -531,6 +531,10 @@ def cli_errors(tmp_path_factory):
     meta["flag_outside_01"] = (root / "out_f2", ["v[1]", "1.5", "[0, 1]"])
     cases["flag_warmup"] = [*flag, "--freeze-prob", "0.5,0.5,0.5", "--warmup-epochs", "3", "--out", root / "out_f3"]
     meta["flag_warmup"] = (root / "out_f3", ["warmup_epochs", "3"])
+    # a usage error caught by argparse is one line too, not usage + error
+    cases["flag_bad_choice"] = [*flag, "--fast-path", "fast", "--out", root / "out_f4"]
+    meta["flag_bad_choice"] = (root / "out_f4", ["--fast-path", "'fast'", "'off', 'cudagraph'",
+                                                 "python -m layerout.train --help"])
     # a dataset that is not there, offline
     empty = root / "empty_data"
     empty.mkdir()
@@ -546,7 +550,7 @@ def cli_errors(tmp_path_factory):
 
 
 CLI_CASES = list(BAD) + ["warmup_vs_cli_epochs", "other_model", "flag_wrong_length", "flag_outside_01",
-                         "flag_warmup", "missing_dataset", "resume_not_a_run"]
+                         "flag_warmup", "flag_bad_choice", "missing_dataset", "resume_not_a_run"]
 
 
 @pytest.mark.parametrize("name", CLI_CASES)

@@ -7,7 +7,6 @@ real head node with ray.cluster_utils.Cluster. Small: 3 epochs of digits_cnn per
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
