@@ -9,6 +9,8 @@ same weights, masks and FLOP accounting as the eager path, and frozen units must
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +199,33 @@ def test_cudagraph_on_cpu_falls_back_to_eager_with_one_line(digits, capsys):
 def test_fast_path_config_is_validated():
     with pytest.raises(UserError, match=r"train\.fast_path: 'graphs' is not allowed; allowed: off, cudagraph"):
         TrainConfig(model="digits_cnn", dataset="digits", fast_path="graphs")
+
+
+def _fastpath_check():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fastpath_check.py"
+    spec = importlib.util.spec_from_file_location("fastpath_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_gpu_check_script_passes_the_emulated_path_and_catches_stale_inputs(tmp_path, monkeypatch, broken):
+    """benchmarks/fastpath_check.py is what a GPU session runs first; on CPU it runs emulated. It must
+    pass the real graph path's logic and fail one that replays without copying the new batch in."""
+    check = _fastpath_check()
+    if broken:
+        replay = StepRunner._replay
+        monkeypatch.setattr(StepRunner, "_replay", lambda self, g, x, y, copy=True: replay(self, g, x, y, copy=False))
+    out = tmp_path / "check.json"
+    rc = check.main(["--device", "cpu", "--emulate", "--models", "digits_cnn", "--schedules", "none,prefix",
+                     "--steps", "5", "--batch-size", "32", "--epochs", "3", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["schedule"] for r in rows] == ["none", "prefix"]
+    assert all(r["replays"] > 0 for r in rows)
+    if broken:
+        assert rc == 1 and all("weights differ" in " ".join(r["problems"]) for r in rows), rows
+    else:
+        assert rc == 0 and all(r["ok"] for r in rows), rows
