@@ -91,6 +91,9 @@ class ComputeLedger:
     train_time_s: float = 0.0
     unfrozen_step_times: list[float] = field(default_factory=list)  # per-step time of unfrozen epochs
     calibration_step_s: float | None = None
+    # "calibration": the reference is the calibrated step even when unfrozen epochs exist (the graph
+    # fast path: its unfrozen epochs include warm-up steps and captures, which would inflate it)
+    reference: str = "epochs"
 
     def add_samples(self, flops_per_sample: float, unfrozen_per_sample: float, n: int) -> None:
         self.flops_spent += flops_per_sample * n
@@ -120,6 +123,8 @@ class ComputeLedger:
     @property
     def unfrozen_step_s(self) -> float | None:
         """The reference: median per-step time of this run's unfrozen epochs, else the calibration."""
+        if self.reference == "calibration" and self.calibration_step_s:
+            return self.calibration_step_s
         if self.unfrozen_step_times:
             t = sorted(self.unfrozen_step_times)
             mid = len(t) // 2

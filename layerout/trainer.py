@@ -219,6 +219,8 @@ class Trainer:
                       f"{', CUDA graphs' if self.runner.mode == 'cudagraph' else ''}")
         if self.ledger.calibration_step_s is None and self.epoch == 0 and self._needs_calibration():
             self.ledger.calibration_step_s = self._calibrate()
+            if self.runner.mode != "eager":  # graph path: epochs hold warm-ups and captures; time steady steps
+                self.ledger.reference = "calibration"
         while self.epoch < self.cfg.epochs:
             metrics = self.train_epoch(self.epoch)
             self.epoch += 1
@@ -359,7 +361,9 @@ class Trainer:
                 self.grad_sq[i] += torch.stack(torch._foreach_norm(grads)).pow(2).sum()
 
     def _needs_calibration(self) -> bool:
-        """True unless epoch 0 runs entirely unfrozen (then it is the time reference)."""
+        """True unless epoch 0 runs entirely unfrozen and eagerly (then it is the time reference)."""
+        if self.runner.mode != "eager":
+            return True
         last = max(0, self.steps_per_epoch - 1)
         return self.schedule.state(0, 0).any_frozen or self.schedule.state(0, last).any_frozen
 

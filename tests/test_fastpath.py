@@ -229,3 +229,20 @@ def test_gpu_check_script_passes_the_emulated_path_and_catches_stale_inputs(tmp_
         assert rc == 1 and all("weights differ" in " ".join(r["problems"]) for r in rows), rows
     else:
         assert rc == 0 and all(r["ok"] for r in rows), rows
+
+
+def test_graph_path_times_against_a_calibrated_steady_step(digits):
+    """With graphs, unfrozen epochs include warm-up steps and captures: the time reference must be
+    the calibrated steady step, not those epochs (eager runs keep using their unfrozen epochs)."""
+    graph = _trainer(digits, {"kind": "none"}, emulate=True, epochs=2)
+    graph.fit()
+    ledger = graph.ledger
+    assert ledger.reference == "calibration" and ledger.calibration_step_s > 0
+    assert ledger.unfrozen_step_s == ledger.calibration_step_s
+    assert graph.history[-1]["time_saved_frac"] == pytest.approx(
+        1 - ledger.train_time_s / (ledger.steps * ledger.calibration_step_s))
+    eager = _trainer(digits, {"kind": "none"}, emulate=False, epochs=2)
+    eager.fit()
+    assert eager.ledger.reference == "epochs" and eager.ledger.calibration_step_s is None
+    assert eager.ledger.unfrozen_step_s == sorted(eager.ledger.unfrozen_step_times)[0] * 0.5 + \
+        sorted(eager.ledger.unfrozen_step_times)[1] * 0.5
