@@ -154,7 +154,7 @@ class StepRunner:
         self.graphs[mask] = graph
         if len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
-        self._replay(graph, x, y, copy=False)
+        self._replay(graph, x, y)  # capture recorded the step without running it
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, mask: Mask) -> None:
         loss = self.loss_fn(self.model(x), y)
@@ -205,9 +205,7 @@ class StepRunner:
         if self._static_x is None:
             self._static_x = torch.empty_like(x)
             self._static_y = torch.empty_like(y)
-        self._refresh_lr()
-        self._static_x.copy_(x)
-        self._static_y.copy_(y)  # type: ignore[union-attr]
+        self._refresh_lr()  # allocates the lr tensor the graph reads
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its grads from its pool
         self.captures += 1
         if self.mode == "emulate":
@@ -219,11 +217,10 @@ class StepRunner:
             self._pool = graph.pool()
         return graph
 
-    def _replay(self, graph: object, x: torch.Tensor, y: torch.Tensor, copy: bool = True) -> None:
+    def _replay(self, graph: object, x: torch.Tensor, y: torch.Tensor) -> None:
         self._refresh_lr()
-        if copy:
-            self._static_x.copy_(x)  # type: ignore[union-attr]
-            self._static_y.copy_(y)  # type: ignore[union-attr]
+        self._static_x.copy_(x)  # type: ignore[union-attr]
+        self._static_y.copy_(y)  # type: ignore[union-attr]
         self.replays += 1
         if self.mode == "emulate":
             self._graph_body(graph)  # type: ignore[arg-type]

@@ -217,8 +217,15 @@ def test_gpu_check_script_passes_the_emulated_path_and_catches_stale_inputs(tmp_
     pass the real graph path's logic and fail one that replays without copying the new batch in."""
     check = _fastpath_check()
     if broken:
-        replay = StepRunner._replay
-        monkeypatch.setattr(StepRunner, "_replay", lambda self, g, x, y, copy=True: replay(self, g, x, y, copy=False))
+        replay, filled = StepRunner._replay, set()
+
+        def stale_replay(self, g, x, y):  # copies the first batch in, then replays it for ever
+            if id(self) in filled:
+                x, y = self._static_x, self._static_y
+            filled.add(id(self))
+            return replay(self, g, x, y)
+
+        monkeypatch.setattr(StepRunner, "_replay", stale_replay)
     out = tmp_path / "check.json"
     rc = check.main(["--device", "cpu", "--emulate", "--models", "digits_cnn", "--schedules", "none,prefix",
                      "--steps", "5", "--batch-size", "32", "--epochs", "3", "--json", str(out)])
