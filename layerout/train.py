@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layerout.errors import ArgumentParser, UserError, cli_main
+from layerout.fastpath import FAST_PATHS
 from layerout.models import MODELS
 from layerout.schedules import SCHEDULES, V_MODES, Schedule, paper_vectors, schedule_from_dict
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-frac", type=float, default=None, help="validation share of the training set (0.1)")
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    tr.add_argument("--fast-path", choices=("off", "cudagraph"), default=None,
+    tr.add_argument("--fast-path", choices=FAST_PATHS, default=None,
                     help="cudagraph: replay one captured CUDA graph per freezing mask (CUDA only; "
                          "not yet measured on a GPU, see benchmarks/RESULTS.md). Default off")
     tr.add_argument("--data-dir", default=None, help="dataset folder (default ~/.cache/layerout-tune/data)")
@@ -148,8 +149,8 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
     cfg: dict[str, Any] = {"model": model, "dataset": dataset}
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
                       ("weight_decay", "weight_decay"), ("lr_gamma", "lr_gamma"), ("bn_frozen", "bn_frozen"),
-                      ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"), ("data_dir", "data_dir"),
-                      ("max_train_batches", "max_train_batches")):
+                      ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"),
+                      ("data_dir", "data_dir"), ("max_train_batches", "max_train_batches")):
         v = getattr(args, flag)
         if v is not None:
             cfg[key] = v

@@ -57,6 +57,7 @@ from typing import Any
 import yaml
 
 from layerout.errors import UserError
+from layerout.fastpath import FAST_PATHS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -457,8 +458,8 @@ def _train(v: _V, raw: Any) -> dict[str, Any]:
         out[b] = v.bool_(f"train.{b}", out[b])
     if out["bn_frozen"] not in ("train", "eval"):
         raise v.err("train.bn_frozen", f"must be one of train, eval, got {out['bn_frozen']!r}")
-    if out["fast_path"] not in ("off", "cudagraph"):
-        raise v.err("train.fast_path", f"must be one of off, cudagraph, got {out['fast_path']!r}")
+    if out["fast_path"] not in FAST_PATHS:
+        raise v.err("train.fast_path", f"must be one of {', '.join(FAST_PATHS)}, got {out['fast_path']!r}")
     for n in ("max_train_batches", "synthetic_size"):
         if out[n] is not None:
             out[n] = v.int_(f"train.{n}", out[n], 1)
