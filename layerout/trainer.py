@@ -248,10 +248,10 @@ class Trainer:
         model.train()
         state = self.freezer.on_epoch_start(epoch)
         samples_per_mask: dict[tuple[bool, ...], int] = {}
+        steps_per_mask: dict[tuple[bool, ...], int] = {}
         grad_sq = self.grad_sq
         if grad_sq is not None:
             grad_sq.zero_()
-        grad_steps = [0] * len(self.units)
         loss_sum = self.runner.loss_sum
         loss_sum.zero_()
         n_seen = 0
@@ -267,10 +267,8 @@ class Trainer:
                 state = self.freezer.on_step(step)
             n = x.shape[0]
             samples_per_mask[state.frozen] = samples_per_mask.get(state.frozen, 0) + n
+            steps_per_mask[state.frozen] = steps_per_mask.get(state.frozen, 0) + 1
             self.runner.step(x, y, state.frozen)  # forward, backward, grad stats, SGD; loss into loss_sum
-            if grad_sq is not None:
-                for i, frozen in enumerate(state.frozen):
-                    grad_steps[i] += not frozen
             n_seen += n
         synchronize(self.device)
         seconds = time.perf_counter() - t0
@@ -285,6 +283,8 @@ class Trainer:
         any_frozen = any(any(m) for m in samples_per_mask)
         self.ledger.end_epoch(frozen_frac_num / max(1, n_seen), seconds, steps, unfrozen_epoch=not any_frozen)
         if grad_sq is not None:
+            # steps in which each unit was trainable (and so added its gradient norm)
+            grad_steps = [sum(c for m, c in steps_per_mask.items() if not m[i]) for i in range(len(self.units))]
             sq = grad_sq.tolist()
             norms = [math.sqrt(sq[i] / grad_steps[i]) if grad_steps[i] else None for i in range(len(sq))]
             self.schedule.observe_epoch(epoch, norms)
