@@ -39,7 +39,7 @@ EXPERIMENT_FORMAT = "layerout-experiment"
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python tune_main.py", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--preset", help="a preset in search_spaces/presets/ (default: demo)")
     what.add_argument("--space", metavar="FILE.yaml", help="a search-space YAML file")

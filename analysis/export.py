@@ -93,8 +93,6 @@ def _config_of(row: pd.Series) -> dict[str, Any]:
     return out
 
 
-
-
 def _train_fields() -> dict[str, str]:
     """TrainConfig field name -> its annotation (a string such as 'int', 'float | None', 'list[int]'),
     without ``LOCAL_FIELDS`` (where a run ran is never part of a replayed recipe)."""

@@ -244,8 +244,6 @@ def repair_checkpoint_refs(exp_dir: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ result tables
-
-
 def _trial_sort_key(trial_id: str) -> tuple:
     tail = trial_id.rsplit("_", 1)[-1]
     return (0, int(tail), trial_id) if tail.isdigit() else (1, 0, trial_id)
