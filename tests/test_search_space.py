@@ -266,7 +266,8 @@ def test_define_by_run_samples_every_family_with_valid_schedules():
             assert all(0.0 <= x <= 0.9 for x in c["schedule"]["v"])
             assert {f"layerout.v{i}" for i in range(3)} <= set(t.params)
         if c["schedule"]["kind"] == "prefix":
-            assert 1 <= c["schedule"]["k"] <= 2 and "layerout.v0" not in t.params  # conditional params
+            assert c["schedule"]["k"] == t.params["prefix.k"] and t.params["prefix.k"] in (1, 2)  # demo: k [1, 2]
+            assert "layerout.v0" not in t.params  # conditional params
 
 
 @pytest.mark.parametrize("family", [
