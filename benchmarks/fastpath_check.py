@@ -6,7 +6,8 @@ and seed on resident synthetic data, one eager (``fast_path="off"``) and one wit
 ``fast_path="cudagraph"``, train a few short epochs side by side; then the check compares:
 
 * masks per epoch and FLOP accounting (``compute_saved_frac``): must be equal;
-* the graph path really ran (graphs captured and replayed) and did not fall back;
+* the graph path really ran (graphs captured and replayed) and did not turn itself off (its
+  self-check compares one replayed step with the same step run eagerly);
 * frozen units: the prefix schedule's frozen units must be bit-identical across their frozen epochs;
 * final weights: relative difference to eager (L2 over the whole state). The graph path rounds
   differently (``p + (-lr)*buf`` in two steps), and on random synthetic data a ResNet is chaotic,
@@ -37,7 +38,6 @@ from _common import RESULTS_DIR, environment, finish_environment, median, table,
 import torch  # noqa: E402
 
 from layerout.compute import synchronize  # noqa: E402
-from layerout.fastpath import StepRunner  # noqa: E402
 from layerout.models import MODELS, build_model, model_units  # noqa: E402
 from layerout.schedules import schedule_from_dict  # noqa: E402
 from layerout.trainer import TrainConfig, Trainer  # noqa: E402
@@ -72,8 +72,7 @@ def _trainer(model: str, sched: dict[str, Any], args: argparse.Namespace, graph:
             for p in tr.model.parameters():
                 p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
     if graph and args.emulate:
-        tr.runner = StepRunner(tr.model, tr.optimizer, tr.loss_fn, tr.device, mode="emulate",
-                               after_backward=tr._accumulate_grad_norms if tr.grad_sq is not None else None)
+        tr.runner = tr.make_runner("emulate")
     return tr
 
 
@@ -113,7 +112,8 @@ def check(model: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
     if fast.history[-1]["compute_saved_frac"] != eager.history[-1]["compute_saved_frac"]:
         problems.append("compute_saved_frac differs")
     if fast.runner.mode == "eager" or fast.runner.captures == 0 or fast.runner.replays == 0:
-        problems.append(f"graph path did not run (mode {fast.runner.mode}, {fast.runner.captures} captures)")
+        problems.append(f"graph path did not run (mode {fast.runner.mode}, {fast.runner.captures} captures"
+                        f"{', ' + fast.runner.off_reason if fast.runner.off_reason else ''})")
     frozen_ok = True
     stepwise = fast.schedule.stepwise  # masks are end-of-epoch states; FreezeOut's can change mid-epoch
     for e in range(1, args.epochs):  # a unit frozen all through epoch e is bit-identical from end of e-1 to end of e

@@ -18,7 +18,8 @@ trial its CPUs; with 2 cores, 1 trial uses 2 threads and 2+ trials 1 thread each
 
 ``--via-tune``: the same through ``tune_main.py`` (Ray Tune, a one-family "none" space on
 synthetic data, N samples, ``--max-concurrent N``, ``--gpus-per-trial 1/N`` on CUDA,
-``--cpus-per-trial cores/N`` on CPU). A trial's rate is taken from its epochs.csv rows after the
+``--cpus-per-trial cores/N`` on CPU). ``--fast-path`` sets the trials' ``fast_path`` (default auto:
+CUDA graphs on CUDA; ``off`` measures eager trials). A trial's rate is taken from its epochs.csv rows after the
 first epoch (warm-up); total = sum of trial rates, and the whole command's wall-clock is recorded.
 Needs Ray importable; skipped with a note otherwise.
 
@@ -62,7 +63,7 @@ def worker(args: argparse.Namespace) -> int:
     size = math.ceil(args.steps * args.batch_size / (1 - val_frac)) + args.batch_size
     cfg = TrainConfig(model=args.model, dataset="synthetic", epochs=3, batch_size=args.batch_size,
                       device=args.device, val_frac=val_frac, augment=True, max_train_batches=args.steps,
-                      synthetic_size=size, seed=args.seed)
+                      synthetic_size=size, seed=args.seed, fast_path=args.fast_path)
     tr = Trainer(cfg, schedule_from_dict({"kind": "none"}), out_dir=None, verbose=False)
     dev = tr.device
     tr.train_epoch(0)  # warm-up
@@ -87,11 +88,11 @@ def worker(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- plain processes
 def run_plain(model: str, n: int, steps: int, bs: int, device: str, threads: int, seed: int,
-              timeout: float) -> dict[str, Any]:
+              timeout: float, fast_path: str = "auto") -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--steps", str(steps),
-           "--batch-size", str(bs), "--device", device, "--threads", str(threads)]
+           "--batch-size", str(bs), "--device", device, "--threads", str(threads), "--fast-path", fast_path]
     procs = [subprocess.Popen(cmd + ["--seed", str(seed + i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT)) for i in range(n)]
     deadline = time.time() + timeout
@@ -141,7 +142,7 @@ def tune_available() -> str | None:
 
 
 def run_tune(model: str, n: int, steps: int, bs: int, device: str, epochs: int, seed: int, cores: int,
-             timeout: float, keep: str | None) -> dict[str, Any]:
+             timeout: float, keep: str | None, fast_path: str = "auto") -> dict[str, Any]:
     import yaml
 
     size = math.ceil(steps * bs / 0.99) + bs
@@ -150,7 +151,8 @@ def run_tune(model: str, n: int, steps: int, bs: int, device: str, epochs: int, 
         "description": "benchmarks/packing.py --via-tune: throughput of N concurrent unfrozen trials",
         "model": model, "dataset": "synthetic",
         "train": {"epochs": epochs, "batch_size": bs, "max_train_batches": steps, "synthetic_size": size,
-                  "device": "cuda" if device.startswith("cuda") else "cpu", "augment": True, "val_frac": 0.01},
+                  "device": "cuda" if device.startswith("cuda") else "cpu", "augment": True, "val_frac": 0.01,
+                  "fast_path": fast_path},
         "families": {"none": {}},
         "early_stopping": {"scheduler": "none"},
         "paper_configs": False, "num_samples": n, "max_concurrent": n, "seed": seed,
@@ -207,6 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each N; medians reported (default 3)")
     ap.add_argument("--threads", default="auto", help="torch threads per trial: auto = max(1, cores // N), or a number")
     ap.add_argument("--seed", type=int, default=0)
+    from layerout.fastpath import FAST_PATHS
+
+    ap.add_argument("--fast-path", default="auto", choices=FAST_PATHS,
+                    help="the trials' TrainConfig.fast_path (default auto: CUDA graphs on CUDA)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement")
     ap.add_argument("--via-tune", action="store_true", help="also run the same through tune_main.py (needs Ray)")
     ap.add_argument("--tune-epochs", type=int, default=3, help="epochs per trial through Tune (first is warm-up)")
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.batch_size}, repeat {r + 1}/{args.repeats}", flush=True)
                 try:
                     runs[n].append(run_plain(model, n, steps, args.batch_size, args.device, threads,
-                                             args.seed, args.timeout))
+                                             args.seed, args.timeout, args.fast_path))
                 except Exception as e:  # noqa: BLE001
                     print(f"  failed: {e}", flush=True)
                     runs[n].append({"n": n, "error": str(e)[-1000:]})
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{model}] through tune_main.py: {n} concurrent trial(s)", flush=True)
                     try:
                         res["tune"].append(run_tune(model, n, steps, args.batch_size, args.device, args.tune_epochs,
-                                                    args.seed, cores, args.timeout, args.tune_dir))
+                                                    args.seed, cores, args.timeout, args.tune_dir, args.fast_path))
                     except Exception as e:  # noqa: BLE001
                         res["tune"].append({"n": n, "error": f"{type(e).__name__}: {str(e)[-1000:]}"})
                 t1 = next((x.get("sum_of_rates") for x in res["tune"] if x["n"] == 1), None)

@@ -4,7 +4,8 @@ shows up as step time ("realization").
 Part 1, throughput (images/s, unfrozen): for each model, on synthetic data of the model's input
 shape (``MODELS[name].in_channels`` x ``input_size``^2, 10 classes), resident on the device:
 
-* ``trainer``      layerout's ``Trainer.train_epoch`` (schedule "none"): the timed window is the
+* ``trainer``      layerout's ``Trainer.train_epoch`` (schedule "none", ``fast_path="off"``: every
+                   step eager): the timed window is the
                    trainer's own (``ledger.train_time_s``): batching, on-device augmentation,
                    forward, backward, SGD step, loss accumulation. Evaluation is outside it.
 * ``eager``        the reference, written here: the same model (same init), SGD(lr 0.05,
@@ -12,9 +13,10 @@ shape (``MODELS[name].in_channels`` x ``input_size``^2, 10 classes), resident on
                    the same shuffling and the same batched augmentation (pad-4 crop + flip via
                    ``layerout.augment.augment_batch``), one ``loss.backward(); opt.step()`` per step.
 * ``eager_noaug``  the reference without augmentation (what augmentation costs).
-* ``trainer_graph`` (CUDA, opt-in) the trainer with ``fast_path="cudagraph"`` (layerout/fastpath.py:
-                   one captured graph per mask; its eager warm-up steps and the capture fall in
-                   the untimed warm-up epoch).
+* ``trainer_graph`` (CUDA, in the default variants there) the trainer with ``fast_path="cudagraph"``,
+                   what ``fast_path="auto"``, the default, runs on CUDA (layerout/fastpath.py:
+                   one captured graph per mask; its eager warm-up steps, the capture and the
+                   self-check fall in the untimed warm-up epoch).
 * opt-in (``--variants``): ``channels_last``, ``bf16`` (autocast), ``compile``
   (``torch.compile(model)``), ``compile_ro`` (mode="reduce-overhead", CUDA graphs via inductor),
   ``cudagraph`` (the whole step - forward, backward, SGD - captured in one CUDA graph; augmentation
@@ -74,7 +76,7 @@ ALL_MODELS = ["mnist_shallow", "vgg16", "resnet20", "resnet110", "digits_cnn"]
 HEAVY = {"vgg16", "resnet110", "resnet56"}
 QUICK_CPU_MODELS = ["mnist_shallow", "resnet20", "digits_cnn"]  # vgg16/resnet110 take ~1-2 s a step on 2 cores
 ALL_VARIANTS = ["trainer", "trainer_graph", "eager", "eager_noaug", "channels_last", "bf16", "compile", "compile_ro", "cudagraph"]
-DEFAULT_VARIANTS = ["trainer", "eager", "eager_noaug"]
+DEFAULT_VARIANTS = ["trainer", "eager", "eager_noaug"]  # CUDA: and trainer_graph
 LR, MOMENTUM, WD = 0.05, 0.9, 5e-4
 VAL_FRAC = 0.001  # the trainer evaluates its validation split every epoch: keep it to a few images
 
@@ -517,9 +519,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=None, help="warm-up steps of each eager variant "
                                                                    "(default: cuda 10, cpu 2)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats; medians are reported (default 5; --quick 3)")
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+    ap.add_argument("--variants", default=None,
                     help=f"throughput variants, comma list of {','.join(ALL_VARIANTS)} (default "
-                         f"{','.join(DEFAULT_VARIANTS)})")
+                         f"{','.join(DEFAULT_VARIANTS)}, and trainer_graph on CUDA)")
     ap.add_argument("--mask-modes", default="eager", help="eager and/or cudagraph (default eager)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-masks", action="store_true")
@@ -538,6 +540,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [m for m in args.models if m not in MODELS]
     if bad:
         ap.error(f"unknown model(s) {bad}; allowed: {', '.join(MODELS)}")
+    if args.variants is None:
+        args.variants = ",".join(DEFAULT_VARIANTS + ["trainer_graph"] * cuda)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in ALL_VARIANTS]
     if bad:

@@ -28,20 +28,28 @@ How:
   graph is captured, so the graph holds no gradient kernels, no update and no weight decay for
   them, and their momentum buffers are not touched.
 
+* A self-check guards against silent errors: the second replay of the first graph (so a batch
+  other than the captured one goes through it) is also run eagerly from the same state (weights,
+  buffers, momentum, accumulators, RNG), and the two results must agree to rounding; otherwise
+  the eager result is kept and the graph path turns off. It costs one extra step per run.
+
 What the graph path cannot express runs eagerly: CPU, SGD with nesterov/dampening/maximize or
-another optimizer, a batch of another size. A failed capture prints one line and turns the
-graph path off for the rest of the run.
+another optimizer, a batch of another size. ``"auto"`` (the trainer's default) uses graphs where
+they can run and trains eagerly elsewhere, silently; ``"cudagraph"`` says in one line why it
+cannot. A failed capture or self-check prints one line and turns the graph path off for the rest
+of the run.
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-FAST_PATHS = ("off", "cudagraph")
+FAST_PATHS = ("auto", "off", "cudagraph")  # TrainConfig.fast_path; auto: graphs where they can run
 
 Mask = tuple[bool, ...]
 
@@ -90,29 +98,29 @@ def sgd_update(optimizer: torch.optim.SGD, neg_lr: torch.Tensor) -> None:
 class StepRunner:
     """Runs training steps (forward, loss, backward, SGD) and sums the loss on the device.
 
-    ``mode``: ``"eager"``; ``"cudagraph"`` (see the module docstring); ``"emulate"`` runs the graph
+    ``mode``: ``"eager"``; ``"cudagraph"`` (see the module docstring); ``"auto"``: cudagraph where
+    ``graph_support`` allows, else eager without a word; ``"emulate"`` runs the graph
     path's exact sequence (warm-up, static buffers, ``sgd_update`` with the lr tensor, LRU cache)
     with "capture" recording the step and "replay" running it eagerly, so the graph path's logic is
     tested on CPU. ``after_backward(mask)`` runs between backward and the update (gradient
-    statistics); it must only do tensor work on the device.
+    statistics); it must only do tensor work on the device, adding into ``accumulators`` (device
+    tensors the self-check saves and compares with the model's state).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
                  device: torch.device, mode: str = "eager",
-                 after_backward: Callable[[Mask], None] | None = None, warmup: int = 3, max_graphs: int = 8,
+                 after_backward: Callable[[Mask], None] | None = None, accumulators: Sequence[torch.Tensor] = (),
+                 warmup: int = 3, max_graphs: int = 8, self_check: bool = True,
                  log: Callable[[str], None] | None = None) -> None:
-        if mode not in ("eager", "cudagraph", "emulate"):
-            raise ValueError(f"mode must be eager, cudagraph or emulate, not {mode!r}")
+        if mode not in ("eager", "auto", "cudagraph", "emulate"):
+            raise ValueError(f"mode must be eager, auto, cudagraph or emulate, not {mode!r}")
         self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
-        self.after_backward = after_backward
+        self.after_backward, self.accumulators = after_backward, list(accumulators)
         self.warmup, self.max_graphs = warmup, max_graphs
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.mode = mode
-        if mode == "cudagraph":
-            why = graph_support(optimizer, device)
-            if why:
-                self.log(f"fast path cudagraph off: {why}; training eagerly")
-                self.mode = "eager"
+        self.off_reason: str | None = None  # why a graph path turned itself off
+        self.checked = not self_check  # True once the self-check passed (or when there is none)
         self.loss_sum = torch.zeros((), device=device)  # persistent: captured graphs add into it
         self.graphs: OrderedDict[Mask, object] = OrderedDict()
         self.eager_steps: dict[Mask, int] = {}
@@ -124,6 +132,11 @@ class StepRunner:
         self._static_y: torch.Tensor | None = None
         self._neg_lr: torch.Tensor | None = None
         self._lrs: tuple[float, ...] | None = None
+        if mode in ("auto", "cudagraph"):
+            why = graph_support(optimizer, device)
+            self.mode = "cudagraph"
+            if why:
+                self.turn_off(why, quiet=mode == "auto")
 
     # ------------------------------------------------------------------ the step
     def step(self, x: torch.Tensor, y: torch.Tensor, mask: Mask) -> None:
@@ -134,7 +147,10 @@ class StepRunner:
         graph = self.graphs.get(mask)
         if graph is not None:
             self.graphs.move_to_end(mask)
-            self._replay(graph, x, y)
+            if self.checked:
+                self._replay(graph, x, y)
+            else:
+                self._self_check(graph, x, y, mask)
             return
         seen = self.eager_steps.get(mask, 0)
         if seen < self.warmup:
@@ -144,10 +160,7 @@ class StepRunner:
         try:
             graph = self._capture(x, y, mask)
         except Exception as e:  # noqa: BLE001 - any capture failure: say so once, train on eagerly
-            self.log(f"fast path cudagraph off: capture failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                     f"training eagerly")
-            self.mode = "eager"
-            self.graphs.clear()
+            self.turn_off(f"capture failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
             self.optimizer.zero_grad(set_to_none=True)
             self._eager(x, y, mask)
             return
@@ -155,6 +168,13 @@ class StepRunner:
         if len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
         self._replay(graph, x, y)  # capture recorded the step without running it
+
+    def turn_off(self, reason: str, quiet: bool = False) -> None:
+        """Train eagerly from now on (the graph path cannot run, or ran wrong), saying why once."""
+        if not quiet:
+            self.log(f"fast path cudagraph off: {reason}; training eagerly")
+        self.mode, self.off_reason = "eager", reason
+        self.graphs.clear()
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, mask: Mask) -> None:
         loss = self.loss_fn(self.model(x), y)
@@ -172,6 +192,51 @@ class StepRunner:
         assert self._static_x is not None and self._static_y is not None and self._neg_lr is not None
         self._forward_backward(self._static_x, self._static_y, mask)
         sgd_update(self.optimizer, self._neg_lr)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ self-check
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a training step changes: weights, buffers, optimizer state, accumulators."""
+        opt_state = [t for st in self.optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+        return [*self.model.parameters(), *self.model.buffers(), *opt_state, self.loss_sum, *self.accumulators]
+
+    def _self_check(self, graph: object, x: torch.Tensor, y: torch.Tensor, mask: Mask) -> None:
+        """Run this step eagerly and by replay from the same state; keep the replay's result if the
+        two agree to rounding, else keep the eager one and turn the graph path off.
+
+        Agreement: the L2 difference over all float state is at most 1e-3 of the step's own change
+        plus 1e-6 of the state's size (the graph's SGD rounds ``p + (-lr)*buf`` in two steps, and
+        some cuDNN backward kernels are not deterministic); integer state must be equal. A replay
+        that reads a stale batch, a stale lr or misses a kernel differs by about the whole step.
+        """
+        state = self._state_tensors()
+        before = [t.clone() for t in state]
+        rng = _rng_state(self.device)
+        self._eager(x, y, mask)
+        eager = [t.clone() for t in state]
+        with torch.no_grad():
+            for t, b in zip(state, before):
+                t.copy_(b)
+        _set_rng_state(self.device, rng)
+        self._replay(graph, x, y)
+        self.checked = True
+        with torch.no_grad():
+            sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # diff², change², size², int mismatches
+            for t, e, b in zip(state, eager, before):
+                if t.is_floating_point():
+                    t64, e64 = t.double(), e.double()
+                    sums[0] += (t64 - e64).pow(2).sum()
+                    sums[1] += (e64 - b.double()).pow(2).sum()
+                    sums[2] += e64.pow(2).sum()
+                else:
+                    sums[3] += (t != e).sum()
+            diff, change, size, mismatches = (math.sqrt(v) if i < 3 else v for i, v in enumerate(sums.tolist()))
+        if mismatches or not diff <= 1e-3 * change + 1e-6 * size:
+            with torch.no_grad():
+                for t, e in zip(state, eager):
+                    t.copy_(e)
+            rel = diff / change if change else math.inf
+            self.turn_off(f"self-check failed: a replayed step differs from the same step run eagerly "
+                          f"(L2 difference {rel:.1e} of the step's change, {int(mismatches)} integer mismatches)")
 
     # ------------------------------------------------------------------ graph plumbing
     def _warmup_step(self, x: torch.Tensor, y: torch.Tensor, mask: Mask) -> None:
@@ -226,3 +291,16 @@ class StepRunner:
             self._graph_body(graph)  # type: ignore[arg-type]
         else:
             graph.replay()  # type: ignore[attr-defined]
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    """Both runs of the self-check draw the same random numbers (dropout): a replay takes its
+    Philox offset from the generator's state at replay time, like an eager kernel."""
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)

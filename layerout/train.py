@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=None)
     tr.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     tr.add_argument("--fast-path", choices=FAST_PATHS, default=None,
-                    help="cudagraph: replay one captured CUDA graph per freezing mask (CUDA only; "
-                         "not yet measured on a GPU, see benchmarks/RESULTS.md). Default off")
+                    help="replay one captured CUDA graph per freezing mask: auto (default) on CUDA with SGD, "
+                         "eager elsewhere; cudagraph says why when it cannot; off: always eager")
     tr.add_argument("--data-dir", default=None, help="dataset folder (default ~/.cache/layerout-tune/data)")
     tr.add_argument("--no-download", action="store_true", help="never download; read --data-dir only")
     tr.add_argument("--test-every-epoch", action="store_true", help="also report test accuracy every epoch")

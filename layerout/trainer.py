@@ -75,7 +75,7 @@ class TrainConfig:
     test_every_epoch: bool = False
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
     synthetic_size: int | None = None
-    fast_path: str = "off"  # "cudagraph": one captured CUDA graph per mask (layerout/fastpath.py); CUDA only
+    fast_path: str = "auto"  # one captured CUDA graph per mask (layerout/fastpath.py): auto = on CUDA with SGD; off; cudagraph
 
     def __post_init__(self) -> None:
         self.lr_milestones = [int(m) for m in (self.lr_milestones or [])]
@@ -172,9 +172,7 @@ class Trainer:
         # per-unit squared gradient norms summed over an epoch (adaptive freezing); persistent, so
         # that captured CUDA graphs can add into it
         self.grad_sq = torch.zeros(len(self.units), device=self.device) if schedule.needs_grad_stats else None
-        self.runner = StepRunner(self.model, self.optimizer, self.loss_fn, self.device, mode=self._runner_mode(),
-                                 after_backward=self._accumulate_grad_norms if self.grad_sq is not None else None,
-                                 log=self._log)
+        self.runner = self.make_runner({"off": "eager"}.get(cfg.fast_path, cfg.fast_path))
 
     # ------------------------------------------------------------------ public
     @classmethod
@@ -338,7 +336,7 @@ class Trainer:
                           steps_per_epoch=self.steps_per_epoch, device=str(self.device),
                           synthetic=self.data.synthetic,
                           train={k: v for k, v in asdict(self.cfg).items()
-                                 if k not in ("device", "data_dir", "download")})
+                                 if k not in LOCAL_FIELDS})
         return Policy(model=self.cfg.model, units=[u.name for u in self.units], schedule=self.schedule.to_dict(),
                       measured=measured, provenance=prov).to_dict()
 
@@ -346,8 +344,12 @@ class Trainer:
     def _frozen_param_frac(self, mask: tuple[bool, ...]) -> float:
         return sum(c for c, f in zip(self.unit_param_counts, mask) if f) / max(1, self.total_params)
 
-    def _runner_mode(self) -> str:
-        return "cudagraph" if self.cfg.fast_path == "cudagraph" else "eager"
+    def make_runner(self, mode: str, **options: Any) -> StepRunner:
+        """The step runner for this trainer's model and optimizer (``options``: StepRunner's)."""
+        stats = self.grad_sq is not None
+        return StepRunner(self.model, self.optimizer, self.loss_fn, self.device, mode=mode,
+                          after_backward=self._accumulate_grad_norms if stats else None,
+                          accumulators=[self.grad_sq] if stats else [], log=self._log, **options)
 
     def _accumulate_grad_norms(self, frozen: tuple[bool, ...]) -> None:
         """Add each trainable unit's squared gradient norm of this step into ``grad_sq`` (on the
@@ -379,7 +381,7 @@ class Trainer:
         y = self.data.train_y[: self.cfg.batch_size].to(self.device)
         aug = self.data.augment if self.cfg.augment else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        runner = StepRunner(model, opt, self.loss_fn, self.device, mode=self.runner.mode, log=lambda _: None)
+        runner = StepRunner(model, opt, self.loss_fn, self.device, mode=self.runner.mode, log=self._log)
         unfrozen = (False,) * len(self.units)
 
         def step() -> None:
@@ -387,9 +389,13 @@ class Trainer:
 
         cpu_rng = torch.get_rng_state()
         try:
-            return time_unfrozen_steps(step, self.device, warmup=2 + (runner.warmup + 1) * (runner.mode != "eager"))
+            # untimed: 2 steps, plus the graph path's warm-up steps, capture and self-check
+            seconds = time_unfrozen_steps(step, self.device, warmup=2 + (runner.warmup + 2) * (runner.mode != "eager"))
         finally:
             torch.set_rng_state(cpu_rng)
+        if runner.mode == "eager" and self.runner.mode != "eager":  # its capture or self-check failed: so would ours
+            self.runner.turn_off(runner.off_reason or "failed in calibration", quiet=True)
+        return seconds
 
     def _save_checkpoint(self) -> None:
         ck = {

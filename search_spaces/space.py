@@ -82,7 +82,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_milestones": [], "lr_gamma": 0.1, "lr_warmup_epochs": 0, "lr_warmup_value": None,
     "device": "auto", "val_frac": 0.1, "augment": True, "random_erasing": False,
     "bn_frozen": "train", "test_every_epoch": False, "max_train_batches": None,
-    "synthetic_size": None, "fast_path": "off",
+    "synthetic_size": None, "fast_path": "auto",
 }
 TOP_KEYS = ("name", "description", "model", "dataset", "train", "families", "objectives",
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",

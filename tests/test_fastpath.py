@@ -131,9 +131,7 @@ def _trainer(digits, schedule, emulate: bool, max_graphs=8, **cfg):
                           "weight_decay": 1e-3, "lr_milestones": [3], "seed": 0, **cfg})
     tr = Trainer(conf, schedule_from_dict(schedule), verbose=False, data=digits)
     if emulate:
-        tr.runner = StepRunner(tr.model, tr.optimizer, tr.loss_fn, tr.device, mode="emulate",
-                               after_backward=tr._accumulate_grad_norms if tr.grad_sq is not None else None,
-                               warmup=2, max_graphs=max_graphs)
+        tr.runner = tr.make_runner("emulate", warmup=2, max_graphs=max_graphs)
     return tr
 
 
@@ -196,8 +194,61 @@ def test_cudagraph_on_cpu_falls_back_to_eager_with_one_line(digits, capsys):
     assert tr.runner.captures == 0
 
 
+def test_fast_path_auto_is_the_default_and_quiet_where_graphs_cannot_run(digits, capsys):
+    assert TrainConfig(model="digits_cnn", dataset="digits").fast_path == "auto"
+    tr = Trainer(TrainConfig(model="digits_cnn", dataset="digits", epochs=1, max_train_batches=2, device="cpu"),
+                 schedule_from_dict({"kind": "none"}), verbose=False, data=digits)
+    assert tr.runner.mode == "eager" and "CUDA graphs need a CUDA device" in tr.runner.off_reason
+    tr.fit()
+    assert "fast path" not in capsys.readouterr().out
+
+
+def _stale_replays(monkeypatch):
+    """A broken graph path: replays copy the first batch in, then replay it for ever."""
+    replay, filled = StepRunner._replay, set()
+
+    def stale_replay(self, g, x, y):
+        if id(self) in filled:
+            x, y = self._static_x, self._static_y
+        filled.add(id(self))
+        return replay(self, g, x, y)
+
+    monkeypatch.setattr(StepRunner, "_replay", stale_replay)
+
+
+def test_self_check_turns_a_wrong_graph_path_off_and_keeps_the_eager_result(digits, monkeypatch, capsys):
+    # one epoch: two eager digits_cnn runs 2e-7 apart (rounding) jumped to 3e-4 in one step of epoch 2
+    eager = _trainer(digits, {"kind": "none"}, emulate=False, epochs=1)
+    eager.fit()
+    _stale_replays(monkeypatch)
+    graph = _trainer(digits, {"kind": "none"}, emulate=True, epochs=1)
+    graph.fit()
+    runner = graph.runner
+    assert runner.mode == "eager" and runner.replays == 2 and runner.checked  # capture's replay, the checked one
+    assert runner.off_reason.startswith("self-check failed: a replayed step differs from the same step run eagerly")
+    assert "fast path cudagraph off: self-check failed" in capsys.readouterr().out
+    # the stale replay's result was thrown away: the run is the eager run up to rounding
+    for (k, a), b in zip(eager.model.state_dict().items(), graph.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_self_check_passes_a_model_with_dropout():
+    """Both runs of the self-check must draw the same random numbers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    acc = torch.zeros(())
+    runner = StepRunner(model, opt, nn.functional.cross_entropy, torch.device("cpu"), mode="emulate", warmup=1,
+                        after_backward=lambda mask: acc.add_(model[0].weight.grad.norm()), accumulators=[acc])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        runner.step(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen), (False,))
+    assert runner.checked and runner.mode == "emulate" and runner.off_reason is None
+    assert runner.replays == 3
+
+
 def test_fast_path_config_is_validated():
-    with pytest.raises(UserError, match=r"train\.fast_path: 'graphs' is not allowed; allowed: off, cudagraph"):
+    with pytest.raises(UserError, match=r"train\.fast_path: 'graphs' is not allowed; allowed: auto, off, cudagraph"):
         TrainConfig(model="digits_cnn", dataset="digits", fast_path="graphs")
 
 
@@ -217,23 +268,16 @@ def test_gpu_check_script_passes_the_emulated_path_and_catches_stale_inputs(tmp_
     pass the real graph path's logic and fail one that replays without copying the new batch in."""
     check = _fastpath_check()
     if broken:
-        replay, filled = StepRunner._replay, set()
-
-        def stale_replay(self, g, x, y):  # copies the first batch in, then replays it for ever
-            if id(self) in filled:
-                x, y = self._static_x, self._static_y
-            filled.add(id(self))
-            return replay(self, g, x, y)
-
-        monkeypatch.setattr(StepRunner, "_replay", stale_replay)
+        _stale_replays(monkeypatch)
     out = tmp_path / "check.json"
     rc = check.main(["--device", "cpu", "--emulate", "--models", "digits_cnn", "--schedules", "none,prefix",
                      "--steps", "5", "--batch-size", "32", "--epochs", "3", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [r["schedule"] for r in rows] == ["none", "prefix"]
     assert all(r["replays"] > 0 for r in rows)
-    if broken:
-        assert rc == 1 and all("weights differ" in " ".join(r["problems"]) for r in rows), rows
+    if broken:  # the graph path's own self-check catches it and turns the graph path off
+        assert rc == 1 and all("graph path did not run (mode eager, 1 captures, self-check failed"
+                               in " ".join(r["problems"]) for r in rows), rows
     else:
         assert rc == 0 and all(r["ok"] for r in rows), rows
 

@@ -113,7 +113,7 @@ def _error(d) -> str:
     ({"train__val_frac": 0.9}, "search_spaces/x.yaml: train.val_frac: must be a number within (0, 0.5], got 0.9"),
     ({"train__augment": "no"}, "search_spaces/x.yaml: train.augment: must be true or false, got 'no'"),
     ({"train__fast_path": "graphs"},
-     "search_spaces/x.yaml: train.fast_path: must be one of off, cudagraph, got 'graphs'"),
+     "search_spaces/x.yaml: train.fast_path: must be one of auto, off, cudagraph, got 'graphs'"),
     ({"objectives": [["val_accuracy", "up"]]},
      "search_spaces/x.yaml: objectives: must be a list of [metric, max|min] pairs with metrics from epoch, "
      "train_loss, val_loss, val_accuracy, test_accuracy, params_frozen_frac, compute_saved_frac, "
