@@ -43,6 +43,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, RESULTS_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
 
+from layerout.fastpath import FAST_PATHS  # noqa: E402
+
 DEFAULT_MODELS = ["mnist_shallow", "digits_cnn"]
 TARGET_4X = 2.5  # issue 6: 4 trials per GPU >= 2.5x one trial, for mnist_shallow and digits_cnn
 DEFAULT_STEPS = {"cuda": {"mnist_shallow": 400, "digits_cnn": 1000},
@@ -209,8 +211,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each N; medians reported (default 3)")
     ap.add_argument("--threads", default="auto", help="torch threads per trial: auto = max(1, cores // N), or a number")
     ap.add_argument("--seed", type=int, default=0)
-    from layerout.fastpath import FAST_PATHS
-
     ap.add_argument("--fast-path", default="auto", choices=FAST_PATHS,
                     help="the trials' TrainConfig.fast_path (default auto: CUDA graphs on CUDA)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement")

@@ -533,7 +533,7 @@ def cli_errors(tmp_path_factory):
     meta["flag_warmup"] = (root / "out_f3", ["warmup_epochs", "3"])
     # a usage error caught by argparse is one line too, not usage + error
     cases["flag_bad_choice"] = [*flag, "--fast-path", "fast", "--out", root / "out_f4"]
-    meta["flag_bad_choice"] = (root / "out_f4", ["--fast-path", "'fast'", "'off', 'cudagraph'",
+    meta["flag_bad_choice"] = (root / "out_f4", ["--fast-path", "'fast'", "'auto', 'off', 'cudagraph'",
                                                  "python -m layerout.train --help"])
     # a dataset that is not there, offline
     empty = root / "empty_data"
