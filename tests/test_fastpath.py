@@ -163,8 +163,10 @@ def test_emulated_graph_path_trains_like_eager(digits, name):
         assert graph.history[-1][key] == eager.history[-1][key], key
     for a, b in zip(graph.history, eager.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    # The hand-written SGD update rounds differently from torch's foreach SGD (1e-7 per step); four
+    # epochs of training grow that to a few 1e-5 on some CPUs. A stale-input bug is 1e-2 off.
     for (k, a), b in zip(eager.model.state_dict().items(), graph.model.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=2e-4, msg=k)
 
 
 def test_emulated_graph_path_keeps_frozen_units_bit_identical(digits):
