@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from analysis._cli import ArgumentParser, run_cli
+from analysis.run import run_analysis
 
 
 def _parser() -> ArgumentParser:
@@ -24,8 +25,6 @@ def _parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.run import run_analysis
-
     args = _parser().parse_args(argv)
     run_analysis(args.experiment_dir, include_stopped=args.include_stopped, out_dir=args.out,
                  compare=args.compare, write_policies=not args.no_policies)

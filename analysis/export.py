@@ -3,7 +3,7 @@
     python -m analysis.export EXPERIMENT_DIR [--pick knee|max-accuracy|min-compute]
                               [--min-accuracy X] [-o policy.json] [--all-front DIR]
 
-The file has the policy-file shape of DESIGN.md:
+The file has the policy-file shape (docs/FORMATS.md):
 ``{"format": "layerout-policy", "version": 1, "model", "units", "schedule", "measured",
 "provenance"}``; ``schedule`` is the trial's schedule dict (trials.csv ``policy`` column),
 ``measured`` its final metrics, ``provenance`` the recipe that replays it (model, dataset, epochs,
@@ -19,16 +19,23 @@ import json
 import math
 import re
 import shlex
+from dataclasses import MISSING, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from analysis._cli import ArgumentParser, run_cli
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
 from layerout.errors import UserError
+from layerout.experiment import POLICIES_DIR
+from layerout.policy import FORMAT as POLICY_FORMAT
+from layerout.policy import VERSION as POLICY_VERSION
+from layerout.policy import Policy, save_policy
+from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
 MEASURED = [
@@ -96,10 +103,6 @@ def _config_of(row: pd.Series) -> dict[str, Any]:
 def _train_fields() -> dict[str, str]:
     """TrainConfig field name -> its annotation (a string such as 'int', 'float | None', 'list[int]'),
     without ``LOCAL_FIELDS`` (where a run ran is never part of a replayed recipe)."""
-    from dataclasses import fields
-
-    from layerout.trainer import LOCAL_FIELDS, TrainConfig
-
     return {f.name: str(f.type) for f in fields(TrainConfig) if f.name not in LOCAL_FIELDS}
 
 
@@ -213,8 +216,8 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     }
     provenance = {k: v for k, v in provenance.items() if v is not None or k in ("paper_config",)}
     return {
-        "format": "layerout-policy",
-        "version": 1,
+        "format": POLICY_FORMAT,
+        "version": POLICY_VERSION,
         "model": str(model),
         "units": list(units),
         "schedule": _json_safe(schedule),
@@ -226,8 +229,6 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
 def write_policy_file(doc: dict, path: Path) -> Path:
     """Validate ``doc`` as a policy (``layerout.policy.Policy.from_dict``: format, version, units,
     schedule) and write it atomically with ``save_policy``; a bad one is a ``UserError``."""
-    from layerout.policy import Policy, save_policy
-
     path = Path(path)
     return save_policy(Policy.from_dict(doc, source=f"{path} (trial {doc.get('provenance', {}).get('trial_id')})"),
                        path)
@@ -252,10 +253,6 @@ _SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--ran
 
 
 def _defaults() -> dict[str, Any]:
-    from dataclasses import MISSING, fields
-
-    from layerout.trainer import TrainConfig
-
     out = {}
     for f in fields(TrainConfig):
         if f.default is not MISSING:
@@ -311,7 +308,7 @@ def export_policy(
     picked_by = f"min-accuracy {thr * 100:g}%" if thr is not None else pick
     if out is None:
         name = f"min-accuracy-{thr * 100:g}.json" if thr is not None else f"{pick}.json"
-        out = exp.path / "policies" / name
+        out = exp.path / POLICIES_DIR / name
     return write_policy_file(build_policy(exp, row, picked_by), Path(out))
 
 
@@ -320,7 +317,7 @@ def export_front(exp_or_dir: Experiment | str | Path, out_dir: str | Path | None
     """Write every front policy to ``out_dir`` (default ``EXP/policies``) as ``<trial_id>.json``."""
     exp = exp_or_dir if isinstance(exp_or_dir, Experiment) else load_experiment(exp_or_dir)
     fr = fr or compute_front(exp, include_stopped=include_stopped)
-    out_dir = Path(out_dir) if out_dir is not None else exp.path / "policies"
+    out_dir = Path(out_dir) if out_dir is not None else exp.path / POLICIES_DIR
     paths = []
     for _, row in fr.front.iterrows():
         label = "front (knee)" if row["trial_id"] == fr.knee else "front"
@@ -329,8 +326,6 @@ def export_front(exp_or_dir: Experiment | str | Path, out_dir: str | Path | None
 
 
 def _parser() -> argparse.ArgumentParser:
-    from analysis._cli import ArgumentParser
-
     p = ArgumentParser(
         prog="python -m analysis.export",
         description="Export a Pareto-front freeze policy of a finished search as a policy file "
@@ -377,8 +372,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(argv: list[str] | None = None) -> None:
     """Entry point: bad input -> one line on stderr, exit status 2."""
-    from analysis._cli import run_cli
-
     run_cli(main, argv)
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 
 from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_front
 from analysis.results import Experiment, baseline_trials, select_trials
+from layerout.errors import UserError
 
 
 @dataclass
@@ -43,8 +44,6 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
 
     Raises ``UserError`` when no trial finished (see ``select_trials``) or none has metrics.
     """
-    from layerout.errors import UserError
-
     objectives = exp.objectives
     missing = [n for n, _ in objectives if n not in exp.trials.columns]
     if missing:
@@ -98,8 +97,6 @@ def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None)
     val_accuracy (ties: more compute saved). ``min-compute``: the most compute saved (ties: higher
     val_accuracy). Remaining ties go to the trial evaluated first. test_accuracy is never used.
     """
-    from layerout.errors import UserError
-
     f = fr.front.assign(_pos=fr.front.index.to_numpy())  # table order = evaluation order
     if min_accuracy is not None:
         ok = f[f["val_accuracy"] >= min_accuracy - 1e-12]

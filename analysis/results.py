@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,26 +22,12 @@ import numpy as np
 import pandas as pd
 
 from layerout.errors import UserError
+from layerout.experiment import (EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, POLICIES_DIR, RESULT_JSON,
+                                 TRIALS_CSV, VERSION, TrialRecord, build_tables, parse_meta, parse_result_lines,
+                                 read_table)
+from layerout.metrics import DEFAULT_OBJECTIVES, METRICS
 
-# Every trial reports these once per epoch (DESIGN.md "What a trial reports").
-METRICS = [
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "test_accuracy",
-    "params_frozen_frac",
-    "compute_saved_frac",
-    "compute_spent_gflop",
-    "time_saved_frac",
-    "train_time_s",
-]
-EXTRA_EPOCH_COLUMNS = ["lr", "frozen_units", "synthetic"]
-OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
-
-# Columns read as text: trial ids like "00001" and masks like "0110" must not become numbers.
-_STR_COLUMNS = ["trial_id", "status", "paper_config", "family", "policy", "frozen_units"]
-_RAY_SKIP_DIRS = {"policies", "__pycache__", ".git"}
+_RAY_SKIP_DIRS = {POLICIES_DIR, "__pycache__", ".git"}
 
 
 @dataclass
@@ -78,8 +65,8 @@ class Experiment:
         try:
             pairs = tuple((str(n), str(m)) for n, m in obj)  # type: ignore[union-attr]
         except (TypeError, ValueError):
-            return OBJECTIVES
-        return pairs if len(pairs) >= 2 else OBJECTIVES
+            return DEFAULT_OBJECTIVES
+        return pairs if len(pairs) >= 2 else DEFAULT_OBJECTIVES
 
     @property
     def units(self) -> list[str]:
@@ -121,8 +108,8 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
         raise UserError(f"{path}: no such directory")
     if not path.is_dir():
         raise UserError(f"{path}: not a directory (expected an experiment directory)")
-    meta_file = path / "experiment.json"
-    trials_file, epochs_file = path / "trials.csv", path / "epochs.csv"
+    meta_file = path / EXPERIMENT_JSON
+    trials_file, epochs_file = path / TRIALS_CSV, path / EPOCHS_CSV
     meta: dict | None = None
     if meta_file.exists():
         meta = _read_meta(meta_file)
@@ -140,11 +127,11 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
             )
 
     if meta is None:
-        meta = {"name": path.name, "format": "layerout-experiment", "version": 1,
+        meta = {"name": path.name, "format": FORMAT, "version": VERSION,
                 "note": "experiment.json missing; rebuilt from Ray Tune's result.json files"}
     sources = []
     if trials_file.exists():
-        trials = _read_csv(trials_file, required=["trial_id"])
+        trials = read_table(trials_file, required=["trial_id"])
         sources.append("csv")
     elif ray_trials is not None:
         trials = ray_trials
@@ -152,7 +139,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     else:
         raise UserError(f"{path}: experiment has no trials yet (no trials.csv and no Ray result.json files)")
     if epochs_file.exists():
-        epochs = _read_csv(epochs_file, required=["trial_id"])
+        epochs = read_table(epochs_file, required=["trial_id"])
         if "csv" not in sources:
             sources.append("csv")
     elif ray_epochs is not None:
@@ -160,7 +147,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
         if "ray" not in sources:
             sources.append("ray")
     else:
-        epochs = pd.DataFrame(columns=["trial_id"] + METRICS)
+        epochs = pd.DataFrame(columns=EPOCH_COLUMNS)
 
     if "epochs" not in meta or meta.get("epochs") in (None, 0):
         guess = _guess_epoch_budget(trials, epochs)
@@ -173,35 +160,18 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     return Experiment(meta=meta, trials=trials, epochs=epochs, path=path, source="+".join(sources))
 
 
+def experiment_from_tables(meta: dict, trials: pd.DataFrame, epochs: pd.DataFrame, path: Path) -> Experiment:
+    """An Experiment from tables already in memory (a search that just ended, on remote storage)."""
+    return Experiment(meta=meta, trials=_normalize_trials(trials, meta, epochs, path),
+                      epochs=_normalize_epochs(epochs), path=path, source="memory")
+
+
 def _read_meta(meta_file: Path) -> dict:
     try:
-        meta = json.loads(meta_file.read_text())
+        text = meta_file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{meta_file}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_file}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
-    fmt = meta.get("format")
-    if fmt is not None and fmt != "layerout-experiment":
-        raise UserError(f"{meta_file}: field 'format' is {fmt!r}; allowed: 'layerout-experiment'")
-    ver = meta.get("version")
-    if ver is not None and ver != 1:
-        raise UserError(f"{meta_file}: field 'version' is {ver!r}; this analysis reads version 1")
-    return meta
-
-
-def _read_csv(file: Path, required: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(file, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=True)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame(columns=required)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise UserError(f"{file}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise UserError(f"{file}: missing column(s) {', '.join(missing)}")
-    return df
+    return parse_meta(text, str(meta_file))
 
 
 def _guess_epoch_budget(trials: pd.DataFrame, epochs: pd.DataFrame) -> int | None:
@@ -283,7 +253,7 @@ def _with_numeric_metrics(df: pd.DataFrame) -> pd.DataFrame:
 
 def _find_ray_results(path: Path) -> list[Path]:
     out = []
-    for f in sorted(path.rglob("result.json")):
+    for f in sorted(path.rglob(RESULT_JSON)):
         rel = f.relative_to(path).parts
         if any(p in _RAY_SKIP_DIRS or p.startswith(".") for p in rel[:-1]):
             continue
@@ -291,152 +261,43 @@ def _find_ray_results(path: Path) -> list[Path]:
     return out
 
 
-def flatten_config(d: dict, prefix: str) -> dict[str, Any]:
-    """A nested config as trials.csv columns: ``{"train": {"epochs": 8}}`` -> ``prefix/train/epochs``;
-    lists as JSON. The search writes its tables with it and the analysis reads Ray's results with it,
-    so both name columns alike."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}/{k}"
-        if isinstance(v, dict):
-            out.update(flatten_config(v, key))
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(list(v))
-        else:
-            out[key] = v
-    return out
-
-
-def _find_schedule(config: dict) -> dict | None:
-    """The trial's schedule dict in its config: ``policy``/``schedule`` (top level or nested)."""
-    for key in ("policy", "schedule"):
-        v = config.get(key)
-        if isinstance(v, dict) and "kind" in v:
-            return v
-        if isinstance(v, str):
-            try:
-                d = json.loads(v)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and "kind" in d:
-                return d
-    for v in config.values():
-        if isinstance(v, dict):
-            found = _find_schedule(v)
-            if found is not None:
-                return found
-    return None
-
-
-def _find_key(config: dict, key: str) -> Any:
-    if key in config and not isinstance(config[key], dict):
-        return config[key]
-    for v in config.values():
-        if isinstance(v, dict):
-            found = _find_key(v, key)
-            if found is not None:
-                return found
-    return None
-
-
-def _read_result_lines(file: Path) -> list[dict]:
-    rows = []
+def _ray_record(file: Path) -> TrialRecord:
+    """One trial as Ray Tune left it: result.json lines, params.json, error.txt."""
+    tdir = file.parent
     try:
-        text = file.read_text()
+        rows, bad = parse_result_lines(file.read_text())
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{file}: cannot read ({exc})") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
+    if bad:
+        warnings.warn(f"{file}: skipped {bad} line(s) that are not JSON objects (a trial killed mid-write?)",
+                      UserWarning, stacklevel=3)
+    config: dict = {}
+    if rows and isinstance(rows[-1].get("config"), dict):
+        config = rows[-1]["config"]
+    elif (tdir / "params.json").exists():
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            # A trial killed mid-write leaves a torn last line: keep what was complete.
-            if n == len(text.splitlines()):
-                break
-            raise UserError(f"{file}: line {n} is not valid JSON") from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+            loaded = json.loads((tdir / "params.json").read_text())
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            config = {}
+    trial_id = str(rows[-1].get("trial_id")) if rows and rows[-1].get("trial_id") else tdir.name
+    error = None
+    for name in ("error.txt", "error.pkl"):
+        if (tdir / name).exists():
+            error = (tdir / "error.txt").read_text(errors="replace") if name == "error.txt" else "error"
+            break
+    status = "ERROR" if error else "TERMINATED" if rows and rows[-1].get("done") else "RUNNING"
+    return TrialRecord(trial_id=trial_id, status=status, config=config, rows=rows, error=error)
 
 
 def _rebuild_from_ray(files: list[Path], meta: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials/epochs tables from Ray Tune's per-trial result.json files."""
-    budget = None
-    if meta and isinstance(meta.get("epochs"), int):
-        budget = meta["epochs"]
-    trial_rows, epoch_rows = [], []
-    for f in files:
-        lines = _read_result_lines(f)
-        tdir = f.parent
-        config: dict = {}
-        if lines and isinstance(lines[-1].get("config"), dict):
-            config = lines[-1]["config"]
-        elif (tdir / "params.json").exists():
-            try:
-                config = json.loads((tdir / "params.json").read_text())
-            except (OSError, ValueError):
-                config = {}
-        trial_id = str(lines[-1].get("trial_id")) if lines and lines[-1].get("trial_id") else tdir.name
-        # one row per epoch; a restarted trial (or Ray's duplicate final result) may report an
-        # epoch twice: the later report wins
-        by_epoch: dict[Any, dict] = {}
-        for i, line in enumerate(lines):
-            by_epoch[line.get("epoch", line.get("training_iteration", i + 1))] = line
-        for ep, line in by_epoch.items():
-            row = {"trial_id": trial_id}
-            for col in METRICS + EXTRA_EPOCH_COLUMNS:
-                row[col] = line.get(col, np.nan)
-            row["epoch"] = ep
-            epoch_rows.append(row)
-        last = lines[-1] if lines else {}
-        # the schedule as it ran (reported as "policy": adaptive freeze epochs, drawn v filled in),
-        # else the one the config asked for
-        schedule = _find_schedule({"policy": last.get("policy")}) or _find_schedule(config)
-        trial_budget = budget or _find_key(config, "epochs")
-        epochs_done = last.get("epoch", last.get("training_iteration", np.nan)) if lines else 0
-        done = bool(last.get("done", False))
-        if (tdir / "error.txt").exists() or (tdir / "error.pkl").exists():
-            status = "ERROR"
-        elif done:
-            status = "TERMINATED"
-        else:
-            status = "RUNNING"
-        has_budget = isinstance(trial_budget, (int, float)) and not isinstance(trial_budget, bool)
-        reached = has_budget and not _isnan(epochs_done) and float(epochs_done) >= float(trial_budget)
-        stopped_early = status == "TERMINATED" and has_budget and not reached
-        row = {
-            "trial_id": trial_id,
-            "status": status,
-            "stopped_early": bool(stopped_early),
-            "paper_config": str(_find_key(config, "paper_config") or ""),
-            "family": str(_find_key(config, "family") or (schedule or {}).get("kind", "")),
-            "epochs_done": epochs_done,
-        }
-        row.update(flatten_config(config, "config"))
-        row["policy"] = json.dumps(schedule) if schedule is not None else ""
-        row["steps_per_epoch"] = last.get("steps_per_epoch", np.nan)  # what replaying the policy needs
-        for col in METRICS + EXTRA_EPOCH_COLUMNS:
-            row[col] = last.get(col, np.nan)
-        if lines and (row["test_accuracy"] is None or _isnan(row["test_accuracy"])):
-            # test accuracy is filled at the last epoch; take the latest one reported
-            tests = [ln.get("test_accuracy") for ln in lines if not _isnan(ln.get("test_accuracy"))]
-            if tests:
-                row["test_accuracy"] = tests[-1]
-        trial_rows.append(row)
-    trials = pd.DataFrame(trial_rows)
-    epochs = pd.DataFrame(epoch_rows, columns=["trial_id"] + METRICS + EXTRA_EPOCH_COLUMNS)
-    return trials, epochs
-
-
-def _isnan(x: Any) -> bool:
-    if x is None:
-        return True
-    try:
-        return math.isnan(float(x))
-    except (TypeError, ValueError):
-        return True
+    records = [_ray_record(f) for f in files]
+    budget = meta.get("epochs") if meta else None
+    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget > 0):
+        budgets = [r.config.get("train", {}).get("epochs") for r in records if isinstance(r.config.get("train"), dict)]
+        budget = max((b for b in budgets if isinstance(b, int)), default=0)
+    return build_tables(records, budget)
 
 
 # --------------------------------------------------------------------------------------------

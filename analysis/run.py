@@ -15,6 +15,8 @@ from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_
 from analysis.report import write_report
 from analysis.results import Experiment, load_experiment
 from layerout.errors import UserError
+from layerout.experiment import PARETO_CSV, POLICIES_DIR
+from layerout.files import atomic_write
 
 FRONT_COLUMNS = [
     "rank", "knee", "trial_id", "family", "paper_config", "stopped", "val_accuracy", "compute_saved_frac",
@@ -134,18 +136,14 @@ def run_analysis(
     out.mkdir(parents=True, exist_ok=True)
     res = AnalysisResult(experiment=exp, result=fr, out_dir=out, compare=[e for e, _ in others])
 
-    csv = out / "pareto.csv"
-    tmp = csv.with_name("pareto.csv.tmp")
-    pareto_csv_frame(fr).to_csv(tmp, index=False)
-    tmp.replace(csv)
-    res.files["pareto.csv"] = csv
+    res.files[PARETO_CSV] = atomic_write(out / PARETO_CSV, pareto_csv_frame(fr).to_csv(index=False))
 
     policy_rel: dict[str, str] = {}
     if write_policies:
         failed: list[tuple[str, str]] = []
         for _, r in fr.front.iterrows():
             label = "front (knee)" if r["trial_id"] == fr.knee else "front"
-            dest = out / "policies" / policy_filename(r["trial_id"])
+            dest = out / POLICIES_DIR / policy_filename(r["trial_id"])
             try:
                 res.policies[r["trial_id"]] = write_policy_file(build_policy(exp, r, label), dest)
             except UserError as exc:
@@ -155,7 +153,7 @@ def run_analysis(
             warnings.warn(f"no policy file for {len(failed)} front trial(s) ({ids}): {failed[0][1]}",
                           UserWarning, stacklevel=2)
     for _, r in fr.front.iterrows():
-        rel = f"policies/{policy_filename(r['trial_id'])}"
+        rel = f"{POLICIES_DIR}/{policy_filename(r['trial_id'])}"
         policy_rel[r["trial_id"]] = rel if r["trial_id"] in res.policies else ""
         res.commands[r["trial_id"]] = retrain_command(exp, r, rel)
 

@@ -38,7 +38,8 @@ from _common import RESULTS_DIR, environment, finish_environment, median, table,
 import torch  # noqa: E402
 
 from layerout.compute import synchronize  # noqa: E402
-from layerout.models import MODELS, build_model, model_units  # noqa: E402
+from layerout.models import MODELS, build_model  # noqa: E402
+from layerout.units import units_of  # noqa: E402
 from layerout.schedules import schedule_from_dict  # noqa: E402
 from layerout.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -89,7 +90,7 @@ def _rel_diff(a: Trainer, b: Trainer) -> float:
 
 
 def check(model: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
-    sched = _schedule(name, len(model_units(build_model(model, num_classes=10, in_channels=MODELS[model].in_channels))))
+    sched = _schedule(name, len(units_of(build_model(model, num_classes=10, in_channels=MODELS[model].in_channels))))
     runs = {False: _trainer(model, sched, args, graph=False), True: _trainer(model, sched, args, graph=True),
             "nudged": _trainer(model, sched, args, graph=False, nudge=True)}
     snaps: dict[Any, list] = {k: [] for k in runs}

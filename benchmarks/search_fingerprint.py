@@ -58,8 +58,9 @@ def fingerprint(space: str, seed: int, num_samples: int, storage: Path) -> list[
     return rows
 
 
-def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(differences that break "unchanged behaviour", other differences such as val_accuracy)."""
+def compare(old: dict[str, Any], new: dict[str, Any], renamed: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(differences that break "unchanged behaviour", other differences such as val_accuracy).
+    ``renamed``: config columns renamed on purpose (old -> new), compared under the new name."""
     hard, soft = [], []
     for run, rows in old["runs"].items():  # run: "<space> seed <n>"
         other = new["runs"].get(run)
@@ -69,6 +70,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[s
         if len(rows) != len(other):
             hard.append(f"{run}: {len(rows)} trials before, {len(other)} after")
         for i, (a, b) in enumerate(zip(rows, other)):
+            a = {**a, "config": {renamed.get(k, k): v for k, v in a["config"].items()}}
             for key in ("family", "paper_config", "config", "policy"):
                 if a[key] != b[key]:
                     hard.append(f"{run} trial {i}: {key} differs: {a[key]!r} vs {b[key]!r}")
@@ -88,6 +90,9 @@ def main() -> int:
     ap.add_argument("--num-samples", type=int, default=16)
     ap.add_argument("--json", help="write the fingerprint here")
     ap.add_argument("--compare", metavar="OLD_JSON", help="compare with a stored fingerprint")
+    ap.add_argument("--renamed", nargs="*", default=[], metavar="OLD=NEW",
+                    help="config columns renamed on purpose, e.g. config/adaptive.abs_threshold="
+                         "config/adaptive.absolute_threshold (Optuna parameter names appear in Ray's configs)")
     args = ap.parse_args()
     env = environment("cpu")
     runs = {}
@@ -105,7 +110,8 @@ def main() -> int:
     print(f"{n} trials: {', '.join(args.spaces)} x seeds {', '.join(map(str, args.seeds))}")
     if args.compare:
         old = json.loads(Path(args.compare).read_text())
-        hard, soft = compare(old, doc)
+        renamed = dict(r.split("=", 1) for r in args.renamed)
+        hard, soft = compare(old, doc, renamed)
         for line in hard:
             print("DIFF " + line)
         for line in soft[:20]:

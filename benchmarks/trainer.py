@@ -68,7 +68,8 @@ import torch.nn.functional as F  # noqa: E402
 from layerout.augment import augment_batch  # noqa: E402
 from layerout.compute import FlopCache, synchronize  # noqa: E402
 from layerout.freezer import Freezer  # noqa: E402
-from layerout.models import MODELS, build_model, model_units  # noqa: E402
+from layerout.models import MODELS, build_model  # noqa: E402
+from layerout.units import units_of  # noqa: E402
 from layerout.schedules import FreezeState, LayerOutSchedule, paper_vectors, schedule_from_dict  # noqa: E402
 from layerout.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -328,7 +329,7 @@ def measure_masks(model_name: str, bs: int, steps: int, warmup: int, repeats: in
     torch.manual_seed(seed)
     model = build_model(model_name, num_classes=10, in_channels=spec.in_channels).to(device)
     model.train()
-    units = model_units(model)
+    units = units_of(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     k = len(units)
     freezer = Freezer(model, opt, units, schedule_from_dict({"kind": "none"}).bind(k, 1, 1, seed), bn_frozen="train")

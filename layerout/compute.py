@@ -3,7 +3,7 @@
 ``step_flops`` runs one real forward + backward of the model under ``FlopCounterMode`` with
 the mask's ``requires_grad`` settings. Autograd then skips exactly what freezing saves: a frozen
 unit's weight-gradient work always, and the input-gradient work of a frozen prefix (nothing
-before it needs a gradient). Parameter counts would claim far more (REFERENCE.md: a frozen
+before it needs a gradient). Parameter counts would claim far more (docs/METRICS.md: a frozen
 parameter is not a FLOP saved).
 
 Counts are per sample (matmuls and convolutions are linear in the batch), measured on a tiny

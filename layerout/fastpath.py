@@ -1,6 +1,6 @@
 """The training step, run eagerly or by replaying one captured CUDA graph per freezing mask.
 
-Why graphs: small CIFAR networks are launch-bound on a modern GPU (REFERENCE.md "GPU
+Why graphs: small CIFAR networks are launch-bound on a modern GPU (docs/METRICS.md, "GPU
 measurements": ResNet-110 at batch 128 trains at 2.7 k images/s eager, and freezing every other
 unit saved 16% of its FLOPs and none of its time). Replaying a captured graph removes the
 per-kernel CPU launch cost, so a step's time follows the work it does, and a mask that drops

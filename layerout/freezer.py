@@ -11,7 +11,7 @@ learning rates; the schedule decides, the Freezer applies. It works in any train
             freezer.on_step(step)          # only matters for step-wise schedules (FreezeOut)
             ...
 
-Freezing semantics (DESIGN.md "mask"): a frozen unit's parameters have ``requires_grad``
+Freezing semantics (docs/FREEZING.md, "mask"): a frozen unit's parameters have ``requires_grad``
 off, so autograd does no weight-gradient work for them (and no input-gradient work for a
 frozen prefix); their ``.grad`` is None, so ``torch.optim.SGD`` skips them entirely: no step,
 no weight decay, and the momentum buffer is left as it was, ready for when the unit thaws.
@@ -99,15 +99,6 @@ class Freezer:
             return
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-
-    @property
-    def frozen_fraction(self) -> float:
-        """Frozen parameters / all parameters under the current mask."""
-        total = sum(p.numel() for p in self.model.parameters())
-        if self.current is None or total == 0:
-            return 0.0
-        frozen = sum(p.numel() for i, f in enumerate(self.current.frozen) if f for p in self.params[i])
-        return frozen / total
 
 
 def split_param_groups(optimizer: torch.optim.Optimizer, unit_params: list[list[nn.Parameter]]) -> list[dict | None]:

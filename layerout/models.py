@@ -60,11 +60,6 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
     return MODELS[name].constructor(num_classes=num_classes, in_channels=in_channels)
 
 
-def model_units(model: nn.Module) -> list[Unit]:
-    """The model's ordered units (declared by built-ins, top-level children otherwise)."""
-    return units_of(model)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -264,7 +259,7 @@ def describe(num_classes: int = 10) -> list[dict]:
     rows = []
     for spec in MODELS.values():
         m = spec.constructor(num_classes=num_classes, in_channels=spec.in_channels)
-        units = model_units(m)
+        units = units_of(m)
         rows.append({"name": spec.name, "params": count_params(m), "units": [u.name for u in units],
                      "num_units": len(units), "description": spec.description,
                      "input_size": spec.input_size, "default_dataset": spec.default_dataset,

@@ -1,4 +1,4 @@
-"""Policy files: a schedule with all its values fixed, plus the model's unit names (DESIGN.md).
+"""Policy files: a schedule with all its values fixed, plus the model's unit names (docs/FORMATS.md).
 
     {"format": "layerout-policy", "version": 1, "model": ..., "units": [...],
      "schedule": {"kind": ..., ...}, "measured": {...}, "provenance": {...}}
@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from layerout.errors import UserError
+from layerout.files import atomic_write
 from layerout.freezer import Freezer
 from layerout.schedules import Schedule, schedule_from_dict
 from layerout.units import Unit, units_of
@@ -167,11 +168,7 @@ def save_policy(policy: Policy | dict[str, Any], path: str | os.PathLike) -> Pat
     path = Path(path)
     if isinstance(policy, dict):
         policy = Policy.from_dict(policy, source=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(policy.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(policy.to_dict(), indent=2) + "\n")
 
 
 def load_policy(path: str | os.PathLike) -> Policy:

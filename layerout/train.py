@@ -14,17 +14,10 @@ from typing import Any
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.fastpath import FAST_PATHS
 from layerout.models import MODELS
-from layerout.schedules import SCHEDULES, V_MODES, Schedule, paper_vectors, schedule_from_dict
+from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
 
 DEFAULT_MODEL_FOR = {"digits": "digits_cnn", "mnist": "mnist_shallow", "cifar10": "resnet20",
                      "cifar100": "resnet20", "synthetic": "resnet20"}
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag}: expected comma-separated numbers like 0.9,0.5,0.1, got {text!r}") from None
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
@@ -43,26 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_argument_group("what to freeze (pick --policy or --schedule)")
     src.add_argument("--policy", help="a policy JSON file (exported by analysis.export or a run's summary.json)")
     src.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
-                     help="schedule family (default: none = the unfrozen baseline)")
-    lo = ap.add_argument_group("layerout schedule")
-    lo.add_argument("--freeze-prob", help="freeze probability per unit, comma-separated, or efreeze/dfreeze")
-    lo.add_argument("--v-mode", choices=V_MODES, default=None,
-                    help="manual (default with --freeze-prob), random_epoch (paper's random v), random_once")
-    lo.add_argument("--keep-last-trainable", action="store_true", help="never freeze the classifier unit")
-    ap.add_argument("--warmup-epochs", type=int, default=None,
-                    help="epochs before freezing starts (layerout, freezeout)")
-    fo = ap.add_argument_group("freezeout schedule")
-    fo.add_argument("--t0", type=float, default=None, help="first unit's freeze fraction before scaling (0.8)")
-    fo.add_argument("--scale", choices=("linear", "squared", "cubic"), default=None)
-    fo.add_argument("--scale-lr", action="store_true", help="lr_i0 = lr / t_i")
-    pf = ap.add_argument_group("prefix schedule")
-    pf.add_argument("--k", type=int, default=None, help="number of leading units frozen")
-    pf.add_argument("--start-epoch", type=int, default=None, help="epoch the prefix freezes")
-    ad = ap.add_argument_group("adaptive schedule")
-    ad.add_argument("--check-every", type=int, default=None, help="epochs between checks")
-    ad.add_argument("--threshold-mode", choices=("percentile", "absolute"), default=None)
-    ad.add_argument("--threshold", type=float, default=None, help="percentile (0-100) or absolute relative change")
-    ad.add_argument("--min-trainable-units", type=int, default=None)
+                     help="schedule family (default: the family whose flags are given, else none = the "
+                          "unfrozen baseline)")
+    add_schedule_flags(ap)
     tr = ap.add_argument_group("training recipe")
     tr.add_argument("--epochs", type=int, default=None, help="(default 10)")
     tr.add_argument("--batch-size", type=int, default=None, help="(default 64)")
@@ -94,54 +70,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------ schedule flags
-# Every schedule flag is read here and only here: one place that maps flags to a schedule dict.
-FAMILY_FLAGS = {
-    "layerout": ("freeze_prob", "v_mode", "keep_last_trainable", "warmup_epochs"),
-    "freezeout": ("t0", "scale", "scale_lr", "warmup_epochs"),
-    "prefix": ("k", "start_epoch"),
-    "adaptive": ("check_every", "threshold_mode", "threshold", "min_trainable_units"),
-}
+# The flags come from the schedule classes (``Schedule.flags``): a new family brings its own.
+def family_flags() -> dict[str, tuple[Flag, ...]]:
+    return {kind: cls.flags for kind, cls in SCHEDULES.items()}
 
 
-def _flag_given(args: argparse.Namespace, name: str) -> bool:
-    v = getattr(args, name)
-    return v not in (None, False)
+def add_schedule_flags(ap: argparse.ArgumentParser) -> None:
+    """One argument group per family; a flag several families share is added once, with the first."""
+    owners: dict[str, list[str]] = {}
+    for kind, flags in family_flags().items():
+        for f in flags:
+            owners.setdefault(f.dest, []).append(kind)
+    added: set[str] = set()
+    for kind, flags in family_flags().items():
+        if not flags:
+            continue
+        group = ap.add_argument_group(f"{kind} schedule")
+        for f in flags:
+            if f.dest in added:
+                continue
+            added.add(f.dest)
+            shared = owners[f.dest]
+            text = f.help + (f" ({', '.join(shared)})" if len(shared) > 1 else "")
+            if f.switch:
+                group.add_argument(f.option, dest=f.dest, action="store_true", help=text)
+            else:
+                group.add_argument(f.option, dest=f.dest, type=f.type, choices=f.choices, default=None,
+                                   metavar=f.metavar, help=text)
+
+
+def _given(args: argparse.Namespace) -> set[str]:
+    """The schedule flags (dests) the user typed: not None, not a switch left off."""
+    dests = {f.dest for flags in family_flags().values() for f in flags}
+    return {d for d in dests if getattr(args, d, None) not in (None, False)}
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[str, Any]:
-    """The schedule dict the flags describe (DESIGN.md families); flags of another family are errors."""
-    kind = args.schedule or ("layerout" if args.freeze_prob or args.v_mode else "none")
-    allowed = set(FAMILY_FLAGS.get(kind, ()))
-    stray = [n for fam in FAMILY_FLAGS.values() for n in fam if n not in allowed and _flag_given(args, n)]
+    """The schedule dict the flags describe; flags of another family are errors. Without
+    ``--schedule`` the family is the one whose flags were given (none when no flag was)."""
+    families = family_flags()
+    given = _given(args)
+    kind = args.schedule
+    if kind is None:
+        fits = [k for k, flags in families.items() if flags and given <= {f.dest for f in flags}]
+        if not given:
+            kind = "none"
+        elif len(fits) == 1:
+            kind = fits[0]
+        elif fits:
+            raise UserError(f"{', '.join(_option(d) for d in sorted(given))}: used by the "
+                            f"{' and '.join(fits)} schedules; pick one with --schedule")
+        else:
+            kind = "none"  # the stray flags are reported below
+    allowed = {f.dest for f in families[kind]}
+    stray = sorted(given - allowed)
     if stray:
-        flags = ", ".join(sorted({"--" + n.replace("_", "-") for n in stray}))
-        raise UserError(f"{flags}: not used by the {kind!r} schedule (its flags: "
-                        f"{', '.join('--' + n.replace('_', '-') for n in sorted(allowed)) or 'none'})")
-    d: dict[str, Any] = {"kind": kind}
-    if kind == "layerout":
-        mode = args.v_mode or ("manual" if args.freeze_prob else "random_epoch")
-        d["v_mode"] = mode
-        if args.freeze_prob in ("efreeze", "dfreeze"):
-            d["v"] = paper_vectors(num_units)[args.freeze_prob]
-        elif args.freeze_prob:
-            d["v"] = parse_floats(args.freeze_prob, "--freeze-prob")
-        elif mode == "manual":
-            raise UserError(f"--freeze-prob: a manual layerout schedule needs {num_units} probabilities "
-                            f"(one per unit), or efreeze/dfreeze")
-        if "v" in d and len(d["v"]) != num_units:
-            raise UserError(f"--freeze-prob: {len(d['v'])} values given but the model has {num_units} units")
-        d["warmup_epochs"] = args.warmup_epochs or 0
-        d["keep_last_trainable"] = bool(args.keep_last_trainable)
-    elif kind == "freezeout":
-        d.update(t0=0.8 if args.t0 is None else args.t0, scale=args.scale or "cubic", scale_lr=bool(args.scale_lr),
-                 warmup_epochs=args.warmup_epochs or 0)
-    elif kind == "prefix":
-        d.update(k=1 if args.k is None else args.k, start_epoch=args.start_epoch or 0)
-    elif kind == "adaptive":
-        d.update(check_every=args.check_every or 1, threshold_mode=args.threshold_mode or "percentile",
-                 threshold=50.0 if args.threshold is None else args.threshold,
-                 min_trainable_units=args.min_trainable_units or 1)
-    return d
+        raise UserError(f"{', '.join(_option(d) for d in stray)}: not used by the {kind!r} schedule (its flags: "
+                        f"{', '.join(_option(d) for d in sorted(allowed)) or 'none'})")
+    return SCHEDULES[kind].dict_from_flags({d: getattr(args, d) for d in sorted(given)}, num_units)
 
 
 # ------------------------------------------------------------------------------ main
@@ -215,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}
     cfg = TrainConfig.from_dict(cfg_dict)
 
-    from layerout.models import build_model, model_units
+    from layerout.models import build_model
+    from layerout.units import units_of
 
-    names = [u.name for u in model_units(build_model(model, in_channels=MODELS[model].in_channels))]
+    names = [u.name for u in units_of(build_model(model, in_channels=MODELS[model].in_channels))]
     if policy is not None:
         policy.check_units(names, source=args.policy)
         try:  # checks that need this run's length (warm-up, start epoch): name the policy file

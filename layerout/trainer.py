@@ -2,7 +2,7 @@
 
 One ``Trainer`` is one run: it loads the data onto the device, builds the model, and trains
 epoch by epoch while a ``Freezer`` applies the schedule's masks. After every epoch it computes
-DESIGN.md's metrics, writes ``checkpoint.pt`` and ``epochs.csv`` into ``out_dir`` and calls the
+the metrics of ``layerout.metrics``, writes ``checkpoint.pt`` and ``epochs.csv`` into ``out_dir`` and calls the
 callbacks (the search reports through them). ``Trainer.resume(out_dir)`` continues a run and
 ends with the same weights as an uninterrupted one: data order, augmentation and LayerOut draws
 are pure functions of (seed, epoch), and model, optimizer, schedule and accounting state are
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -28,18 +29,19 @@ import torch
 from torch import nn
 
 from layerout.augment import augment_batch
+from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int
 from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
 from layerout.data import DataSplits, iterate_batches, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner
+from layerout.files import atomic_write
 from layerout.freezer import BN_MODES, Freezer
-from layerout.models import MODELS, build_model, count_params, model_units
+from layerout.metrics import EXTRA_METRICS, METRICS
+from layerout.models import MODELS, build_model, count_params
+from layerout.policy import Policy, provenance
 from layerout.schedules import Schedule, schedule_from_dict
+from layerout.units import unit_param_counts, units_of
 
-# DESIGN.md "What a trial reports", in column order, then the extras of docs/ARCHITECTURE.md.
-METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
-           "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
-EXTRA_METRICS = ["lr", "frozen_units", "synthetic"]
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "layerout-checkpoint"
 
@@ -78,31 +80,39 @@ class TrainConfig:
     fast_path: str = "auto"  # one captured CUDA graph per mask (layerout/fastpath.py): auto = on CUDA with SGD; off; cudagraph
 
     def __post_init__(self) -> None:
-        self.lr_milestones = [int(m) for m in (self.lr_milestones or [])]
-
-        def bad(name: str, allowed: str) -> UserError:
-            return UserError(f"train.{name}: {getattr(self, name)!r} is not allowed; {allowed}")
-
+        """Every check of a training recipe, wherever it came from (a space's ``train:`` block, a
+        policy's recipe, command-line flags); errors name the field as ``train.<field>``."""
         if self.model not in MODELS:
             raise UserError(f"train.model: unknown model {self.model!r}; allowed: {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(name, "must be an integer >= 1")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise bad("lr", "must be a number > 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise bad("momentum", "must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "must be >= 0")
-        if self.bn_frozen not in BN_MODES:
-            raise bad("bn_frozen", f"allowed: {', '.join(BN_MODES)}")
-        if self.fast_path not in FAST_PATHS:
-            raise bad("fast_path", f"allowed: {', '.join(FAST_PATHS)}")
-        if self.lr_warmup_epochs < 0 or self.lr_warmup_epochs >= self.epochs and self.lr_warmup_epochs:
-            raise bad("lr_warmup_epochs", f"must be in [0, epochs={self.epochs})")
-        if self.max_train_batches is not None and self.max_train_batches < 1:
-            raise bad("max_train_batches", "must be an integer >= 1 or null")
+        epochs = check_int("train.epochs", self.epochs, 1)
+        check_int("train.batch_size", self.batch_size, 1)
+        self.lr = check_number("train.lr", self.lr, 0.0, 1e3, low_open=True)
+        self.momentum = check_number("train.momentum", self.momentum, 0.0, 1.0)
+        if self.momentum == 1.0:
+            raise fail("train.momentum", "must be below 1, got 1.0")
+        self.weight_decay = check_number("train.weight_decay", self.weight_decay, 0.0, 1.0)
+        ms = self.lr_milestones  # a milestone past the end is allowed: a policy replayed for fewer epochs
+        if not isinstance(ms, list) or not all(is_int(m) and m >= 1 for m in ms) or ms != sorted(set(ms)):
+            raise fail("train.lr_milestones", f"must be an increasing list of integer epochs >= 1, got {ms!r}")
+        self.lr_gamma = check_number("train.lr_gamma", self.lr_gamma, 0.0, 1e3, low_open=True)
+        check_int("train.lr_warmup_epochs", self.lr_warmup_epochs, 0, epochs - 1, f" (0 .. epochs-1, epochs = {epochs})")
+        if self.lr_warmup_value is not None:
+            self.lr_warmup_value = check_number("train.lr_warmup_value", self.lr_warmup_value, 0.0, 1e3,
+                                                low_open=True)
+        check_int("train.seed", self.seed, 0, 2**31 - 1)
+        if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
+                                                  or self.device.startswith("cuda:"))):
+            raise fail("train.device", f"must be one of auto, cpu, cuda, got {self.device!r}")
+        self.val_frac = check_number("train.val_frac", self.val_frac, 0.0, 0.5, low_open=True)
+        for name in ("augment", "random_erasing", "download", "test_every_epoch"):
+            check_bool(f"train.{name}", getattr(self, name))
+        check_choice("train.bn_frozen", self.bn_frozen, BN_MODES)
+        check_choice("train.fast_path", self.fast_path, FAST_PATHS)
+        for name in ("max_train_batches", "synthetic_size"):
+            if getattr(self, name) is not None:
+                check_int(f"train.{name}", getattr(self, name), 1)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise fail("train.data_dir", f"must be a folder path or null, got {self.data_dir!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -151,7 +161,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, num_classes=self.data.num_classes,
                                  in_channels=self.data.in_channels).to(self.device)
-        self.units = model_units(self.model)
+        self.units = units_of(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         n_train = len(self.data.train_x)
@@ -164,7 +174,7 @@ class Trainer:
         self.flops = FlopCache(self.model, self.freezer.params, self.data.train_x[:probe].to(self.device),
                                self.data.train_y[:probe].to(self.device))
         self.total_params = count_params(self.model)
-        self.unit_param_counts = [sum(p.numel() for p in ps) for ps in self.freezer.params]
+        self.unit_param_counts = unit_param_counts(self.model, self.units)
         self.ledger = ComputeLedger()
         self.epoch = 0  # epochs finished
         self.history: list[dict[str, Any]] = []
@@ -325,9 +335,7 @@ class Trainer:
         return loss.item() / n, correct.item() / n
 
     def policy_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-        """This run's policy in the policy-file format (DESIGN.md), replayable with ``--policy``."""
-        from layerout.policy import Policy, provenance
-
+        """This run's policy in the policy-file format (docs/FORMATS.md), replayable with ``--policy``."""
         metrics = metrics if metrics is not None else (self.history[-1] if self.history else {})
         measured = {k: metrics.get(k) for k in METRICS if k != "epoch" and metrics.get(k) is not None}
         measured["epochs"] = metrics.get("epoch", 0)
@@ -410,21 +418,16 @@ class Trainer:
             "history": self.history,
             "rng": torch.get_rng_state(),
         }
-        path = self.out_dir / CHECKPOINT
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(ck, tmp)
-        os.replace(tmp, path)
+        atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(ck, f))
 
     def _write_epochs_csv(self) -> None:
-        cols = METRICS + EXTRA_METRICS
-        path = self.out_dir / "epochs.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for row in self.history:
-                w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
-        os.replace(tmp, path)
+        cols = [*METRICS, *EXTRA_METRICS]
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for row in self.history:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+        atomic_write(self.out_dir / "epochs.csv", text.getvalue())
 
     def _write_summary(self, final: dict[str, Any]) -> None:
         summary = {
@@ -437,10 +440,7 @@ class Trainer:
             "unfrozen_step_s": self.ledger.unfrozen_step_s,
             "finished": self.epoch >= self.cfg.epochs,
         }
-        path = self.out_dir / "summary.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def _progress_line(self, m: dict[str, Any]) -> str:
         ts = m["time_saved_frac"]

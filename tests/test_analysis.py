@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import helpers
 from analysis.front import compute_front
 from analysis.pareto import hypervolume_2d, knee_point, pareto_front
 from analysis.results import load_experiment, select_trials
+from helpers import assert_one_line_error
 from layerout.errors import UserError
 from layerout.policy import load_policy
 
@@ -238,18 +238,8 @@ def exp_dir(tmp_path_factory):
     return write_experiment(tmp_path_factory.mktemp("analysis_exp"))
 
 
-def run_module(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=240)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    err = proc.stderr.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
+def run_module(module, *args, cwd=ROOT):
+    return helpers.run_module(module, args, cwd=cwd)
 
 
 def test_load_experiment_reads_the_tables(exp_dir):
@@ -516,13 +506,6 @@ def test_trials_csv_preferred_and_epochs_rebuilt(tmp_path, exp_dir):
     e = load_experiment(d)
     assert e.source == "csv+ray" and set(e.epochs["trial_id"]) == {"t_bend"}
     assert len(e.trials) == len(TRIALS)
-
-
-def test_analysis_imports_no_ray():
-    code = ("import sys, analysis, analysis.run, analysis.export, analysis.plots, analysis.report; "
-            "assert 'ray' not in sys.modules, 'ray imported'")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_unknown_objective_in_experiment_json(tmp_path):

@@ -9,24 +9,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import run_cli, state_dicts_equal
 from layerout.compute import step_flops
-from layerout.data import load_data
 from layerout.models import MODELS, ModelSpec
 from layerout.policy import load_policy
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTHS = [64, 64, 64, 64, 64, 10]  # digits flattened (64) -> four 64-wide layers -> 10 classes: K = 5 units
 K = len(WIDTHS) - 1
 
@@ -51,21 +46,12 @@ def stack_model(monkeypatch):
     return "_test_stack"
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", seed=0)
-
-
 def unit_copies(trainer):
     return [[p.detach().clone() for p in ps] for ps in trainer.freezer.params]
 
 
 def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
-
-
-def state_dicts_equal(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def record_steps(trainer):
@@ -137,7 +123,7 @@ def test_freezeout_in_trainer_matches_formulas(digits, stack_model, scale_lr):
         assert same(unit_copies(trainer)[i], last)
     assert not same(start[-1], unit_copies(trainer)[-1])
 
-    # compute saved vs FreezeOut's cost model. REFERENCE.md's C = 2 sum c_i, C_f = sum c_i + sum c_i t_i
+    # compute saved vs FreezeOut's cost model. FreezeOut's own model (docs/FREEZING.md): C = 2 sum c_i, C_f = sum c_i + sum c_i t_i
     # assumes each unit's backward costs one forward. What autograd runs (and what the trainer counts):
     # unit i's weight gradient costs f_i while unit i trains (until t_i), and its input gradient costs
     # f_i while anything before it trains. FreezeOut's frozen units always form a prefix (t_i grows
@@ -266,12 +252,6 @@ def test_adaptive_resume_decides_the_same(tmp_path):
 
 
 # ------------------------------------------------------------------------------ CLI, every family
-def run_cli(args, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # side by side on 2 cores
-    return subprocess.run([sys.executable, "-m", "layerout.train", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def family_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")

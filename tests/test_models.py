@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from layerout.errors import UserError
-from layerout.models import MODELS, build_model, count_params, model_units
+from layerout.models import MODELS, build_model, count_params
 from layerout.units import Unit, rest_parameters, unit_modules, unit_param_counts, unit_parameters, units_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mnist_shallow_matches_paper():
     m = build_model("mnist_shallow", num_classes=10, in_channels=1)
     assert count_params(m) == 491_114
-    units = model_units(m)
+    units = units_of(m)
     assert [u.name for u in units] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
     assert sum(unit_param_counts(m, units)) == 491_114
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 10)
@@ -29,7 +29,7 @@ def test_vgg16_matches_paper():
     n = count_params(m)
     assert n == 33_663_050
     assert abs(n - 33.64e6) / 33.64e6 < 0.005
-    units = model_units(m)
+    units = units_of(m)
     assert len(units) == 16
     assert sum(unit_param_counts(m, units)) == n and rest_parameters(m, units) == []
     # each conv unit carries its BatchNorm (so a frozen unit's BN can be put in eval mode)
@@ -40,7 +40,7 @@ def test_vgg16_matches_paper():
 def test_resnet110_units_and_params():
     m = build_model("resnet110", num_classes=100)
     assert count_params(build_model("resnet110")) == 1_727_962  # README's figure; the paper says 1.7 M
-    units = model_units(m)
+    units = units_of(m)
     assert len(units) == 56 and units[0].name == "stem" and units[-1].name == "fc"
     assert sum(unit_param_counts(m, units)) == count_params(m)
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 100)
@@ -49,13 +49,13 @@ def test_resnet110_units_and_params():
 @pytest.mark.parametrize("name,units", [("resnet20", 11), ("resnet56", 29)])
 def test_small_resnets(name, units):
     m = build_model(name)
-    assert len(model_units(m)) == units
+    assert len(units_of(m)) == units
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_digits_cnn_three_units_and_in_channels():
     m = build_model("digits_cnn", num_classes=10, in_channels=1)
-    assert [u.name for u in model_units(m)] == ["conv1", "conv2", "head"]
+    assert [u.name for u in units_of(m)] == ["conv1", "conv2", "head"]
     assert m(torch.randn(4, 1, 8, 8)).shape == (4, 10)
     m3 = build_model("digits_cnn", num_classes=7, in_channels=3)
     assert m3(torch.randn(4, 3, 8, 8)).shape == (4, 7)

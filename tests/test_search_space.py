@@ -10,16 +10,8 @@ import yaml
 
 from layerout.errors import UserError
 from layerout.schedules import paper_vectors, schedule_from_dict
-from search_spaces.space import (
-    PAPER_CONFIGS,
-    define_by_run,
-    list_presets,
-    load_space,
-    paper_enqueue,
-    paper_points,
-    space_from_dict,
-    trial_to_config,
-)
+from search_spaces.space import PRESET_DIR, list_presets, load_space, space_from_dict
+from search_spaces.trials import PAPER_CONFIGS, define_by_run, paper_enqueue, paper_points, trial_to_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -301,8 +293,6 @@ def test_trial_to_config_rejects_what_the_schedule_rejects():
 
 
 def test_yaml_round_trip_of_the_demo_file():
-    from search_spaces.space import PRESET_DIR
-
     data = yaml.safe_load((PRESET_DIR / "demo.yaml").read_text())
     s = space_from_dict(data, where="demo.yaml")
     assert s.to_dict()["units"] == ["conv1", "conv2", "head"]

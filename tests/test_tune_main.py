@@ -21,11 +21,11 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 import pandas as pd  # noqa: E402
 
 import tune_main  # noqa: E402
+from helpers import METRIC_COLUMNS  # noqa: E402
 from layerout.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
-           "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
+METRICS = METRIC_COLUMNS
 EPOCHS = 3
 
 

@@ -1,14 +1,5 @@
-"""Ray Tune parts of the search that Ray pickles into the experiment state (so they live in an
-importable module, and ``tune_main.py --resume`` finds them again):
-
-- ``PaperASHA``: ASHA that never stops the paper's configurations (the trials whose config has a
-  ``paper_config``): they are the reference points every Pareto plot shows, and the baseline is
-  what "accuracy lost" is measured against. Their results still count at ASHA's rungs.
-- ``TrialProgress``: the driver's console output, one line per finished (or stopped, or failed)
-  trial and a status line when nothing finished for a while, instead of Ray's status tables.
-
-This module imports Ray; only tune_main.py imports it.
-"""
+"""The driver's console output during a search: one line per trial that ends (finished, stopped
+early or failed), and a status line when nothing ended for a while, instead of Ray's tables."""
 from __future__ import annotations
 
 import math
@@ -17,19 +8,6 @@ import time
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-
-
-class PaperASHA(AsyncHyperBandScheduler):
-    """ASHA (asynchronous successive halving) that lets the paper's configurations finish."""
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if (action == TrialScheduler.STOP and (trial.config or {}).get("paper_config")
-                and result.get(self._time_attr, 0) < self._max_t):
-            self._num_stopped -= 1
-            return TrialScheduler.CONTINUE
-        return action
 
 
 def _pct(x: Any, digits: int = 1) -> str:

@@ -1,18 +1,72 @@
-"""The freezeout, prefix and adaptive schedule families (issue 3): formulas, validation, replay."""
+"""The schedule families: LayerOut draw statistics, FreezeOut formulas, prefix and adaptive rules,
+validation, round trips, replay; the registry of kinds."""
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from layerout.errors import UserError
 from layerout.schedules import (
     AdaptiveSchedule,
     FreezeOutSchedule,
+    LayerOutSchedule,
     PrefixSchedule,
     schedule_from_dict,
 )
+
+
+# ------------------------------------------------------------------------------------ layerout
+def test_layerout_freeze_frequency_matches_v():
+    v = [0.1, 0.5, 0.8, 0.3, 0.05]  # P(all frozen) = 6e-5: redraws do not bias the frequencies
+    epochs = 4000
+    s = LayerOutSchedule(v=v, seed=7).bind(len(v), epochs, 10)
+    m = np.array([s.state(e).frozen for e in range(epochs)], dtype=float)
+    freq = m.mean(0)
+    for i, p in enumerate(v):
+        sigma = math.sqrt(p * (1 - p) / epochs)
+        assert abs(freq[i] - p) < 4.5 * sigma, (i, freq[i], p)
+    # independent draws: the pair (0.5, 0.8) is frozen together about 0.4 of the time
+    both = (m[:, 1] * m[:, 2]).mean()
+    assert abs(both - 0.4) < 4.5 * math.sqrt(0.4 * 0.6 / epochs)
+    assert not m.all(1).any()
+
+
+def test_layerout_warmup_never_all_and_keep_last():
+    s = LayerOutSchedule(v=[0.9, 0.9, 0.9], warmup_epochs=5, seed=1).bind(3, 60, 4)
+    assert all(not s.state(e, st).any_frozen for e in range(5) for st in (0, 3))
+    assert sum(s.state(e).any_frozen for e in range(5, 60)) > 40
+    ones = LayerOutSchedule(v=[1.0, 1.0, 1.0, 1.0], seed=2).bind(4, 300, 4)
+    for e in range(300):
+        f = ones.state(e).frozen
+        assert not all(f) and sum(f) == 3, (e, f)  # redrawn: never everything, still as much as allowed
+    keep = LayerOutSchedule(v=[0.9] * 4, keep_last_trainable=True, seed=3).bind(4, 500, 4)
+    masks = [keep.state(e).frozen for e in range(500)]
+    assert not any(m[-1] for m in masks)
+    assert sum(m[0] for m in masks) > 400  # the others still freeze with their probabilities
+    keep1 = LayerOutSchedule(v=[1.0] * 4, keep_last_trainable=True, seed=3).bind(4, 50, 4)
+    assert all(keep1.state(e).frozen == (True, True, True, False) for e in range(50))
+
+
+def test_layerout_random_epoch_differs_by_epoch_reproducible_by_seed():
+    a = LayerOutSchedule(v_mode="random_epoch", seed=11).bind(6, 40, 4)
+    b = LayerOutSchedule(v_mode="random_epoch", seed=11).bind(6, 40, 4)
+    c = LayerOutSchedule(v_mode="random_epoch", seed=12).bind(6, 40, 4)
+    vs = [tuple(a.vector(e)) for e in range(40)]
+    assert len(set(vs)) == 40 and all(0 <= x <= 1 for v in vs for x in v)
+    assert vs == [tuple(b.vector(e)) for e in range(40)]
+    assert vs != [tuple(c.vector(e)) for e in range(40)]
+    ma = [a.state(e).frozen for e in range(40)]
+    assert ma == [b.state(e).frozen for e in range(40)]
+    assert ma != [c.state(e).frozen for e in range(40)]
+    assert len(set(ma)) > 10
+    # the run's seed is used when the schedule has none; an explicit one wins
+    assert [LayerOutSchedule(v_mode="random_epoch").bind(6, 40, 4, seed=11).state(e).frozen
+            for e in range(40)] == ma
+    assert [LayerOutSchedule(v_mode="random_epoch", seed=11).bind(6, 40, 4, seed=99).state(e).frozen
+            for e in range(40)] == ma
 
 
 # ------------------------------------------------------------------------------------ freezeout

@@ -1,10 +1,15 @@
-"""trials.csv / epochs.csv from stored per-trial results (search_spaces/tune_glue.py). No Ray."""
+"""trials.csv / epochs.csv from stored per-trial results (layerout/experiment.py), and the repair
+of checkpoint names before a resume (tuning/repair.py)."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
-from search_spaces.tune_glue import METRICS, build_tables, epochs_of, pareto_rows, read_result_lines
+from analysis.front import compute_front
+from analysis.results import experiment_from_tables
+from layerout.experiment import TrialRecord, build_tables, epochs_of, parse_result_lines
+from layerout.metrics import METRICS
 
 
 def _line(epoch: int, acc: float, saved: float, **kw) -> dict:
@@ -20,7 +25,7 @@ def _trial(tid, n, family="layerout", paper="", epochs_list=None, acc=0.9, saved
            "train": {"model": "digits_cnn", "epochs": 3, "lr_milestones": [2]},
            "schedule": {"kind": family}}
     rows = [_line(e, acc, saved) for e in (epochs_list or range(1, n + 1))]
-    return {"trial_id": tid, "status": status, "config": cfg, "rows": rows, "error": error}
+    return TrialRecord(trial_id=tid, status=status, config=cfg, rows=rows, error=error)
 
 
 def test_tables_mark_stopped_errors_and_paper_configs():
@@ -37,26 +42,29 @@ def test_tables_mark_stopped_errors_and_paper_configs():
     assert t["paper_config"].tolist() == ["baseline", "", "", ""]
     assert t["epochs_done"].tolist() == [3, 1, 2, 3]
     assert t.loc[2, "error"] == "RuntimeError: boom"
-    for m in METRICS + ["lr", "frozen_units", "policy", "config/train/model", "config/schedule/kind"]:
+    for m in [*METRICS, "lr", "frozen_units", "policy", "config/train/model", "config/schedule/kind"]:
         assert m in t.columns
     assert json.loads(t.loc[0, "config/train/lr_milestones"]) == [2]
     assert json.loads(t.loc[0, "policy"]) == {"kind": "none"}
     assert len(e) == 3 + 1 + 2 + 3 and e[e.trial_id == "d"]["epoch"].tolist() == [1, 2, 3]
-    front = pareto_rows(t, [("val_accuracy", "max"), ("compute_saved_frac", "max")])
-    assert front["trial_id"].tolist() == ["a", "d"]  # stopped and errored trials never enter the front
+    exp = experiment_from_tables({"epochs": 3}, t, e, Path("x"))
+    front = compute_front(exp).front
+    assert sorted(front["trial_id"]) == ["a", "d"]  # stopped and errored trials never enter the front
 
 
 def test_result_lines_skip_a_cut_line_and_later_reports_win():
     text = json.dumps({"epoch": 1, "val_accuracy": 0.1}) + "\n" + json.dumps({"epoch": 1, "val_accuracy": 0.2}) \
         + "\n" + '{"epoch": 2, "val_acc'
-    rows = epochs_of(read_result_lines(text))
+    rows, bad = parse_result_lines(text)
+    assert bad == 1
+    rows = epochs_of(rows)
     assert [(r["epoch"], r["val_accuracy"]) for r in rows] == [(1, 0.2)]
 
 
 def test_repair_gives_a_resumed_trial_the_checkpoint_its_saved_state_names(tmp_path):
     """A driver killed between Ray's state save (naming checkpoint_000001) and the deletion of that
     checkpoint (after checkpoint_000002 arrived): the newer one takes the expected name."""
-    from search_spaces.tune_glue import RAY_SEEN_MARKER, repair_checkpoint_refs
+    from tuning.repair import RAY_SEEN_MARKER, repair_checkpoint_refs
 
     def entry(tid, status, ckpt, epoch):
         blob = (b"\x80\x05junk" + ckpt.encode() + b"more").hex()

@@ -1,0 +1,27 @@
+"""The metrics every run reports, by name: the contract between the trainer (which computes them),
+the search (which reports them to Ray Tune and ranks on them) and the analysis (which reads them).
+docs/METRICS.md defines each one; this module is the only list of names in the code.
+"""
+from __future__ import annotations
+
+# Reported once per epoch, in this column order (epochs.csv, Ray's result.json, trials.csv).
+METRICS: tuple[str, ...] = (
+    "epoch",                # epochs finished
+    "train_loss",           # mean training loss of the epoch
+    "val_loss",             # on the validation split (held out of the training set by the seed)
+    "val_accuracy",         # the search optimizes on it
+    "test_accuracy",        # the dataset's test split; last epoch only (or every epoch if asked); never selects
+    "params_frozen_frac",   # LayerOut's figure: mean over epochs of frozen parameters / all parameters
+    "compute_saved_frac",   # 1 - training FLOPs spent / FLOPs of the unfrozen model on the same steps
+    "compute_spent_gflop",  # cumulative training GFLOPs
+    "time_saved_frac",      # 1 - training wall-clock / (steps x the unfrozen step time of the same run)
+    "train_time_s",         # training wall-clock so far
+)
+# Per-epoch extras: the global lr, the mask ("0110", 1 = frozen) and whether the data was synthetic.
+EXTRA_METRICS: tuple[str, ...] = ("lr", "frozen_units", "synthetic")
+# Per trial, reported by the search (trials.csv only): what replaying its policy needs.
+TRIAL_METRICS: tuple[str, ...] = ("steps_per_epoch",)
+
+# The search's two objectives. test_accuracy is never one.
+DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
+OBJECTIVE_MODES = ("max", "min")

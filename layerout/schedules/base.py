@@ -1,0 +1,184 @@
+"""What every freezing schedule is: the FreezeState it produces, the Schedule base class, the registry.
+
+A schedule maps (epoch, step) to a :class:`FreezeState`; the trainer (and ``Freezer`` in a user's
+loop) only applies states. Randomness comes from ``numpy.random.default_rng([seed, epoch, ...])``
+so that a state is a pure function of its arguments: a resumed run draws exactly the masks an
+uninterrupted run would, with no RNG state to save.
+
+A family is one module in this package: a ``Schedule`` subclass decorated with
+``@register_schedule``, its defaults written once in its ``__init__``, and the command-line flags
+of ``python -m layerout.train`` declared in ``flags``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from layerout import checks
+from layerout.checks import fail
+from layerout.errors import UserError
+
+
+@dataclass(frozen=True)
+class FreezeState:
+    """Which units are frozen, and optionally each unit's lr as a factor of the initial lr.
+
+    ``lr_factor=None`` means "follow the global learning-rate schedule"; a tuple replaces it
+    (FreezeOut anneals each unit on its own cosine).
+    """
+
+    frozen: tuple[bool, ...]
+    lr_factor: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.frozen and all(self.frozen):
+            raise ValueError("a mask may not freeze every unit")
+        if self.lr_factor is not None and len(self.lr_factor) != len(self.frozen):
+            raise ValueError("lr_factor must have one entry per unit")
+
+    @classmethod
+    def unfrozen(cls, num_units: int) -> "FreezeState":
+        return cls(frozen=(False,) * num_units)
+
+    @property
+    def mask_str(self) -> str:
+        """'0110': 1 = frozen; the form epochs.csv stores."""
+        return "".join("1" if f else "0" for f in self.frozen)
+
+    @property
+    def any_frozen(self) -> bool:
+        return any(self.frozen)
+
+
+# ------------------------------------------------------------------------------ field checks
+def schedule_error(field: str, msg: str) -> UserError:
+    return fail(f"schedule.{field}", msg)
+
+
+def check_int(d: dict, key: str, default: int | None = None, low: int = 0) -> int:
+    return checks.check_int(f"schedule.{key}", d.get(key, default), low)
+
+
+def check_bool(d: dict, key: str, default: bool) -> bool:
+    return checks.check_bool(f"schedule.{key}", d.get(key, default))
+
+
+def check_number(d: dict, key: str, default: float) -> float:
+    val = d.get(key, default)
+    if not checks.is_number(val):
+        raise schedule_error(key, f"must be a number, got {val!r}")
+    return float(val)
+
+
+# ------------------------------------------------------------------------------ command-line flags
+@dataclass(frozen=True)
+class Flag:
+    """One ``python -m layerout.train`` flag of a family. ``dest`` is the argparse name (the
+    schedule key unless the family's ``dict_from_flags`` maps it); several families may declare
+    the same flag (``--warmup-epochs``), which the parser then adds once."""
+
+    dest: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    switch: bool = False  # a store_true flag
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+class Schedule:
+    """Base class. Subclasses set ``kind`` and implement ``state``, ``to_dict`` and ``from_dict``.
+
+    Life cycle: construct from parameters (or ``from_dict``), ``bind`` to the run's shape,
+    then ask ``state(epoch, step)`` as often as you like.
+    """
+
+    kind: ClassVar[str] = ""
+    stepwise: ClassVar[bool] = False  # True: state may change within an epoch
+    uses_lr_factor: ClassVar[bool] = False  # True: states carry per-unit lr factors
+    needs_grad_stats: ClassVar[bool] = False  # True: wants observe_epoch(grad norms)
+    flags: ClassVar[tuple[Flag, ...]] = ()  # its python -m layerout.train flags
+    summary: ClassVar[str] = ""  # one line for --help and the docs
+
+    num_units: int = 0
+    epochs: int = 0
+    steps_per_epoch: int = 0
+    seed: int = 0
+
+    def bind(self, num_units: int, epochs: int, steps_per_epoch: int, seed: int = 0) -> "Schedule":
+        """Give the schedule the run's shape; validates what depends on it. Returns self."""
+        if num_units < 1:
+            raise ValueError("a model needs at least one unit")
+        self.num_units, self.epochs, self.steps_per_epoch = num_units, epochs, steps_per_epoch
+        own = getattr(self, "_seed", None)  # a schedule may carry its own seed (LayerOut's draws)
+        self.seed = seed if own is None else own
+        self.validate()
+        return self
+
+    def validate(self) -> None:
+        """Checks that need the bound shape (vector length, warm-up vs epochs)."""
+
+    def state(self, epoch: int, step: int = 0) -> FreezeState:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Schedule":
+        raise NotImplementedError
+
+    @classmethod
+    def dict_from_flags(cls, given: dict[str, Any], num_units: int) -> dict[str, Any]:
+        """The schedule dict for the flags given on the command line (``dest -> value``, only the
+        flags the user typed); ``from_dict`` fills in the defaults."""
+        return {"kind": cls.kind, **given}
+
+    # What the analysis shows of a schedule (tables and per-unit heatmaps).
+    def describe(self) -> str:
+        """A short human description: 'prefix k=2 from epoch 0'."""
+        return self.kind
+
+    def unit_heat(self, epochs: int | None) -> tuple[list[float], str]:
+        """Per unit, how frozen it is in [0, 1] (NaN: unknown), and what the numbers mean.
+        Needs only ``num_units`` bound (``epochs`` may be None)."""
+        return [math.nan] * self.num_units, "unknown"
+
+    # Hooks for schedules that learn from training (adaptive); no-ops for pure ones.
+    def observe_epoch(self, epoch: int, grad_norms: list[float | None]) -> None:
+        """Called after each epoch with each unit's accumulated gradient norm (None if frozen)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what observe_epoch learned (from a checkpoint)."""
+
+    def _check_warmup(self, warmup: int) -> None:
+        if self.epochs and warmup >= self.epochs:
+            raise schedule_error("warmup_epochs", f"{warmup} is not shorter than training ({self.epochs} epochs)")
+
+
+SCHEDULES: dict[str, type[Schedule]] = {}
+
+
+def register_schedule(cls: type[Schedule]) -> type[Schedule]:
+    """Class decorator: make ``cls.kind`` known to ``schedule_from_dict``, policies and the CLI."""
+    if not cls.kind or cls.kind in SCHEDULES and SCHEDULES[cls.kind] is not cls:
+        raise ValueError(f"schedule kind {cls.kind!r} is empty or registered twice")
+    SCHEDULES[cls.kind] = cls
+    return cls
+
+
+def schedule_from_dict(d: Any) -> Schedule:
+    """Build a schedule from its policy-file form; unknown kinds and bad values raise UserError."""
+    if not isinstance(d, dict):
+        raise schedule_error("kind", f"the schedule must be an object with a 'kind', got {type(d).__name__}")
+    kind = d.get("kind")
+    if kind not in SCHEDULES:
+        raise schedule_error("kind", f"unknown kind {kind!r}; allowed: {', '.join(sorted(SCHEDULES))}")
+    return SCHEDULES[kind].from_dict(d)

@@ -1,0 +1,104 @@
+"""From a search space to trials: the Optuna define-by-run function, trial parameters -> trial
+config, and the LayerOut paper's five configurations (evaluated first when a space asks).
+
+A trial config is what Ray hands every trial::
+
+    {"family": "prefix", "paper_config": "", "optuna_trial": 7,
+     "train": {TrainConfig fields: model, dataset, seed, epochs, lr, ...},
+     "schedule": {"kind": "prefix", "k": 2, "start_epoch": 0}}
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from layerout.errors import UserError
+from layerout.schedules import paper_vectors, schedule_from_dict
+from search_spaces.families import FAMILY_SPACES, LayerOutSpace
+from search_spaces.space import SearchSpace
+
+PAPER_CONFIGS = ("baseline", "since_start", "warmup_random", "efreeze", "dfreeze")
+
+
+def paper_points(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
+    """The paper's five configurations as (name, params): baseline, LayerOut since start (random
+    v), after warm-up with random v, efreeze and dfreeze after warm-up (the paper's vectors for
+    K = 7 and 16, a 0.9 -> 0.1 ramp otherwise)."""
+    w = space.paper_warmup_epochs
+    vecs = paper_vectors(space.num_units)
+    lo = LayerOutSpace.param
+    return [
+        ("baseline", {"family": "none"}),
+        ("since_start", {"family": "layerout", lo("v_mode"): "random_epoch", lo("warmup_epochs"): 0}),
+        ("warmup_random", {"family": "layerout", lo("v_mode"): "random_epoch", lo("warmup_epochs"): w}),
+        ("efreeze", LayerOutSpace.manual_params(vecs["efreeze"], w)),
+        ("dfreeze", LayerOutSpace.manual_params(vecs["dfreeze"], w)),
+    ]
+
+
+def trial_to_config(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters -> ``{"family", "paper_config", "train": TrainConfig kwargs, "schedule": dict}``.
+
+    ``params`` uses the define-by-run names (``family``, then ``<family>.<name>``). The schedule
+    dict is complete (the schedule's own defaults fill what the trial did not choose) and is
+    checked against the model's unit count and the epochs (UserError if bad).
+    """
+    fam = params.get("family")
+    if fam not in FAMILY_SPACES:
+        raise UserError(f"trial parameters: family: unknown family {fam!r}; allowed: {', '.join(FAMILY_SPACES)}")
+    ctx = space.context
+    chosen = FAMILY_SPACES[fam].schedule(params, ctx, space.families.get(fam))
+    schedule = schedule_from_dict(chosen)
+    sched = schedule.to_dict()  # before bind: a random_once vector is drawn by the run, not stored here
+    schedule.bind(num_units=ctx.num_units, epochs=ctx.epochs, steps_per_epoch=1, seed=space.seed)
+    train = {"model": space.model, "dataset": space.dataset, "seed": space.seed, **copy.deepcopy(space.train)}
+    return {"family": fam, "paper_config": str(params.get("paper_config", "") or ""), "train": train,
+            "schedule": sched}
+
+
+class DefineByRun:
+    """Optuna define-by-run space for a :class:`SearchSpace` (picklable, so Ray can checkpoint it).
+
+    Suggests ``family`` (a categorical over the space's families), then only that family's
+    parameters. A trial enqueued with the user attribute ``paper_config`` (see
+    :func:`paper_enqueue`) returns that paper configuration instead. Returns the trial config of
+    :func:`trial_to_config` plus ``optuna_trial`` (the Optuna trial number: the order trials were
+    suggested in, and the trial to look for in optuna-dashboard).
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self.paper = dict(paper_points(space)) if space.paper_configs else {}
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        space = self.space
+        fams = list(space.families)
+        number = getattr(trial, "number", None)
+        pc = (getattr(trial, "user_attrs", None) or {}).get("paper_config")
+        if pc and pc in self.paper:
+            params = dict(self.paper[pc])
+            if params["family"] in fams:
+                trial.suggest_categorical("family", fams)  # fixed by the enqueued params
+            return {**trial_to_config(space, {**params, "paper_config": pc}), "optuna_trial": number}
+        fam = trial.suggest_categorical("family", fams)
+        params = {"family": fam, **space.families[fam].suggest(trial, space.context)}
+        return {**trial_to_config(space, params), "optuna_trial": number}
+
+
+def define_by_run(space: SearchSpace, num_units: int | None = None) -> DefineByRun:
+    """The Optuna define-by-run function for ``space`` (``num_units`` defaults to the model's K)."""
+    if num_units is not None and num_units != space.num_units:
+        raise UserError(f"{space.source}: model {space.model} has {space.num_units} units, not {num_units}")
+    return DefineByRun(space)
+
+
+def paper_enqueue(space: SearchSpace) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(fixed params, user_attrs) for ``optuna.Study.enqueue_trial``: the paper's configurations,
+    in order, when ``space.paper_configs`` is on (an empty list otherwise)."""
+    if not space.paper_configs:
+        return []
+    out = []
+    for name, params in paper_points(space):
+        fixed = {"family": params["family"]} if params["family"] in space.families else {}
+        out.append((fixed, {"paper_config": name}))
+    return out

@@ -1,0 +1,163 @@
+"""Helpers shared by the tests (imported as ``helpers``: pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from layerout.schedules import FreezeState, Schedule
+
+REPO = Path(__file__).resolve().parents[1]
+# The per-epoch metrics in column order, spelled out here so a renamed column fails the tests.
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
+                  "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
+TIMING = {"train_time_s", "time_saved_frac"}
+DIGITS_UNITS = ["conv1", "conv2", "head"]
+
+
+class MaskList(Schedule):
+    """A test schedule: epoch e gets masks[e] (not registered: never leaves this file)."""
+
+    kind = "_test_masks"
+
+    def __init__(self, masks):
+        self.masks = [tuple(bool(f) for f in m) for m in masks]
+
+    def state(self, epoch, step=0):
+        return FreezeState(frozen=self.masks[epoch])
+
+    def to_dict(self):
+        return {"kind": self.kind}
+
+
+def snapshot(params_per_unit, optimizer):
+    """Per unit: (parameter copies, momentum-buffer copies or None)."""
+    out = []
+    for ps in params_per_unit:
+        bufs = []
+        for p in ps:
+            st = optimizer.state.get(p, {})
+            b = st.get("momentum_buffer")
+            bufs.append(None if b is None else b.detach().clone())
+        out.append(([p.detach().clone() for p in ps], bufs))
+    return out
+
+
+def same_tensors(a, b):
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y)) for x, y in zip(a, b))
+
+
+def hand_loop(model, freezer, optimizer, epochs, steps, seed=0, check=None, set_to_none=True):
+    """A user's plain loop with a Freezer on random data; ``check(epoch, state, before, after)``."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(epochs * steps, 8, 6, generator=g)
+    ys = torch.randint(0, 4, (epochs * steps, 8), generator=g)
+    for epoch in range(epochs):
+        before = snapshot(freezer.params, optimizer)
+        model.train()
+        state = freezer.on_epoch_start(epoch)
+        for step in range(steps):
+            freezer.on_step(step)
+            x, y = xs[epoch * steps + step], ys[epoch * steps + step]
+            optimizer.zero_grad(set_to_none=set_to_none)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        after = snapshot(freezer.params, optimizer)
+        if check:
+            check(epoch, state, before, after)
+
+
+def check_epoch(before, after, mask, where=""):
+    """Frozen units: parameters and momentum buffers bit-identical; trainable units: parameters changed."""
+    for i, frozen in enumerate(mask):
+        (p0, b0), (p1, b1) = before[i], after[i]
+        if frozen:
+            assert same_tensors(p0, p1), f"{where}: frozen unit {i} changed its parameters"
+            assert same_tensors(b0, b1), f"{where}: frozen unit {i} changed its momentum buffer"
+        else:
+            assert not all(torch.equal(x, y) for x, y in zip(p0, p1)), f"{where}: trainable unit {i} did not train"
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cli_env():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # subprocesses run side by side on 2 cores
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def run_module(module: str, args, timeout=240, cwd=REPO):
+    """``python -m module args`` in a subprocess (one thread: several run side by side on 2 cores)."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli(args, timeout=240):
+    """``python -m layerout.train args``."""
+    return run_module("layerout.train", args, timeout)
+
+
+def run_cli_many(cases: dict, workers=3):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futs = {k: pool.submit(run_cli, a) for k, a in cases.items()}
+        return {k: f.result() for k, f in futs.items()}
+
+
+def assert_one_line_error(proc, *needles):
+    """Exit 2, one stderr line 'error: ...' naming what it should, and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for n in needles:
+        assert str(n) in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def good_policy(**schedule):
+    sched = {"kind": "layerout", "v": [0.9, 0.5, 0.1], "v_mode": "manual", "warmup_epochs": 1,
+             "keep_last_trainable": False, "seed": 3, **schedule}
+    return {"format": "layerout-policy", "version": 1, "model": "digits_cnn", "units": list(DIGITS_UNITS),
+            "schedule": sched, "measured": {"val_accuracy": 0.97, "compute_saved_frac": 0.2},
+            "provenance": {"dataset": "digits", "epochs": 4, "seed": 0}}
+
+
+def _bad_policies():
+    """name -> (policy text, words the one-line error must contain)."""
+    def doc(f):
+        d = good_policy()
+        f(d)
+        return json.dumps(d)
+
+    return {
+        "wrong_length": (doc(lambda d: d["schedule"].update(v=[0.5, 0.5])), ["schedule.v", "2 values", "3 units"]),
+        "outside_01": (doc(lambda d: d["schedule"].update(v=[0.5, 1.5, 0.1])), ["schedule.v[1]", "1.5", "[0, 1]"]),
+        "warmup_ge_epochs": (doc(lambda d: d["schedule"].update(warmup_epochs=4)), ["warmup_epochs", "4 epochs"]),
+        "other_units": (doc(lambda d: d.update(units=["conv1", "convB", "head"])),
+                        ["units", "'convB' in the policy but 'conv2' in the model"]),
+        "malformed_json": ('{"format": "layerout-policy", "version": 1,', ["not valid JSON", "line"]),
+        "wrong_format": (doc(lambda d: d.update(format="layerout-polcy")), ["format", "'layerout-polcy'"]),
+        "wrong_version": (doc(lambda d: d.update(version=2)), ["version", "2"]),
+        "unknown_kind": (doc(lambda d: d.update(schedule={"kind": "freezeall"})),
+                         ["schedule.kind", "'freezeall'", "allowed", "layerout"]),
+    }
+
+
+BAD = _bad_policies()

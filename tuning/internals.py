@@ -1,0 +1,84 @@
+"""Everything this tool reads of Ray Tune's *private* state, in one place.
+
+Ray Tune has no public API for these, and they may change with Ray's version; each function here
+is pinned by a test (tests/test_tuning_internals.py) run against the installed Ray, which also
+records the version it was written for (``CHECKED_WITH``):
+
+- ``saved_trial_states``: the trials of the newest ``experiment_state-*.json``, which is what
+  ``Tuner.restore`` continues from (after an interrupted ``fit()`` Ray's in-memory trials all read
+  TERMINATED, but the saved state still says RUNNING / PENDING / PAUSED for unfinished ones);
+- ``checkpoint_names``: the checkpoint folder names a saved trial refers to (its pickled
+  checkpoint manager, stored hex-encoded);
+- ``uncount_asha_stop``, ``asha_settings``: ASHA's count of stopped trials (corrected when we
+  overrule its decision), its time attribute and budget.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuning import storage
+
+CHECKED_WITH = {"ray": "2.60.0"}
+_CHECKPOINT_NAME = re.compile(r"checkpoint_\d{6}")
+
+
+@dataclass
+class SavedTrial:
+    trial_id: str
+    status: str
+    last_result: dict[str, Any]
+    checkpoint_names: list[str]
+
+
+def _newest_state(exp_dir: str) -> dict[str, Any] | None:
+    states = [n for n in storage.list_names(exp_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
+    if not states:
+        return None
+    try:
+        doc = json.loads(storage.read_text(f"{exp_dir}/{sorted(states)[-1]}") or "{}")
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def saved_trial_states(exp_dir: str) -> list[SavedTrial]:
+    """The trials of Ray Tune's newest saved experiment state (empty when missing or unreadable)."""
+    doc = _newest_state(exp_dir)
+    out: list[SavedTrial] = []
+    for entry in (doc or {}).get("trial_data") or []:
+        try:
+            state, meta = (entry[0], entry[1]) if isinstance(entry, (list, tuple)) and len(entry) == 2 else (entry, {})
+            state = json.loads(state) if isinstance(state, str) else state
+            meta = json.loads(meta) if isinstance(meta, str) else meta
+            if not (isinstance(state, dict) and state.get("trial_id") and state.get("status")):
+                continue
+            out.append(SavedTrial(trial_id=str(state["trial_id"]), status=str(state["status"]),
+                                  last_result=dict((meta or {}).get("last_result") or {}),
+                                  checkpoint_names=checkpoint_names(meta or {})))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def checkpoint_names(trial_meta: dict[str, Any]) -> list[str]:
+    """``checkpoint_NNNNNN`` folder names in a saved trial's (hex-encoded, pickled) checkpoint manager."""
+    blob = (trial_meta.get("checkpoint_manager") or {}).get("value") or ""
+    try:
+        return sorted(set(_CHECKPOINT_NAME.findall(bytes.fromhex(blob).decode("latin-1"))))
+    except ValueError:
+        return []
+
+
+def uncount_asha_stop(scheduler: Any) -> None:
+    """AsyncHyperBandScheduler counts the trials it stopped (``_num_stopped``, shown in its
+    status line); call this when a STOP it returned is turned into CONTINUE."""
+    scheduler._num_stopped -= 1
+
+
+def asha_settings(scheduler: Any) -> tuple[str, float]:
+    """(time attribute, max_t) of an AsyncHyperBandScheduler."""
+    return scheduler._time_attr, scheduler._max_t
+

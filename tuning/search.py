@@ -1,0 +1,438 @@
+"""Run and resume searches: ``run_search(space, options)`` and ``resume_search(exp_dir)``.
+
+A search is a Ray Tune experiment: Optuna (multi-objective, define-by-run over the space's
+families) suggests trials, each trial trains one network (``tuning.trainable``), a scheduler may
+stop trials early, and at the end the experiment directory (``layerout.experiment``) gets
+``trials.csv``, ``epochs.csv`` and an updated ``experiment.json``. Both functions return a
+:class:`SearchResult`; the analysis (Pareto front, plots, report) is the caller's next step.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from layerout.data import load_data
+from layerout.errors import UserError
+from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord,
+                                 build_tables, meta_json, parse_meta, parse_result_lines, tables_csv)
+from search_spaces.space import SearchSpace, load_space
+from search_spaces.trials import define_by_run, paper_enqueue
+from tuning import internals, storage
+from tuning.progress import TrialProgress
+from tuning.repair import repair_checkpoint_refs
+from tuning.schedulers import PaperASHA
+from tuning.trainable import train_trial, trial_dirname
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLERS = ("tpe", "nsga2", "random")
+SCHEDULERS = ("asha", "none")
+# what --resume may change: where the search runs, not what it computes
+RESUME_OPTIONS = ("address", "cpus_per_trial", "gpus_per_trial")
+Log = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class SearchOptions:
+    """How to run a search (``tune_main.py``'s options). ``None`` means "the space's value"."""
+
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    sampler: str = "tpe"
+    scheduler: str | None = None
+    seed: int | None = None
+    optuna_storage: str | None = None  # a SQLAlchemy URL or a journal file, for optuna-dashboard
+    address: str | None = None  # a Ray cluster; None starts a fresh local Ray on loopback
+    storage: str = "./results"
+    name: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 2
+    data_dir: str | None = None
+    download: bool = True
+
+    def check(self) -> None:
+        """One UserError naming the option for the first bad value."""
+        if self.num_samples is not None and self.num_samples < 1:
+            raise UserError(f"--num-samples: must be >= 1, got {self.num_samples}")
+        if self.max_concurrent is not None and self.max_concurrent < 0:
+            raise UserError(f"--max-concurrent: must be >= 0, got {self.max_concurrent}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise UserError(f"--scheduler: must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not self.cpus_per_trial > 0 or not math.isfinite(self.cpus_per_trial):
+            raise UserError(f"--cpus-per-trial: must be > 0, got {self.cpus_per_trial:g}")
+        if self.gpus_per_trial < 0 or not math.isfinite(self.gpus_per_trial):
+            raise UserError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial:g}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise UserError(f"--gpus-per-trial: above 1 it must be a whole number, got {self.gpus_per_trial:g}")
+        if self.max_failures < 0:
+            raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
+        if self.seed is not None and not 0 <= self.seed < 2**31:
+            raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
+        if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
+                                      or self.name.startswith(".")):
+            raise UserError(f"--name: must be a plain directory name, got {self.name!r}")
+
+
+@dataclass
+class SearchResult:
+    """What a search (or a resumed one) left: the experiment directory, its experiment.json and
+    tables, and how it ended."""
+
+    exp_dir: str
+    meta: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    wall_s: float
+    planned: int
+    errors: int = 0
+    unfinished: int = 0
+    skipped_lines: int = 0  # result.json lines that were not JSON (torn by a kill)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.unfinished or len(self.trials) < self.planned)
+
+    @property
+    def full_budget(self) -> int:
+        t = self.trials
+        return int(((t["status"] == "TERMINATED") & ~t["stopped_early"].astype(bool)).sum()) if len(t) else 0
+
+    @property
+    def stopped_early(self) -> int:
+        return int(self.trials["stopped_early"].astype(bool).sum()) if len(self.trials) else 0
+
+
+# ------------------------------------------------------------------------------ start and resume
+def run_search(space: SearchSpace | str, options: SearchOptions | None = None, log: Log = _print) -> SearchResult:
+    """Run a new search of ``space`` (a SearchSpace, a YAML path or a preset name)."""
+    options = options or SearchOptions()
+    options.check()
+    space = load_space(space) if isinstance(space, str) else space
+    if options.seed is not None:
+        space = replace(space, seed=options.seed)
+    num_samples = options.num_samples or space.num_samples
+    max_conc = space.max_concurrent if options.max_concurrent is None else options.max_concurrent
+    scheduler = options.scheduler or space.early_stopping.scheduler
+    root = storage.storage_root(options.storage)
+    name = options.name or f"{space.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    exp_dir = f"{root}/{name}"
+    if storage.exists(exp_dir):
+        raise UserError(f"{exp_dir}: already exists; continue it with --resume {exp_dir}, or choose another --name")
+    ot_storage = _optuna_storage(options.optuna_storage)
+    data_dir = str(Path(os.path.expanduser(options.data_dir)).resolve()) if options.data_dir else None
+    if not options.address:
+        _check_dataset(space, data_dir, options.download)
+    resolved = replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
+                       seed=space.seed, storage=root, name=name, data_dir=data_dir)
+    meta = {"format": FORMAT, "version": VERSION, "name": name, "space": space.to_dict(),
+            "space_file": space.source, "options": asdict(resolved),
+            "versions": _versions(), "model": space.model, "dataset": space.dataset, "units": space.units,
+            "epochs": space.epochs, "objectives": [list(o) for o in space.objectives], "created": _now(),
+            "finished": None}
+
+    _init_ray(options.address)
+    try:
+        _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
+        storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+        searcher = _searcher(space, name, options.sampler, num_samples, ot_storage)
+        tuner = tune.Tuner(
+            _trainable(resolved),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, scheduler),
+                                        num_samples=num_samples, max_concurrent_trials=max_conc or None,
+                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=name, storage_path=root, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[TrialProgress(num_samples, space.epochs)]),
+        )
+        log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
+            f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
+            f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
+            + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else ""))
+        t0 = time.time()
+        results = _fit(tuner)
+        return _finish(exp_dir, meta, results, time.time() - t0)
+    finally:
+        ray.shutdown()
+
+
+def read_experiment(exp_dir: str) -> dict[str, Any]:
+    """experiment.json of a local or remote experiment directory."""
+    text = storage.read_text(f"{exp_dir}/{EXPERIMENT_JSON}")
+    if text is None:
+        raise UserError(f"{exp_dir}: not an experiment directory (no {EXPERIMENT_JSON} written by tune_main.py)")
+    return parse_meta(text, f"{exp_dir}/{EXPERIMENT_JSON}")
+
+
+def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: float | None = None,
+                  gpus_per_trial: float | None = None, log: Log = _print) -> SearchResult:
+    """Continue an interrupted search with its stored settings; only where it runs may change."""
+    exp_dir = storage.storage_root(exp_dir)
+    meta = read_experiment(exp_dir)
+    saved = meta.get("options") or {}
+    known = {f for f in SearchOptions.__dataclass_fields__}
+    options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
+    options = replace(options, address=address,
+                      cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
+                      gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial)
+    options.check()
+    _init_ray(address)
+    try:
+        if not tune.Tuner.can_restore(exp_dir):
+            raise UserError(f"{exp_dir}: has {EXPERIMENT_JSON} but no Ray Tune state to resume "
+                            "(the search never started)")
+        _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not address)
+        log(f"resuming experiment: {exp_dir}")
+        for line in repair_checkpoint_refs(exp_dir):
+            log(f"  {line}")
+        tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options), resume_unfinished=True,
+                                   resume_errored=True)
+        t0 = time.time()
+        results = _fit(tuner)
+        meta.setdefault("resumed", []).append(_now())
+        return _finish(exp_dir, meta, results, time.time() - t0)
+    finally:
+        ray.shutdown()
+
+
+# ------------------------------------------------------------------------------ pieces
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod, dist in (("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"), ("layerout_tune", "layerout-tune")):
+        try:
+            out[mod] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[mod] = "unknown"
+    return out
+
+
+def _optuna_storage(url: str | None) -> Any:
+    """An Optuna storage object (validated here, before Ray starts)."""
+    if not url:
+        return None
+    try:
+        if "://" in url:
+            return optuna.storages.RDBStorage(url)
+        path = Path(url).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad --optuna-storage
+        msg = " ".join(str(exc).split())[:200]
+        raise UserError(f"--optuna-storage {url!r}: cannot open ({exc.__class__.__name__}: {msg}); use "
+                        "sqlite:///path/study.db or a journal file path") from None
+
+
+def _sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if name == "nsga2":
+        pop = min(50, max(8, num_samples // 3))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_storage: Any) -> OptunaSearch:
+    """Ray's OptunaSearch over the space's define-by-run function. The study is created here first,
+    in the storage OptunaSearch then loads it from, so that the paper's configurations can be
+    enqueued (with their names as user attributes) and the objectives named for optuna-dashboard."""
+    objectives = space.objectives
+    ot_storage = ot_storage or optuna.storages.InMemoryStorage()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=ot_storage, load_if_exists=True,
+                                directions=["maximize" if m == "max" else "minimize" for _, m in objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" in Optuna
+        study.set_metric_names([n for n, _ in objectives])
+    for fixed, attrs in paper_enqueue(space)[:num_samples]:  # the paper's five configurations go first
+        study.enqueue_trial(fixed, user_attrs=attrs)
+    return OptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
+                        mode=[m for _, m in objectives], sampler=_sampler(sampler, space.seed, num_samples),
+                        study_name=name, storage=ot_storage)
+
+
+def _scheduler(space: SearchSpace, name: str) -> Any:
+    if name != "asha":
+        return FIFOScheduler()
+    objectives = space.objectives
+    metric, mode = next(((n, m) for n, m in objectives if n == "val_accuracy"), objectives[0])
+    # ASHA, except that the paper's configurations always train the full budget
+    return PaperASHA(time_attr="epoch", metric=metric, mode=mode, max_t=space.epochs,
+                     grace_period=space.early_stopping.grace_period,
+                     reduction_factor=space.early_stopping.reduction_factor)
+
+
+def _trainable(options: SearchOptions) -> Any:
+    opts = {"threads": max(1, int(options.cpus_per_trial)), "data_dir": options.data_dir,
+            "download": options.download}
+    res = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_trial, opts=opts), res)
+
+
+def _check_dataset(space: SearchSpace, data_dir: str | None, download: bool) -> None:
+    """Make sure a real dataset is there (downloading it once, in the driver, not in every
+    trial at the same time); a missing dataset offline is a UserError naming the files."""
+    if space.dataset in ("digits", "synthetic"):
+        return
+    load_data(space.dataset, device="cpu", val_frac=space.train["val_frac"], seed=space.seed,
+              data_dir=data_dir, download=download)
+
+
+def _is_loopback(address: str | None) -> bool:
+    if not address:
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _init_ray(address: str | None) -> None:
+    """Start the embedded local Ray (on loopback), or join the cluster at ``address``."""
+    if _is_loopback(address):
+        # Ray otherwise advertises the machine's network address even for a local instance, and a
+        # driver may then fail to reach its own head; loopback keeps a laptop run self-contained.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # legacy output: silent at verbose=0 (TrialProgress prints)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     runtime_env=_runtime_env())
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            msg = " ".join(str(exc).split())[:300]
+            raise UserError(f"--address {address}: cannot connect to a Ray cluster ({msg})") from None
+    else:
+        # address="local" always starts a new instance, even where a killed cluster left its
+        # address file behind. Its token-authentication notice is for clusters people join; this
+        # one is private to the run.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+
+
+def _runtime_env() -> dict[str, Any] | None:
+    """Ship this project's code to the cluster's workers unless they already have it
+    (LAYEROUT_TUNE_SHIP_CODE=0 for clusters where every node has the package installed)."""
+    if os.environ.get("LAYEROUT_TUNE_SHIP_CODE", "1") == "0":
+        return None
+    return {"working_dir": str(ROOT),
+            "excludes": [".venv/", ".git/", "results/", "**/__pycache__/", "*.egg-info/", "out/",
+                         ".pytest_cache/", ".hypothesis/", "benchmarks/", "docs/", "*.pt", "*.db"]}
+
+
+def _check_resources(cpus: float, gpus: float, local: bool) -> None:
+    res = ray.cluster_resources()
+    have_gpu, have_cpu = float(res.get("GPU", 0)), float(res.get("CPU", 0))
+    msgs = []
+    if gpus > 0 and have_gpu < gpus:
+        msgs.append(f"--gpus-per-trial {gpus:g}: the Ray cluster has {have_gpu:g} GPUs")
+    if cpus > have_cpu:
+        msgs.append(f"--cpus-per-trial {cpus:g}: the Ray cluster has {have_cpu:g} CPUs")
+    if msgs and local:
+        raise UserError("; ".join(msgs) + " (no trial could ever start)")
+    for m in msgs:
+        print(f"warning: {m}; trials wait until the cluster grows", file=sys.stderr)
+
+
+class _TuneMessages(logging.Filter):
+    """Ray Tune's interrupt messages, in this tool's terms (it tells people to call Tuner.restore)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Stop signal received"):
+            print("\ninterrupted: stopping the running trials and saving the search state "
+                  "(interrupt again to quit at once)", file=sys.stderr, flush=True)
+            return False
+        return "has been interrupted" not in msg and "Tuner.restore(" not in msg
+
+
+def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray Tune stops the running trials and
+    saves the search state, the tables and analysis of what finished are written, and
+    ``--resume`` continues from there."""
+    logging.getLogger("ray.tune.tune").addFilter(_TuneMessages())
+    try:
+        old = signal.signal(signal.SIGTERM, lambda sig, frame: os.kill(os.getpid(), signal.SIGINT))
+    except ValueError:  # not the main thread: leave signals alone
+        old = None
+    try:
+        return tuner.fit()
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+# ------------------------------------------------------------------------------ the end
+def _records(exp_dir: str, results: tune.ResultGrid) -> tuple[list[TrialRecord], int]:
+    """One record per trial of the ResultGrid, with its stored result.json lines; trials that the
+    saved Ray state still has unfinished are RUNNING (``--resume`` continues them)."""
+    unfinished = {t.trial_id for t in internals.saved_trial_states(exp_dir)
+                  if t.status in ("RUNNING", "PENDING", "PAUSED")}
+    records, skipped = [], 0
+    for r in results:
+        path = str(r.path)
+        rows, bad = parse_result_lines(storage.read_text(f"{path}/{RESULT_JSON}"))
+        skipped += bad
+        trial_id = Path(path).name.removeprefix("trial_")
+        if trial_id in unfinished:
+            status, error = "RUNNING", None
+        elif r.error is not None:
+            status, error = "ERROR", storage.read_text(f"{path}/error.txt") or str(r.error)
+        else:
+            status, error = "TERMINATED", None
+        records.append(TrialRecord(trial_id=trial_id, status=status, config=dict(r.config or {}), rows=rows,
+                                   error=error))
+    return records, skipped
+
+
+def _finish(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s: float) -> SearchResult:
+    """Write trials.csv, epochs.csv and experiment.json."""
+    records, skipped = _records(exp_dir, results)
+    trials, epochs = build_tables(records, int(meta.get("epochs") or 0))
+    trials_text, epochs_text = tables_csv(trials, epochs)
+    storage.write_text(f"{exp_dir}/{TRIALS_CSV}", trials_text)
+    storage.write_text(f"{exp_dir}/{EPOCHS_CSV}", epochs_text)
+    n = len(trials)
+    planned = int((meta.get("options") or {}).get("num_samples") or n)
+    unfinished = int((~trials["status"].isin(["TERMINATED", "ERROR"])).sum()) if n else 0
+    errors = int((trials["status"] == "ERROR").sum()) if n else 0
+    result = SearchResult(exp_dir=exp_dir, meta=meta, trials=trials, epochs=epochs, wall_s=wall_s, planned=planned,
+                          errors=errors, unfinished=unfinished, skipped_lines=skipped)
+    meta["finished"] = None if result.interrupted else _now()
+    if result.interrupted:
+        meta["interrupted"] = _now()
+    else:
+        meta.pop("interrupted", None)
+    meta["wall_clock_s"] = round(float(meta.get("wall_clock_s") or 0) + wall_s, 1)
+    meta["trials"] = n
+    storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+    return result

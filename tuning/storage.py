@@ -1,0 +1,77 @@
+"""Experiment storage: a local folder or a URI (s3://, gs://, ...), through pyarrow's file systems
+(which Ray Tune uses for the same paths). Local writes are atomic (``layerout.files``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from layerout.files import atomic_write
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def local_path(path: str) -> Path:
+    return Path(path.replace("file://", "", 1))
+
+
+def storage_root(storage: str) -> str:
+    """``--storage`` as an absolute local path, or the URI as given (no trailing slash)."""
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(os.path.expanduser(storage)).resolve())
+
+
+def storage_fs(path: str) -> tuple[Any, str]:
+    """(pyarrow FileSystem, path inside it) for a local path or a URI."""
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+    fs, p = storage_fs(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def read_text(path: str) -> str | None:
+    """The file's text, or None when it is missing or unreadable."""
+    fs, p = storage_fs(path)
+    try:
+        if fs.get_file_info(p).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(p) as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a file so that readers never see a half-written one."""
+    if is_local(path):
+        atomic_write(local_path(path), text)
+        return
+    fs, p = storage_fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    tmp = p + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode("utf-8"))
+    try:
+        fs.move(tmp, p)
+    except OSError:  # some object stores cannot rename: write in place
+        with fs.open_output_stream(p) as f:
+            f.write(text.encode("utf-8"))
+        fs.delete_file(tmp)
+
+
+def list_names(path: str) -> list[str]:
+    """Names of the entries directly in the folder ``path`` (empty when it cannot be listed)."""
+    fs, p = storage_fs(path)
+    try:
+        return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(p, recursive=False)))
+    except OSError:
+        return []

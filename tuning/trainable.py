@@ -1,0 +1,97 @@
+"""The function every Ray Tune trial runs: one LayerOut training run, reported every epoch.
+
+``train_trial`` builds the trainer from the trial config (``search_spaces.trials``), reports the
+metrics (``layerout.metrics``) once per epoch with a checkpoint, and resumes from Ray's
+checkpoint when the trial is restarted (a worker died, or ``--resume`` after the driver was
+killed). It lives in an importable module (not in ``tune_main``'s ``__main__``) so Ray pickles it
+by reference.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from layerout.schedules import schedule_from_dict
+from layerout.trainer import TrainConfig, Trainer
+from tuning.repair import RAY_SEEN_MARKER
+
+
+def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or v is None or isinstance(v, (int, float, str)):
+            out[k] = v
+        elif hasattr(v, "item"):  # numpy / torch scalars
+            try:
+                out[k] = v.item()
+            except (TypeError, ValueError):
+                out[k] = str(v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> None:
+    """Ray Tune function trainable: one LayerOut training run, reported every epoch."""
+    opts = opts or {}
+    threads = opts.get("threads")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    overrides: dict[str, Any] = {}
+    if opts.get("data_dir"):
+        overrides["data_dir"] = opts["data_dir"]
+    if "download" in opts:
+        overrides["download"] = bool(opts["download"])
+    if config["train"].get("device", "auto") == "auto":  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES), else CPU
+        overrides["device"] = "cuda" if (ray.get_gpu_ids() and torch.cuda.is_available()) else "cpu"
+
+    root = Path(tempfile.gettempdir()) / "layerout-tune-trials"
+    root.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{tune.get_context().get_trial_id()}-", dir=root))
+
+    def report(metrics: dict[str, Any], trainer: Trainer) -> None:
+        m = _reportable(metrics)
+        # What a policy file needs besides the experiment's units and the config's training
+        # recipe: the schedule as it ran (drawn v, adaptive freeze epochs filled in) and the
+        # steps per epoch it was bound to (FreezeOut's step-wise masks depend on it).
+        m["policy"] = json.dumps(trainer.schedule.to_dict(), sort_keys=True)
+        m["steps_per_epoch"] = int(trainer.steps_per_epoch)
+        # report() copies out_dir (checkpoint.pt of this epoch) to the trial's storage before
+        # returning, so the trainer may overwrite it next epoch.
+        tune.report(m, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+    try:
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, out_dir, dirs_exist_ok=True)
+            marker = out_dir / RAY_SEEN_MARKER  # left by tuning.repair
+            seen = None
+            if marker.is_file():
+                seen = json.loads(marker.read_text()).get("epoch")
+                marker.unlink()
+            trainer = Trainer.resume(str(out_dir), callbacks=[report], verbose=False, **overrides)
+            if isinstance(seen, int):  # epochs the checkpoint holds but Ray never recorded: report them
+                for m in trainer.history:
+                    if int(m.get("epoch") or 0) > seen:
+                        report(m, trainer)
+        else:
+            cfg = TrainConfig(**{**config["train"], **overrides})
+            schedule = schedule_from_dict(config["schedule"])
+            # quiet: the driver prints one line per finished trial (tuning.progress)
+            trainer = Trainer(cfg, schedule, out_dir=str(out_dir), callbacks=[report], verbose=False)
+        trainer.fit()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names: ``trial_<id>``."""
+    return f"trial_{trial.trial_id}"
