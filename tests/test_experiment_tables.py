@@ -78,7 +78,7 @@ def test_repair_gives_a_resumed_trial_the_checkpoint_its_saved_state_names(tmp_p
             (tmp_path / f"trial_{tid}" / n / "checkpoint.pt").write_text(tid)
     state = {"trial_data": [entry("a", "RUNNING", "checkpoint_000001", 2),
                             entry("b", "TERMINATED", "checkpoint_000001", 2),   # finished: left alone
-                            entry("c", "RUNNING", "checkpoint_000001", 2)]}     # intact: left alone
+                            entry("c", "RUNNING", "checkpoint_000001", 2)]}     # intact: not moved
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
     (tmp_path / "experiment_state-2026-01-01_00-00-10.json").write_text(json.dumps(state))
     lines = repair_checkpoint_refs(str(tmp_path))
@@ -87,5 +87,7 @@ def test_repair_gives_a_resumed_trial_the_checkpoint_its_saved_state_names(tmp_p
     assert sorted(p.name for p in a.iterdir()) == ["checkpoint_000001"]
     assert json.loads((a / "checkpoint_000001" / RAY_SEEN_MARKER).read_text()) == {"epoch": 2}
     assert (tmp_path / "trial_b" / "checkpoint_000002").is_dir()
-    assert not (tmp_path / "trial_c" / "checkpoint_000001" / RAY_SEEN_MARKER).exists()
+    assert not (tmp_path / "trial_b" / "checkpoint_000002" / RAY_SEEN_MARKER).exists()  # finished: left alone
+    # intact, but Ray may not have recorded every epoch its checkpoint holds: the note says which it did
+    assert json.loads((tmp_path / "trial_c" / "checkpoint_000001" / RAY_SEEN_MARKER).read_text()) == {"epoch": 2}
     assert repair_checkpoint_refs(str(tmp_path)) == []  # idempotent

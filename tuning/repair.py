@@ -1,13 +1,18 @@
-"""Before ``--resume`` of a killed search: give every unfinished trial the checkpoint that Ray
-Tune's saved state names for it.
+"""Before ``--resume`` of a killed search: make every unfinished trial continue from the right
+checkpoint and report what Ray never recorded.
 
-Ray saves the experiment state at most every ~10 s, but a trial deletes its previous checkpoint
-(``num_to_keep=1``) as soon as it reports a new one; a driver killed in between leaves a state
-naming a checkpoint that is gone, and Ray then fails that trial ("does not exist on storage
-anymore"). The newer checkpoint is there and is what the trial should continue from, so it is
-moved to the name the state expects, with a note of the last epoch the state recorded
-(``RAY_SEEN_MARKER``): the trainable reports the epochs after it again (their results were lost
-with the driver) before it trains on.
+Two things can be lost when the driver is killed (Ray saves its experiment state at most every
+~10 s, and it writes the trials' ``result.json`` on the driver):
+
+- a trial deletes its previous checkpoint (``num_to_keep=1``) as soon as it reports a new one, so
+  the saved state may name a checkpoint that is gone, and Ray would fail that trial ("does not
+  exist on storage anymore"). The newer checkpoint is there and is what the trial should continue
+  from, so it is moved to the name the state expects;
+- the epochs a trial reported after the last saved state are missing from ``result.json``.
+
+So every unfinished trial's checkpoint gets a note of the last epoch Ray's state recorded
+(``RAY_SEEN_MARKER``); the trainable reports the epochs after it again (from the checkpoint's
+history) before it trains on, or, when it had finished all its epochs, instead of training.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ RAY_SEEN_MARKER = "ray_seen_epoch.json"  # in a repaired checkpoint: the last ep
 
 
 def repair_checkpoint_refs(exp_dir: str) -> list[str]:
-    """Returns one line per repaired trial; does nothing for remote storage."""
+    """Returns one line per trial moved to a newer checkpoint; does nothing for remote storage."""
     if not storage.is_local(exp_dir):
         return []
     base = storage.local_path(exp_dir)
@@ -29,13 +34,17 @@ def repair_checkpoint_refs(exp_dir: str) -> list[str]:
     for trial in internals.saved_trial_states(str(base)):
         names = trial.checkpoint_names
         tdir = base / f"trial_{trial.trial_id}"
-        if trial.status == "TERMINATED" or not names or not tdir.is_dir() or (tdir / names[-1]).exists():
+        if trial.status == "TERMINATED" or not names or not tdir.is_dir():
             continue
-        present = sorted(d.name for d in tdir.glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d{6}", d.name))
-        newer = [n for n in present if n > names[-1]]
-        if newer:
-            shutil.move(str(tdir / newer[-1]), str(tdir / names[-1]))
-            (tdir / names[-1] / RAY_SEEN_MARKER).write_text(json.dumps({"epoch": trial.last_result.get("epoch")}))
+        expected = tdir / names[-1]
+        if not expected.exists():
+            present = sorted(d.name for d in tdir.glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d{6}", d.name))
+            newer = [n for n in present if n > names[-1]]
+            if not newer:
+                continue
+            shutil.move(str(tdir / newer[-1]), str(expected))
             out.append(f"trial {trial.trial_id}: continues from {newer[-1]} (the saved state named "
                        f"{names[-1]}, deleted after it)")
+        seen = trial.last_result.get("epoch")
+        (expected / RAY_SEEN_MARKER).write_text(json.dumps({"epoch": seen if isinstance(seen, int) else 0}))
     return out

@@ -78,7 +78,7 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> N
                 seen = json.loads(marker.read_text()).get("epoch")
                 marker.unlink()
             trainer = Trainer.resume(str(out_dir), callbacks=[report], verbose=False, **overrides)
-            if isinstance(seen, int):  # epochs the checkpoint holds but Ray never recorded: report them
+            if isinstance(seen, int):  # epochs the checkpoint holds but Ray never recorded (tuning.repair)
                 for m in trainer.history:
                     if int(m.get("epoch") or 0) > seen:
                         report(m, trainer)
