@@ -332,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
         "(load it with layerout.policy.load_policy, or retrain with python -m layerout.train --policy).",
     )
     p.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="the experiment directory tune_main.py printed")
-    p.add_argument("--pick", choices=PICKS, default="knee",
+    p.add_argument("--pick", choices=PICKS, default=None,
                    help="which front policy: the knee (default), the highest validation accuracy, "
                    "or the most compute saved")
     p.add_argument("--min-accuracy", metavar="X",
@@ -342,7 +342,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE",
                    help="where to write the policy (default: EXPERIMENT_DIR/policies/<pick>.json)")
     p.add_argument("--all-front", metavar="DIR",
-                   help="also write every front policy into DIR as <trial_id>.json")
+                   help="write every front policy into DIR as <trial_id>.json (and nothing else, unless "
+                   "-o, --pick or --min-accuracy asks for one policy too)")
     p.add_argument("--include-stopped", action="store_true",
                    help="let trials stopped early by ASHA enter the front (default: full epoch budget only)")
     return p
@@ -350,7 +351,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = export_policy(args.experiment_dir, pick=args.pick, min_accuracy=args.min_accuracy,
+    one = not args.all_front or args.output is not None or args.pick is not None or args.min_accuracy is not None
+    if one:
+        _export_one(args)
+    if args.all_front:
+        paths = export_front(args.experiment_dir, args.all_front, include_stopped=args.include_stopped)
+        print(f"front policies: {len(paths)} written to {args.all_front}")
+    return 0
+
+
+def _export_one(args: argparse.Namespace) -> None:
+    """The single policy that -o / --pick / --min-accuracy ask for, and how to train with it."""
+    path = export_policy(args.experiment_dir, pick=args.pick or "knee", min_accuracy=args.min_accuracy,
                          out=args.output, include_stopped=args.include_stopped)
     doc = json.loads(Path(path).read_text())
     m, prov = doc.get("measured", {}), doc.get("provenance", {})
@@ -364,10 +376,6 @@ def main(argv: list[str] | None = None) -> int:
           f"time saved {pct(m.get('time_saved_frac'))}, test acc {pct(m.get('test_accuracy'))}")
     print(f"  train with it (replays the trial's recipe): python -m layerout.train --policy {shlex.quote(str(path))} "
           f"--out runs/{_slug(str(prov.get('trial_id')))}")
-    if args.all_front:
-        paths = export_front(args.experiment_dir, args.all_front, include_stopped=args.include_stopped)
-        print(f"front policies: {len(paths)} written to {args.all_front}")
-    return 0
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -57,7 +57,7 @@ def _pct(s: pd.Series | np.ndarray) -> np.ndarray:
 
 
 def _title(exp: Experiment) -> str:
-    bits = [exp.name]
+    bits = ["SYNTHETIC DATA (accuracy meaningless)", exp.name] if exp.synthetic else [exp.name]
     md = " on ".join(str(x) for x in (exp.model, exp.dataset) if x)
     if md:
         bits.append(md)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from analysis.front import Front
 from analysis.policies import parse_schedule, schedule_summary
-from analysis.results import Experiment, finished_mask, stopped_mask
+from analysis.results import SYNTHETIC_NOTE, Experiment, finished_mask, stopped_mask
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
@@ -23,6 +23,7 @@ tr.knee td{background:#fdecea;font-weight:600}td.test{color:#777}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.82em;white-space:pre-wrap}
 .muted{color:#666;font-size:.88em}.kv td:first-child{font-weight:600}
+.warn{background:#fff3cd;border:1px solid #e0b400;padding:6px 10px}
 """
 
 
@@ -147,6 +148,7 @@ def build_report(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_esc(exp.name)} · layerout-tune report</title><style>{CSS}</style></head><body>",
         f"<h1>Layer-freezing search: {_esc(exp.name)}</h1>",
+        *([f"<p class='warn'><b>{_esc(SYNTHETIC_NOTE)}</b></p>"] if exp.synthetic else []),
         "<p class='muted'>Validation accuracy (a held-out split of the training set) and compute saved "
         "(training FLOPs autograd ran, relative to the unfrozen model on the same steps) are the two objectives. "
         "Test accuracy is shown for reference and is never used to choose.</p>",

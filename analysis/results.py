@@ -28,6 +28,8 @@ from layerout.experiment import (EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FOR
 from layerout.metrics import DEFAULT_OBJECTIVES, METRICS
 
 _RAY_SKIP_DIRS = {POLICIES_DIR, "__pycache__", ".git"}
+SYNTHETIC_NOTE = ("SYNTHETIC DATA: these trials trained on random tensors (throughput measurement); "
+                  "their accuracies mean nothing")
 
 
 @dataclass
@@ -80,6 +82,14 @@ class Experiment:
     @property
     def dataset(self) -> str | None:
         return self.meta.get("dataset") or _first_config_value(self.trials, "dataset")
+
+    @property
+    def synthetic(self) -> bool:
+        """Trained on random tensors (the ``synthetic`` dataset): accuracies mean nothing."""
+        if self.dataset == "synthetic":
+            return True
+        col = self.trials.get("synthetic")
+        return bool(col is not None and col.map(lambda x: str(x).strip().lower() in ("true", "1")).any())
 
 
 def _first_config_value(trials: pd.DataFrame, key: str) -> Any:

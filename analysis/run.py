@@ -13,7 +13,7 @@ from analysis.export import build_policy, policy_filename, retrain_command, writ
 from analysis.front import Front, compute_front
 from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_pareto
 from analysis.report import write_report
-from analysis.results import Experiment, load_experiment
+from analysis.results import SYNTHETIC_NOTE, Experiment, load_experiment
 from layerout.errors import UserError
 from layerout.experiment import PARETO_CSV, POLICIES_DIR
 from layerout.files import atomic_write
@@ -82,7 +82,8 @@ def front_table_text(fr: Front) -> str:
 def summary_text(exp: Experiment, fr: Front) -> str:
     obj = " and ".join(f"{n} ({m})" for n, m in fr.objectives)
     scope = "finished + stopped-early" if fr.include_stopped else "finished"
-    lines = [f"Pareto front of {exp.name}: {len(fr.front)} of {len(fr.candidates)} {scope} trials, "
+    lines = ([SYNTHETIC_NOTE] if exp.synthetic else []) + [
+             f"Pareto front of {exp.name}: {len(fr.front)} of {len(fr.candidates)} {scope} trials, "
              f"objectives {obj}; test accuracy is shown, never used to choose",
              front_table_text(fr),
              "  * knee" + ("   ~ stopped early by the scheduler" if fr.front.get("stopped", pd.Series()).any() else "")]

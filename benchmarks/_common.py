@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# where a script writes its JSON unless --json says otherwise: an untracked folder, so running a
+# benchmark never rewrites a recorded result (record one with --json benchmarks/results/NAME.json)
+OUT_DIR = ROOT / "runs" / "benchmarks"
 
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from the repository root
     sys.path.insert(0, str(ROOT))

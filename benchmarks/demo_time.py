@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, RESULTS_DIR, environment, finish_environment, median, write_json  # noqa: E402
+from _common import ROOT, OUT_DIR, environment, finish_environment, median, write_json  # noqa: E402
 
 
 def run_once(storage: Path, name: str, extra: list[str], timeout: float, quiet: bool) -> dict[str, Any]:
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run is killed (default 1800)")
     ap.add_argument("--keep", default=None, help="keep the experiments in this folder (default: a temp dir, removed)")
     ap.add_argument("--quiet", action="store_true", help="do not stream tune_main.py's output")
-    ap.add_argument("--json", default=str(RESULTS_DIR / "demo-time.json"),
-                    help="output (default benchmarks/results/demo-time.json)")
+    ap.add_argument("--json", default=str(OUT_DIR / "demo-time.json"),
+                    help="output (default runs/benchmarks/demo-time.json)")
     args = ap.parse_args(argv)
     env = environment("cpu")  # the demo preset trains on CPU
     storage = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="layerout-demo-time-"))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
+from _common import OUT_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="full batches per epoch (a smaller one follows)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--emulate", action="store_true", help="CPU: emulate the graph path (no CUDA needed)")
-    ap.add_argument("--json", default=None, help="output (default benchmarks/results/fastpath-check-<device>.json)")
+    ap.add_argument("--json", default=None, help="output (default runs/benchmarks/fastpath-check-<device>.json)")
     args = ap.parse_args(argv)
     if args.epochs < 3:
         ap.error("--epochs: at least 3 (the prefix schedule freezes from epoch 1; epoch 0 is not timed)")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                  for r in rows],
                 ["model", "schedule", "masks", "captures", "replays", "rel weight diff", "same, 1-ulp nudge", "frozen bit-identical",
                  "eager img/s", "graph img/s", "result"]))
-    out = write_json(args.json or RESULTS_DIR / f"fastpath-check-{args.device.split(':')[0]}"
+    out = write_json(args.json or OUT_DIR / f"fastpath-check-{args.device.split(':')[0]}"
                      f"{'-emulated' if args.emulate else ''}.json", {"environment": env, "rows": rows})
     print(f"wrote {out}")
     return 0 if all(r["ok"] for r in rows) else 1

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, RESULTS_DIR, environment, finish_environment, table, write_json  # noqa: E402
+from _common import ROOT, OUT_DIR, environment, finish_environment, table, write_json  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for pool/strides (default torch's)")
     ap.add_argument("--background-load", type=int, default=1,
                     help="busy-looping processes during 'threads' (default 1; it also runs with 0)")
-    ap.add_argument("--json", default=str(RESULTS_DIR / "micro-cpu.json"))
+    ap.add_argument("--json", default=str(OUT_DIR / "micro-cpu.json"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:

@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, RESULTS_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
+from _common import ROOT, OUT_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
 
 from layerout.fastpath import FAST_PATHS  # noqa: E402
 
 DEFAULT_MODELS = ["mnist_shallow", "digits_cnn"]
-TARGET_4X = 2.5  # issue 6: 4 trials per GPU >= 2.5x one trial, for mnist_shallow and digits_cnn
+TARGET_4X = 2.5  # target: 4 trials per GPU >= 2.5x one trial, for mnist_shallow and digits_cnn
 DEFAULT_STEPS = {"cuda": {"mnist_shallow": 400, "digits_cnn": 1000},
                  "cpu": {"mnist_shallow": 16, "digits_cnn": 150}}
 
@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--via-tune", action="store_true", help="also run the same through tune_main.py (needs Ray)")
     ap.add_argument("--tune-epochs", type=int, default=3, help="epochs per trial through Tune (first is warm-up)")
     ap.add_argument("--tune-dir", default=None, help="keep Tune experiments here (default: a temp dir)")
-    ap.add_argument("--json", default=None, help="output (default benchmarks/results/packing-<device>.json)")
+    ap.add_argument("--json", default=None, help="output (default runs/benchmarks/packing-<device>.json)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -228,7 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     dev = "cuda" if args.device.startswith("cuda") else "cpu"
     if args.json is None:
-        args.json = str(RESULTS_DIR / f"packing-{dev}.json")
+        args.json = str(OUT_DIR / f"packing-{dev}.json")
     return args
 
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         x["speedup_vs_1"] = x["sum_of_rates"] / t1
         finish_environment(env)
         write_json(args.json, payload)
-    # targets (issue 6): 4 per GPU >= 2.5x one
+    # target: 4 per GPU >= 2.5x one
     checks = []
     for model, res in payload["models"].items():
         four = next((x for x in res["plain"] if x["n"] == 4), None)
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         elif res.get("tune_skipped"):
             print(f"through tune_main.py: skipped ({res['tune_skipped']})")
     if checks:
-        print("\nTarget (issue 6, on a GPU): 4 trials >= 2.5x one trial")
+        print("\nTarget (on a GPU): 4 trials >= 2.5x one trial")
         print(table([[c["model"], c["value"], c["target"], ("yes" if c["met"] else "NO") if c["applies"]
                       else "n/a on CPU"] for c in checks], ["model", "4 vs 1", "target", "met"]))
     print(f"\nwrote {path}")

@@ -21,7 +21,7 @@ shape (``MODELS[name].in_channels`` x ``input_size``^2, 10 classes), resident on
   (``torch.compile(model)``), ``compile_ro`` (mode="reduce-overhead", CUDA graphs via inductor),
   ``cudagraph`` (the whole step - forward, backward, SGD - captured in one CUDA graph; augmentation
   runs eagerly outside it and is copied into the static input). Each is the eager reference with
-  one change, so the table says what each "means" of issue 6 would buy before it goes into the
+  one change, so the table says what each means of speeding up the trainer would buy before it goes into the
   library. A variant that fails is recorded with its error and the run goes on.
 
 All variants of a model run interleaved (ABBA order per repeat) so that drift and other load on
@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
+from _common import OUT_DIR, environment, finish_environment, median, table, write_json  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -81,7 +81,7 @@ DEFAULT_VARIANTS = ["trainer", "eager", "eager_noaug"]  # CUDA: and trainer_grap
 LR, MOMENTUM, WD = 0.05, 0.9, 5e-4
 VAL_FRAC = 0.001  # the trainer evaluates its validation split every epoch: keep it to a few images
 
-# issue 6's targets
+# the GPU targets
 TARGET_SPEEDUP_GPU = {"resnet110": 3.0, "vgg16": 1.5}
 TARGET_SPEEDUP_CPU = 1.0
 TARGET_PREFIX_REALIZATION = 0.8
@@ -496,7 +496,7 @@ def print_report(payload: dict[str, Any]) -> None:
                 header += ["CPU-time ratio", "realization (CPU time)"]
             print(table(rows, header))
     if payload.get("targets"):
-        print("\nTargets (issue 6):")
+        print("\nTargets:")
         print(table([[c["model"], c["what"], c["target"], c["value"], "yes" if c["met"] else "NO"]
                      for c in payload["targets"]], ["model", "check", "target", "value", "met"]))
 
@@ -532,7 +532,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="small settings (5 steps, 3 repeats; on CPU only mnist_shallow, resnet20, digits_cnn unless "
                          "--models says otherwise, vgg16/resnet110 then with 2 steps): ~2 minutes on 2 CPU cores")
-    ap.add_argument("--json", default=None, help="output (default benchmarks/results/trainer-<device>[-quick].json)")
+    ap.add_argument("--json", default=None, help="output (default runs/benchmarks/trainer-<device>[-quick].json)")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.models is None:
@@ -564,7 +564,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup_steps = 10 if cuda else 2
     if args.json is None:
         dev = "cuda" if cuda else "cpu"
-        args.json = str(RESULTS_DIR / f"trainer-{dev}{'-quick' if args.quick else ''}.json")
+        args.json = str(OUT_DIR / f"trainer-{dev}{'-quick' if args.quick else ''}.json")
     return args
 
 

@@ -7,6 +7,7 @@ from layerout.errors import UserError
 from layerout.freezer import Freezer
 from layerout.policy import Policy, load_policy, save_policy
 from layerout.schedules import FreezeState, Schedule, schedule_from_dict
+from layerout.units import Unit, units_of
 
-__all__ = ["Freezer", "FreezeState", "Policy", "Schedule", "UserError", "load_policy", "save_policy",
-           "schedule_from_dict"]
+__all__ = ["Freezer", "FreezeState", "Policy", "Schedule", "Unit", "UserError", "load_policy", "save_policy",
+           "schedule_from_dict", "units_of"]

@@ -60,9 +60,11 @@ class Policy:
     schedule: dict[str, Any]
     measured: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # where the policy came from (its file), named in every error; not part of the file
+    source: str = field(default="policy", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.validate(self.source)
 
     # ------------------------------------------------------------------ validation
     def validate(self, source: str = "policy") -> None:
@@ -96,8 +98,9 @@ class Policy:
             seed = _int_or(self.provenance.get("seed"), 0)
         return sched.bind(len(self.units), epochs, steps_per_epoch, seed=seed)
 
-    def check_units(self, names: list[str], model: str | None = None, source: str = "policy") -> None:
+    def check_units(self, names: list[str], model: str | None = None, source: str | None = None) -> None:
         """Raise UserError saying exactly how ``names`` (the target model's units) differ."""
+        source = source or self.source
         if model is not None and model != self.model:
             raise UserError(f"{source}: model: the policy is for {self.model!r}, not {model!r} "
                             f"(its units: {', '.join(self.units)})")
@@ -131,9 +134,13 @@ class Policy:
         self.check_units([u.name for u in unit_list])
         e = epochs if epochs is not None else _int_or(self.provenance.get("epochs"), 0)
         s = steps_per_epoch if steps_per_epoch is not None else _int_or(self.provenance.get("steps_per_epoch"), 0)
-        sched = self.build_schedule(e, s, seed)
+        try:
+            sched = self.build_schedule(e, s, seed)
+        except UserError as exc:
+            raise UserError(f"{self.source}: {exc}") from None
         if sched.stepwise and not (e and s):
-            raise UserError(f"the {sched.kind!r} schedule changes within epochs; pass epochs= and steps_per_epoch=")
+            raise UserError(f"{self.source}: the {sched.kind!r} schedule changes within epochs; pass epochs= and "
+                            "steps_per_epoch=")
         return Freezer(model, optimizer, unit_list, sched, bn_frozen=bn_frozen)
 
     # ------------------------------------------------------------------ (de)serialization
@@ -156,11 +163,8 @@ class Policy:
         unknown = sorted(set(d) - set(KEYS))
         if unknown:
             raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
-        pol = cls.__new__(cls)
-        pol.model, pol.units, pol.schedule = d["model"], d["units"], d["schedule"]
-        pol.measured, pol.provenance = d.get("measured") or {}, d.get("provenance") or {}
-        pol.validate(source)
-        return pol
+        return cls(model=d["model"], units=d["units"], schedule=d["schedule"], measured=d.get("measured") or {},
+                   provenance=d.get("provenance") or {}, source=source)
 
 
 def save_policy(policy: Policy | dict[str, Any], path: str | os.PathLike) -> Path:

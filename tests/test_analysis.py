@@ -359,6 +359,12 @@ def test_export_api_default_path_and_all_front(exp_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "front").iterdir()) == sorted(
         f"{t}.json" for t in ["t_base", "t_efreeze", "t_bend", "t_prefix"])
+    # --all-front alone writes into its folder only: the experiment's own policies are left as they were
+    before = {p.name: p.stat().st_mtime_ns for p in (exp_dir / "policies").iterdir()}
+    proc = run_module("analysis.export", exp_dir, "--all-front", tmp_path / "front2")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "front2").iterdir())) == 4 and "policy:" not in proc.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (exp_dir / "policies").iterdir()} == before
 
 
 def test_min_accuracy_parsing():
@@ -514,3 +520,23 @@ def test_unknown_objective_in_experiment_json(tmp_path):
     meta["objectives"] = [["val_accuracy", "max"], ["speedup", "max"]]
     (d / "experiment.json").write_text(json.dumps(meta))
     assert_one_line_error(run_module("analysis", d), "objectives", "speedup", "compute_saved_frac")
+
+
+def test_synthetic_experiments_are_marked_in_table_plot_titles_and_report(exp_dir, tmp_path):
+    import shutil
+
+    from analysis.plots import _title
+    from analysis.results import SYNTHETIC_NOTE
+    from analysis.run import run_analysis
+
+    d = tmp_path / "synth"
+    shutil.copytree(exp_dir, d)
+    meta = json.loads((d / "experiment.json").read_text())
+    assert not load_experiment(d).synthetic
+    meta["dataset"] = "synthetic"
+    (d / "experiment.json").write_text(json.dumps(meta))
+    exp = load_experiment(d)
+    assert exp.synthetic and _title(exp).startswith("SYNTHETIC DATA")
+    res = run_analysis(d, quiet=True, write_policies=False)
+    assert res.table.splitlines()[0] == SYNTHETIC_NOTE
+    assert SYNTHETIC_NOTE in (d / "report.html").read_text()

@@ -112,8 +112,14 @@ def test_policy_attach_to_model_with_other_units(tmp_path):
     model = UserNet(names=("body", "middle", "head"))
     with pytest.raises(UserError) as exc:
         pol.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    assert "units: unit 1 is 'mid' in the policy but 'middle' in the model" in str(exc.value)
+    assert str(exc.value).startswith(f"{path}: units: unit 1 is 'mid' in the policy but 'middle' in the model")
     small = UserNet(names=("body", "head"))
     with pytest.raises(UserError) as exc:
         pol.attach(small, torch.optim.SGD(small.parameters(), lr=0.1))
     assert "has 3 units but the model has 2" in str(exc.value) and "body, head" in str(exc.value)
+    assert str(exc.value).startswith(f"{path}: ")
+    fo = save_policy(Policy(model="user-net", units=["body", "mid", "head"],
+                            schedule={"kind": "freezeout", "t0": 0.5}), tmp_path / "fo.json")
+    model = UserNet()
+    with pytest.raises(UserError, match=rf"^{fo}: the 'freezeout' schedule changes within epochs"):
+        load_policy(fo).attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
