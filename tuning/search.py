@@ -167,7 +167,7 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
             "epochs": space.epochs, "objectives": [list(o) for o in space.objectives], "created": _now(),
             "finished": None, "code": code}
 
-    _init_ray(options.address)
+    _init_ray(options.address, code)
     try:
         _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
         storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
@@ -227,7 +227,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                       cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
                       gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial)
     options.check()
-    _init_ray(address)
+    _init_ray(address, code)
     try:
         if not tune.Tuner.can_restore(exp_dir):
             raise UserError(f"{exp_dir}: has {EXPERIMENT_JSON} but no Ray Tune state to resume "
@@ -383,8 +383,9 @@ def _is_loopback(address: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _init_ray(address: str | None) -> None:
-    """Start the embedded local Ray (on loopback), or join the cluster at ``address``."""
+def _init_ray(address: str | None, code: dict[str, Any] | None = None) -> None:
+    """Start the embedded local Ray (on loopback), or join the cluster at ``address`` (shipping this
+    project's code and the user's modules in ``code``)."""
     if _is_loopback(address):
         # Ray otherwise advertises the machine's network address even for a local instance, and a
         # driver may then fail to reach its own head; loopback keeps a laptop run self-contained.
@@ -394,7 +395,7 @@ def _init_ray(address: str | None) -> None:
     if address:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env=_runtime_env())
+                     runtime_env=with_user_modules(_runtime_env(), code))
         except (ConnectionError, RuntimeError, ValueError) as exc:
             msg = " ".join(str(exc).split())[:300]
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({msg})") from None
