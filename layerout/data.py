@@ -252,7 +252,7 @@ def _synthetic(device, val_frac: float, seed: int, shape: tuple[int, int, int], 
 def is_user_dataset(name: str) -> bool:
     """True for an import path to a data function, or a data object registered by name."""
     return (isinstance(name, str) and name not in DATASETS and not name.startswith(IMAGEFOLDER)
-            and (userland.is_import_path(name) or userland.registered(name)))
+            and userland.names_user_code(name))
 
 
 @dataclass

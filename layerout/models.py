@@ -69,7 +69,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
 
 def is_user_model(name: str) -> bool:
     """True for an import path or a model object registered by name (not a built-in model)."""
-    return name not in MODELS and (userland.is_import_path(name) or userland.registered(name))
+    return name not in MODELS and userland.names_user_code(name)
 
 
 def count_params(model: nn.Module) -> int:
@@ -287,7 +287,8 @@ def unit_rows(model: nn.Module, units: list[Unit], probe: torch.Tensor | None) -
     n = len(probe) if probe is not None else 1
     rows = []
     for u, params in zip(units, unit_param_counts(model, units)):
-        f = None if flops is None else sum(flops.get(p, 0) for p in u.prefixes) / n  # a module's count has its children's
+        # a module's count includes its children's: sum the prefixes' own counts
+        f = None if flops is None else sum(flops.get(p, 0) for p in u.prefixes) / n
         rows.append({"name": u.name, "prefixes": list(u.prefixes), "params": params, "forward_flops": f})
     return rows
 
@@ -312,7 +313,8 @@ def show_units(spec: str, dataset: str | None, input_shape: str | None, num_clas
             shape = tuple(int(v) for v in input_shape.split(","))
             assert shape and all(v > 0 for v in shape)
         except (ValueError, AssertionError):
-            raise UserError(f"--input-shape: expected sizes of one sample like 3,32,32 or 13, got {input_shape!r}") from None
+            raise UserError(f"--input-shape: expected sizes of one sample like 3,32,32 or 13, "
+                            f"got {input_shape!r}") from None
         probe, in_channels = torch.randn(2, *shape), shape[0]
     elif spec in MODELS:
         s = MODELS[spec]

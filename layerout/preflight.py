@@ -60,6 +60,9 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
             m = build_model(model, **kwargs)
         return Checked(_units(m, model, units), unit_origin(m, units), **kwargs)
 
+    for spec, role in ((model, "model"), (dataset, "dataset")):  # import errors first, in the space's order
+        if userland.names_user_code(spec):
+            userland.resolve(spec, role)
     if dataset in DATASETS:  # a user model on a built-in dataset: a probe batch of its shape
         x, y = torch.randn(2, *DATASET_SHAPES[dataset]), torch.zeros(2, dtype=torch.int64)
         num_classes, in_channels = DATASET_CLASSES[dataset], DATASET_CHANNELS[dataset]
@@ -74,8 +77,8 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
             raise UserError(f"dataset: {dataset}: two training samples could not be batched "
                             f"({userland.one_line(e)})") from None
         if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.ndim != 1:
-            raise UserError(f"dataset: {dataset}: labels must be integer class indices, got "
-                            f"{type(y).__name__}{f' of {y.dtype}, shape {tuple(y.shape)}' if isinstance(y, torch.Tensor) else ''}")
+            got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise UserError(f"dataset: {dataset}: labels must be integer class indices, got {got}")
     torch.manual_seed(seed)
     m = build_model(model, num_classes=num_classes, in_channels=in_channels)
     found = _units(m, model, units)

@@ -92,7 +92,8 @@ class TrainConfig:
         # a built-in name, an import path or a label for a model object given to the Trainer: what
         # it names is checked where the model is built (build_model), the space and the command line
         if not isinstance(self.model, str) or not self.model:
-            raise fail("train.model", f"must be a model name or an import path like my_pkg.nets:build, got {self.model!r}")
+            raise fail("train.model", f"must be a model name or an import path like my_pkg.nets:build, "
+                                      f"got {self.model!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise fail("train.dataset", f"must be a dataset name, imagefolder:PATH or an import path, "
                                         f"got {self.dataset!r}")

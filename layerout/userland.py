@@ -45,6 +45,11 @@ def is_import_path(text: Any) -> bool:
     return isinstance(text, str) and bool(IMPORT_PATH.match(text))
 
 
+def names_user_code(text: Any) -> bool:
+    """True for an import path or the name of an object given directly (:func:`register_object`)."""
+    return is_import_path(text) or (isinstance(text, str) and text in _OBJECTS)
+
+
 def one_line(exc: BaseException, limit: int = 240) -> str:
     """``Type: message`` on one line, shortened: for error messages about a user's code."""
     text = " ".join(str(exc).split())
@@ -157,7 +162,8 @@ def resolve(spec: str, field: str) -> Any:
     except ModuleNotFoundError as e:
         missing = e.name or mod_name
         if mod_name == missing or mod_name.startswith(missing + "."):
-            where = ", ".join(code_paths()) or os.getcwd()
+            paths = code_paths() or [os.getcwd()]
+            where = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
             raise UserError(f"{field}: {spec}: cannot import {mod_name} (no module named {missing!r} in "
                             f"{where} or the installed packages)") from None
         raise UserError(f"{field}: {spec}: importing {mod_name} failed ({one_line(e)})") from None

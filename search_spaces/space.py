@@ -65,7 +65,7 @@ from layerout.preflight import check_model_and_data
 from layerout.schedules import SCHEDULES
 from layerout.trainer import TrainConfig, check_unit_spec
 from layerout.units import unit_pairs
-from layerout.userland import is_import_path
+from layerout.userland import names_user_code
 from search_spaces.checks import Checker
 from search_spaces.families import FAMILY_SPACES, FamilySpace, SpaceContext
 
@@ -230,7 +230,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     folder = Path(folder).resolve() if folder is not None else Path.cwd()
     dataset = data["dataset"]
     if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.startswith(IMAGEFOLDER)
-                                            or is_import_path(dataset)):
+                                            or names_user_code(dataset)):
         raise check.err("dataset", f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, "
                                    "or an import path to your own data function like my_pkg.data:load")
     if dataset.startswith(IMAGEFOLDER):  # trials run elsewhere (Ray changes their directory): make it absolute
@@ -238,7 +238,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     model = data["model"]
     if not isinstance(model, str):
         raise check.err("model", f"must be a model name or an import path, got {model!r}")
-    if model not in MODELS and not is_import_path(model):
+    if model not in MODELS and not names_user_code(model):
         raise check.err("model", f"unknown model {model!r}; allowed: {', '.join(MODELS)}, or an import path to "
                                  "your own like my_pkg.nets:build")
     unit_spec = None
@@ -249,7 +249,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
             raise check.err("units", str(e).split(": ", 1)[1]) from None
     seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
     train = _train(check, data.get("train"), model, dataset, seed)
-    code = [str(folder), os.getcwd()] if is_import_path(model) or is_import_path(dataset) else []
+    code = [str(folder), os.getcwd()] if names_user_code(model) or names_user_code(dataset) else []
     userland.add_code_paths(code)
     try:
         checked = check_model_and_data(model, dataset, unit_spec, val_frac=train["val_frac"], seed=seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_image_folder(tmp_path):
     final = Trainer(cfg, NoFreezeSchedule(), verbose=False).fit()
     assert final["epoch"] == 2 and final["test_accuracy"] is not None
     (tmp_path / "pets" / "test" / "bird").mkdir()
-    (tmp_path / "pets" / "test" / "bird" / "0.png").write_bytes((tmp_path / "pets" / "test" / "cat" / "0.png").read_bytes())
+    shutil.copy(tmp_path / "pets" / "test" / "cat" / "0.png", tmp_path / "pets" / "test" / "bird" / "0.png")
     with pytest.raises(UserError, match=r"test: its class folders \(bird, cat, dog\) differ from train/'s \(cat, dog\)"):
         load_data(f"imagefolder:{tmp_path / 'pets'}")
     with pytest.raises(UserError, match=r"^dataset: imagefolder:.*nowhere: no folder .*nowhere/train"):

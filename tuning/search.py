@@ -27,7 +27,7 @@ from typing import Any, Callable
 import optuna
 import pandas as pd
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -324,7 +324,9 @@ def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, addre
     shipped = bool(address) and with_user_modules(None, code) is not None
     opts = {"threads": max(1, int(options.cpus_per_trial)), "data_dir": options.data_dir,
             "download": options.download, "code_paths": [] if shipped else list(code.get("paths") or [])}
-    objects = {name: userland.resolve(name, role) for role, name in (code.get("objects") or {}).items()}
+    # by value: pickled here, loaded by the trial after it has set up its import path (train_trial)
+    objects = {name: cloudpickle.dumps(userland.resolve(name, role))
+               for role, name in (code.get("objects") or {}).items()}
     res = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(train_trial, opts=opts, objects=objects), res)
 

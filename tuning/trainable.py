@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 import torch
-from ray import tune
+from ray import cloudpickle, tune
 
 from layerout import userland
 from layerout.errors import UserError
@@ -48,12 +48,18 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None,
     """Ray Tune function trainable: one LayerOut training run, reported every epoch.
 
     ``opts["code_paths"]``: folders to import the user's modules from; ``objects``: name -> the
-    user's model or data callables sent by value (``tuning.usercode``)."""
+    user's model or data callables sent by value, pickled with cloudpickle (``tuning.usercode``)."""
     opts = opts or {}
     userland.add_code_paths(opts.get("code_paths") or [])
-    for name, obj in (objects or {}).items():
-        userland.register_object(obj, name)
     try:
+        for name, blob in (objects or {}).items():
+            # pickled by the driver (tuning.search), loaded only now that the code paths are in place:
+            # what the object refers to by module (its imports) must be importable from them
+            try:
+                userland.register_object(cloudpickle.loads(blob), name)
+            except Exception as e:  # noqa: BLE001 - a module the object needs is missing here
+                raise UserError(f"{name}: could not be loaded in the trial ({userland.one_line(e)}); the modules it "
+                                "uses must be importable on the workers") from None
         _train(config, opts)
     except UserError as e:
         # the same on every retry: end the trial now, with the message (see tuning.usercode)
