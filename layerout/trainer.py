@@ -28,10 +28,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from layerout import userland
 from layerout.augment import augment_batch
 from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int
 from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
-from layerout import userland
 from layerout.data import DataSplits, DatasetSplits, as_splits, is_user_dataset, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner

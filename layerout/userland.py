@@ -35,6 +35,8 @@ from layerout.errors import UserError
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 MODEL_ARGS = ("num_classes", "in_channels")
+# this project's own code: shipped with the project (tuning.search), never as the user's
+PROJECT_MODULES = ("layerout", "search_spaces", "tuning", "analysis", "tune_main")
 
 _CODE_PATHS: list[str] = []  # folders this process added to the import path (in order)
 _OBJECTS: dict[str, Any] = {}  # name -> a Python object given directly (see register_object)
@@ -96,7 +98,7 @@ def module_location(spec: str) -> str | None:
     if not is_import_path(spec) or spec in _OBJECTS:
         return None
     top = spec.split(":", 1)[0].split(".", 1)[0]
-    if top == "__main__":
+    if top == "__main__" or top in PROJECT_MODULES:
         return None
     try:
         found = importlib.util.find_spec(top)
