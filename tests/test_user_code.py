@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from helpers import REPO, assert_one_line_error, cli_env, read_csv, state_dicts_equal
+from helpers import REPO, cli_env, read_csv, state_dicts_equal
 from layerout import userland
 from layerout.augment import AugmentConfig
 from layerout.data import DatasetSplits, UserData, as_splits, load_data
@@ -271,12 +271,25 @@ def test_preflight_checks(tmp_path):
 
 
 # ------------------------------------------------------------------------------ command lines
-def test_train_cli_on_a_module_outside_the_package(tmp_path):
+def _in_process(main, argv, capsys):
+    """A command line's ``main`` run here as ``python -m`` would: (exit status, stdout, stderr)."""
+    from layerout.errors import cli_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli_main(main, [str(a) for a in argv])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_train_cli_on_a_module_outside_the_package(tmp_path, monkeypatch, capsys):
+    from layerout.train import main
+
     code = write_module(tmp_path / "code", "uc_cli")
     out = tmp_path / "run"
     p = run_module("layerout.train", ["--model", "uc_cli:FixtureNet", "--dataset", "uc_cli:digits", "--epochs", "2",
                                       "--schedule", "layerout", "--freeze-prob", "0.9,0.1,0.0", "--out", out,
-                                      "--quiet"], cwd=code)
+                                      "--quiet"], cwd=code)  # found in the current directory
     assert p.returncode == 0, p.stderr[-2000:]
     rows = read_csv(out / "epochs.csv")
     assert len(rows) == 2 and {r["frozen_units"] for r in rows} <= {"000", "100", "010", "110"}
@@ -285,31 +298,33 @@ def test_train_cli_on_a_module_outside_the_package(tmp_path):
     assert summary["policy"]["provenance"]["code_paths"][0] == str(code.resolve())
     assert summary["config"]["model"] == "uc_cli:FixtureNet"
     # its policy replays from another directory: the code is found through the policy's code_paths
-    again = run_module("layerout.train", ["--policy", out / "summary.json", "--out", tmp_path / "again", "--quiet"],
-                       cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _in_process(main, ["--policy", out / "summary.json", "--out", tmp_path / "again", "--quiet"], capsys)
+    assert rc == 0, err
     assert [r["frozen_units"] for r in read_csv(tmp_path / "again" / "epochs.csv")] == [r["frozen_units"] for r in rows]
 
-    bad = run_module("layerout.train", ["--model", "uc_cli:WrongHead", "--dataset", "uc_cli:digits", "--out",
-                                        tmp_path / "bad"], cwd=code)
-    assert_one_line_error(bad, "model: uc_cli:WrongHead: forward on a batch of uc_cli:digits", "mat1 and mat2")
+    rc, _, err = _in_process(main, ["--model", "uc_cli:WrongHead", "--dataset", "uc_cli:digits", "--out",
+                                    tmp_path / "bad"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: model: uc_cli:WrongHead: forward on a batch of uc_cli:digits") and "mat1 and mat2" in err
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
-    missing = run_module("layerout.train", ["--model", "uc_nope:Net", "--dataset", "digits", "--out", tmp_path / "m"],
-                         cwd=code)
-    assert_one_line_error(missing, "model: uc_nope:Net: cannot import uc_nope")
+    rc, _, err = _in_process(main, ["--model", "uc_nope:Net", "--dataset", "digits", "--out", tmp_path / "m"], capsys)
+    assert rc == 2 and err.startswith("error: model: uc_nope:Net: cannot import uc_nope") and err.count("\n") == 1
 
 
-def test_models_cli_shows_units_with_params_and_flops(tmp_path):
-    code = write_module(tmp_path / "code", "uc_units")
-    p = run_module("layerout.models", ["--units", "uc_units:FixtureNet", "--dataset", "uc_units:digits", "--json"],
-                   cwd=code)
-    assert p.returncode == 0, p.stderr[-2000:]
-    doc = json.loads(p.stdout)
+def test_models_cli_shows_units_with_params_and_flops(tmp_path, monkeypatch, capsys):
+    from layerout.models import main
+
+    monkeypatch.chdir(write_module(tmp_path / "code", "uc_units"))
+    rc, out, err = _in_process(main, ["--units", "uc_units:FixtureNet", "--dataset", "uc_units:digits", "--json"],
+                               capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
     assert doc["units_from"] == "automatic" and [r["name"] for r in doc["units"]] == ["stem", "body", "head"]
     assert doc["units"][0]["prefixes"] == ["stem", "bn"]
     assert [r["params"] for r in doc["units"]] == [8 * 9 + 8 + 16, 16 * 8 * 9 + 16, 256 * 10 + 10]
     # forward FLOPs per sample: 2 x multiply-adds of each conv / linear
     assert [r["forward_flops"] for r in doc["units"]] == [2 * 8 * 9 * 64, 2 * 16 * 8 * 9 * 16, 2 * 256 * 10]
     assert doc["train_step_flops_per_sample"] > sum(r["forward_flops"] for r in doc["units"])
-    text = run_module("layerout.models", ["--units", "uc_units:FixtureNet", "--input-shape", "1,8,8"], cwd=code)
-    assert text.returncode == 0 and "3 units (automatic)" in text.stdout and "stem + bn" in text.stdout
+    rc, out, _ = _in_process(main, ["--units", "uc_units:FixtureNet", "--input-shape", "1,8,8"], capsys)
+    assert rc == 0 and "3 units (automatic)" in out and "stem + bn" in out
