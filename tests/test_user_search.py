@@ -191,7 +191,7 @@ def test_python_api_with_a_factory_and_a_data_function(tmp_path, monkeypatch):
 
     space = {"name": "api", "train": {"epochs": EPOCHS, "augment": False, "device": "cpu"},
              "families": {"prefix": {"k": [1, 2]}}, "early_stopping": {"scheduler": "none"}}
-    result = run_search(space, SearchOptions(num_samples=2, storage=str(tmp_path / "res"), name="api"),
+    result = run_search(space, SearchOptions(num_samples=2, storage=str(tmp_path / "res"), name="api", seed=3),
                         model=mod.FixtureNet, dataset=data_function, log=lambda line: None)
     assert result.exp_dir == str(tmp_path / "res" / "api") and len(result.trials) == 2
     assert (result.trials["status"] == "TERMINATED").all() and (result.trials["epochs_done"] == EPOCHS).all()
@@ -199,6 +199,7 @@ def test_python_api_with_a_factory_and_a_data_function(tmp_path, monkeypatch):
     assert meta["model"] == "us_api:FixtureNet"  # importable: recorded by its import path
     assert meta["dataset"].endswith("data_function") and meta["code"]["objects"] == {"dataset": meta["dataset"]}
     assert (result.trials["steps_per_epoch"] == 17).all()  # ceil(0.9 * 1200 / 64): the closure's 1200 rows
+    assert (result.trials["config/train/seed"] == 3).all() and meta["options"]["seed"] == 3  # SearchOptions' seed
     with pytest.raises(Exception, match="resume it from Python with resume_search"):
         resume_search(result.exp_dir)
 

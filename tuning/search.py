@@ -146,6 +146,8 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
     if model is not None or dataset is not None or isinstance(space, dict):
         space, objects = _space_with(space, model, dataset)
     space = load_space(space) if isinstance(space, str) else space
+    if options.seed is not None:
+        space = replace(space, seed=options.seed)
     num_samples = options.num_samples or space.num_samples
     max_conc = space.max_concurrent if options.max_concurrent is None else options.max_concurrent
     scheduler = options.scheduler or space.early_stopping.scheduler
