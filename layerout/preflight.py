@@ -58,7 +58,8 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
             raise
         except Exception:  # noqa: BLE001 - some init may not work on meta tensors: build it for real
             m = build_model(model, **kwargs)
-        return Checked(_units(m, model, units), unit_origin(m, units), **kwargs)
+        found, origin = _units(m, model, units), unit_origin(m, units)
+        return Checked(found, origin, notes=_cover(m, found, origin, model, units), **kwargs)
 
     for spec, role in ((model, "model"), (dataset, "dataset")):  # import errors first, in the space's order
         if userland.names_user_code(spec):
@@ -83,15 +84,19 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
     m = build_model(model, num_classes=num_classes, in_channels=in_channels)
     found = _units(m, model, units)
     origin = unit_origin(m, units)
-    notes = []
+    notes = _cover(m, found, origin, model, units)
+    check_forward(m, x, y, num_classes, model, dataset)
+    return Checked(found, origin, num_classes, in_channels, notes)
+
+
+def _cover(m: nn.Module, found: list[Unit], origin: str, model: str, units: Any) -> list[str]:
+    """Given or declared units must hold every parameter (an error otherwise); automatic ones
+    cannot hold the model's own parameters: a note says which always train."""
     rest = [n for n, p in m.named_parameters() if any(p is q for q in rest_parameters(m, found))]
     if rest and origin != "automatic":
         raise UserError(f"units: {_where(model, units)}: parameters in no unit: {_names(rest)}; every parameter "
                         "must belong to a unit (add its module to one)")
-    if rest:
-        notes.append(f"parameters in no unit (always trained): {_names(rest)}")
-    check_forward(m, x, y, num_classes, model, dataset)
-    return Checked(found, origin, num_classes, in_channels, notes)
+    return [f"parameters in no unit (always trained): {_names(rest)}"] if rest else []
 
 
 def _where(model: str, units: Any) -> str:

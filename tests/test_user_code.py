@@ -263,6 +263,9 @@ def test_preflight_checks(tmp_path):
          "parameter must belong to a unit"),
         (("uc_pre:FixtureNet", "uc_pre:digits", ["stem", "nope"]), "units: the given units: unit prefix 'nope' "
                                                                     "matches no parameter of FixtureNet"),
+        (("digits_cnn", "digits", ["conv1", "head"]),  # a built-in model too
+         "units: the given units: parameters in no unit: conv2.0.weight, conv2.0.bias, conv2.1.weight, "
+         "conv2.1.bias; every parameter must belong to a unit"),
     ]
     for args, msg in cases:
         with pytest.raises(UserError) as e:
