@@ -210,6 +210,8 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
         "picked_by": picked_by,
         "stopped_early": bool(row.get("stopped", row.get("stopped_early", False))),
         "space_file": meta.get("space_file"),
+        # where the search found the user's model and data modules (layerout.train --policy looks there)
+        "code_paths": ((meta.get("code") or {}).get("paths") or None),
         "versions": meta.get("versions"),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "exported_by": "python -m analysis.export",

@@ -59,6 +59,27 @@ def step_flops(model: nn.Module, unit_params: list[list[nn.Parameter]], frozen: 
             m.training = mode
 
 
+def forward_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """FLOPs of one forward pass on batch ``x`` per module path (``""`` = the whole model), in eval
+    mode with gradients off; the model's modes are restored. A module's count includes its children's."""
+    modes = [(m, m.training) for m in model.modules()]
+    root = type(model).__name__
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    out: dict[str, int] = {}
+    for key, per_op in counter.get_flop_counts().items():  # keys: "Global", "<Root>", "<Root>.<path>"
+        if key == root:
+            out[""] = int(sum(per_op.values()))
+        elif key.startswith(root + "."):
+            out[key[len(root) + 1:]] = int(sum(per_op.values()))
+    return out
+
+
 class FlopCache:
     """Per-sample training FLOPs for each mask seen, measured once on a small probe batch."""
 

@@ -36,6 +36,7 @@ EPOCHS_CSV = "epochs.csv"
 PARETO_CSV = "pareto.csv"
 POLICIES_DIR = "policies"
 RESULT_JSON = "result.json"  # Ray Tune's per-trial results: one JSON object per reported epoch
+USER_ERROR = "user_error"  # a result line with this key: the trial ended on a mistake in the user's code or data
 
 TRIAL_STATUSES = ("TERMINATED", "ERROR", "RUNNING")  # RUNNING: not finished (--resume continues it)
 TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done"]
@@ -171,6 +172,9 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
     """
     trial_rows, epoch_rows = [], []
     for t in _ordered(list(records)):
+        user_error = next((str(r[USER_ERROR]) for r in reversed(t.rows) if r.get(USER_ERROR)), None)
+        t = TrialRecord(t.trial_id, t.status, t.config, [r for r in t.rows if not r.get(USER_ERROR)],
+                        t.error or user_error)  # a user error: the trial failed, with that message
         per_epoch = epochs_of(t.rows)
         config = t.config or (per_epoch[-1].get("config") if per_epoch else None) or {}
         last = per_epoch[-1] if per_epoch else {}

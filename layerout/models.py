@@ -2,11 +2,14 @@
 
 The paper's networks (``mnist_shallow``, ``vgg16``, ``resnet110``) are built so their
 parameter counts match the paper; ``digits_cnn`` is the small net of the embedded demo.
-``python -m layerout.models [--json]`` lists them.
+``build_model`` also takes an import path to your own model (``my_pkg.nets:build``, see
+``layerout.userland``). ``python -m layerout.models [--json]`` lists the built-in models;
+``python -m layerout.models --units MODEL`` shows a model's units with their parameters and FLOPs.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerout import userland
 from layerout.errors import ArgumentParser, UserError, cli_main
-from layerout.units import Unit, units_of
+from layerout.units import Unit, unit_origin, unit_param_counts, units_of
 
 
 @dataclass
@@ -54,10 +58,18 @@ def register_model(
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build a registered model by name."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
-    return MODELS[name].constructor(num_classes=num_classes, in_channels=in_channels)
+    """Build a registered model by name, or your own by import path (``my_pkg.nets:build``)."""
+    if name in MODELS:
+        return MODELS[name].constructor(num_classes=num_classes, in_channels=in_channels)
+    if is_user_model(name):
+        return userland.model_from(userland.resolve(name, "model"), name, num_classes, in_channels)
+    raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}, or an import path to your own "
+                    "like my_pkg.nets:build")
+
+
+def is_user_model(name: str) -> bool:
+    """True for an import path or a model object registered by name (not a built-in model)."""
+    return name not in MODELS and userland.names_user_code(name)
 
 
 def count_params(model: nn.Module) -> int:
@@ -267,11 +279,93 @@ def describe(num_classes: int = 10) -> list[dict]:
     return rows
 
 
+def unit_rows(model: nn.Module, units: list[Unit], probe: torch.Tensor | None) -> list[dict]:
+    """Per unit: name, module prefixes, parameters and forward FLOPs per sample (None without a probe batch)."""
+    from layerout.compute import forward_flops
+
+    flops = forward_flops(model, probe) if probe is not None else None
+    n = len(probe) if probe is not None else 1
+    rows = []
+    for u, params in zip(units, unit_param_counts(model, units)):
+        # a module's count includes its children's: sum the prefixes' own counts
+        f = None if flops is None else sum(flops.get(p, 0) for p in u.prefixes) / n
+        rows.append({"name": u.name, "prefixes": list(u.prefixes), "params": params, "forward_flops": f})
+    return rows
+
+
+def show_units(spec: str, dataset: str | None, input_shape: str | None, num_classes: int,
+               as_json: bool) -> None:
+    """``--units``: the units of a built-in or user model, with parameters and FLOPs per sample."""
+    from layerout.compute import step_flops
+    from layerout.units import unit_parameters
+
+    userland.add_code_paths([os.getcwd()])
+    probe = labels = None
+    in_channels = MODELS[spec].in_channels if spec in MODELS else 3
+    if dataset:
+        from layerout.data import load_data
+
+        data = load_data(dataset, device="cpu", seed=0)
+        probe, labels = data.head(2)
+        num_classes, in_channels = data.num_classes, data.in_channels
+    elif input_shape:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+            assert shape and all(v > 0 for v in shape)
+        except (ValueError, AssertionError):
+            raise UserError(f"--input-shape: expected sizes of one sample like 3,32,32 or 13, "
+                            f"got {input_shape!r}") from None
+        probe, in_channels = torch.randn(2, *shape), shape[0]
+    elif spec in MODELS:
+        s = MODELS[spec]
+        probe, in_channels = torch.randn(2, s.in_channels, s.input_size, s.input_size), s.in_channels
+    model = build_model(spec, num_classes=num_classes, in_channels=in_channels)
+    try:
+        units = units_of(model)
+    except ValueError as e:
+        raise UserError(f"{spec}: units: {e}") from None
+    try:
+        rows = unit_rows(model, units, probe)
+        step = None
+        if probe is not None:
+            y = labels if labels is not None else torch.zeros(len(probe), dtype=torch.int64)
+            step = step_flops(model, unit_parameters(model, units), (False,) * len(units), probe, y) / len(probe)
+    except Exception as e:  # noqa: BLE001 - the user's forward failed on the probe batch
+        raise UserError(f"{spec}: forward on a batch of shape {tuple(probe.shape)} failed "
+                        f"({userland.one_line(e)})") from None
+    origin = unit_origin(model)
+    if as_json:
+        print(json.dumps({"model": spec, "units_from": origin, "params": count_params(model),
+                          "train_step_flops_per_sample": step, "units": rows}, indent=2))
+        return
+    print(f"{spec}: {len(units)} units ({origin}), {count_params(model):,} parameters"
+          + (f", input {tuple(probe.shape[1:])}" if probe is not None else ""))
+    print(f"{'unit':<24} {'params':>12} {'fwd MFLOP/sample':>17}  modules")
+    for r in rows:
+        f = "n/a" if r["forward_flops"] is None else f"{r['forward_flops'] / 1e6:.3f}"
+        print(f"{r['name']:<24} {r['params']:>12,} {f:>17}  {' + '.join(r['prefixes'])}")
+    rest = count_params(model) - sum(r["params"] for r in rows)
+    if rest:
+        print(f"{'(in no unit: always trained)':<24} {rest:>12,}")
+    if step is not None:
+        print(f"one training step, nothing frozen: {step / 1e6:.3f} MFLOP per sample (forward + backward)")
+    else:
+        print("FLOPs: give --dataset or --input-shape to count them")
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = ArgumentParser(prog="python -m layerout.models", description="List the built-in models.")
-    ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    ap = ArgumentParser(prog="python -m layerout.models",
+                        description="List the built-in models, or show one model's units (--units).")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--units", metavar="MODEL", help="a built-in model or an import path (my_pkg.nets:build): "
+                                                      "its units with parameters and forward FLOPs per sample")
+    ap.add_argument("--dataset", help="with --units: take the input (and classes) from this dataset")
+    ap.add_argument("--input-shape", metavar="C,H,W", help="with --units: one sample's shape, e.g. 3,32,32 or 13")
     args = ap.parse_args(argv)
+    if args.units:
+        show_units(args.units, args.dataset, args.input_shape, args.num_classes, args.json)
+        return
     rows = describe(args.num_classes)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -120,13 +120,15 @@ class Policy:
                bn_frozen: str = "train") -> Freezer:
         """A Freezer applying this policy to ``model``/``optimizer`` in your own loop.
 
-        ``units``: the model's units (declared by built-in models, top-level children that own
-        parameters otherwise), or a list of module-name prefixes. ``epochs`` and
+        ``units``: the model's units, or a list of module-name prefixes; by default the units
+        the policy's run used (``provenance.train.units``, as a search on your own model pins
+        them), else the ones the model declares, else automatic ones (``layerout.units``). ``epochs`` and
         ``steps_per_epoch`` default to the run the policy came from; step-wise schedules
         (FreezeOut) and warm-ups need them to match your loop.
         """
-        if units is None:
-            unit_list = units_of(model)
+        if units is None:  # the units the policy's run used when its recipe names them, else the model's
+            train = self.provenance.get("train")
+            unit_list = units_of(model, train.get("units") if isinstance(train, dict) else None)
         elif all(isinstance(u, str) for u in units):
             unit_list = units_of(model, list(units))  # type: ignore[arg-type]
         else:

@@ -2,15 +2,21 @@
 
 Writes ``DIR/epochs.csv`` (one row per epoch), ``DIR/summary.json`` (final metrics, resolved
 config and the run's policy, replayable with ``--policy``) and ``DIR/checkpoint.pt``;
-``--resume DIR`` continues an interrupted run.
+``--resume DIR`` continues an interrupted run. ``--model`` and ``--dataset`` also take import
+paths to your own code (``my_pkg.nets:build``, ``my_pkg.data:load``; looked up in the current
+directory, then in a policy's ``code_paths``, then the installed packages) and
+``imagefolder:PATH``; they are checked on one batch before training starts.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from layerout import userland
+from layerout.data import IMAGEFOLDER
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.fastpath import FAST_PATHS
 from layerout.models import MODELS
@@ -31,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
         prog="python -m layerout.train",
         description="Train one model under one freezing schedule (or a policy file); no Ray needed.")
-    ap.add_argument("--model", help=f"built-in model: {', '.join(MODELS)} (default: the dataset's usual one)")
-    ap.add_argument("--dataset", help="digits (bundled), mnist, cifar10, cifar100, synthetic")
+    ap.add_argument("--model", help=f"built-in model: {', '.join(MODELS)}, or your own: my_pkg.nets:build "
+                                    "(default: the dataset's usual one)")
+    ap.add_argument("--dataset", help="digits (bundled), mnist, cifar10, cifar100, synthetic, imagefolder:PATH, "
+                                      "or your own data function: my_pkg.data:load")
     src = ap.add_argument_group("what to freeze (pick --policy or --schedule)")
     src.add_argument("--policy", help="a policy JSON file (exported by analysis.export or a run's summary.json)")
     src.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-download", action="store_true", help="never download; read --data-dir only")
     tr.add_argument("--test-every-epoch", action="store_true", help="also report test accuracy every epoch")
     tr.add_argument("--max-train-batches", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    tr.add_argument("--image-size", type=int, default=None, help="imagefolder: resize and crop images to this (64)")
+    tr.add_argument("--data-workers", type=int, default=None,
+                    help="DataLoader worker processes for Datasets and image folders (default 2)")
     ap.add_argument("--out", help="output folder for epochs.csv, summary.json, checkpoint.pt")
     ap.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     ap.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -140,7 +151,8 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
                       ("weight_decay", "weight_decay"), ("lr_gamma", "lr_gamma"), ("bn_frozen", "bn_frozen"),
                       ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"),
-                      ("data_dir", "data_dir"), ("max_train_batches", "max_train_batches")):
+                      ("data_dir", "data_dir"), ("max_train_batches", "max_train_batches"),
+                      ("image_size", "image_size"), ("data_workers", "data_workers")):
         v = getattr(args, flag)
         if v is not None:
             cfg[key] = v
@@ -167,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from layerout.trainer import TrainConfig, Trainer
 
+    userland.add_code_paths([os.getcwd()])  # your model's and data's modules: from here first
     if args.resume:
         overrides = {"device": args.device, "data_dir": args.data_dir, "fast_path": args.fast_path}
         if args.no_download:
@@ -189,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.schedule or args.freeze_prob:
             raise UserError("--policy: give either a policy file or --schedule/--freeze-prob, not both")
         policy = load_policy(args.policy)
+        paths = policy.provenance.get("code_paths")
+        if isinstance(paths, list):  # where the search found the code: after the current directory
+            userland.add_code_paths([os.getcwd(), *[p for p in paths if isinstance(p, str)]])
         if args.model and args.model != policy.model:
             raise UserError(f"{args.policy}: model: the policy is for {policy.model!r}, not --model {args.model!r} "
                             f"(its units: {', '.join(policy.units)})")
@@ -197,18 +213,28 @@ def main(argv: list[str] | None = None) -> int:
         MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
     model = args.model or (policy.model if policy else DEFAULT_MODEL_FOR.get(dataset or ""))
     if not dataset:
-        raise UserError("--dataset: required; allowed: digits, mnist, cifar10, cifar100, synthetic")
-    if model not in MODELS:
-        raise UserError(f"--model: unknown model {model!r}; allowed: {', '.join(MODELS)}")
+        raise UserError("--dataset: required; allowed: digits, mnist, cifar10, cifar100, synthetic, "
+                        f"{IMAGEFOLDER}PATH, or an import path to your own data function like my_pkg.data:load")
+    if not model:
+        raise UserError(f"--model: required with --dataset {dataset}: a built-in model ({', '.join(MODELS)}) "
+                        "or an import path to your own like my_pkg.nets:build")
+    if model not in MODELS and not userland.is_import_path(model):
+        raise UserError(f"--model: unknown model {model!r}; allowed: {', '.join(MODELS)}, or an import path to "
+                        "your own like my_pkg.nets:build")
+    if dataset.startswith(IMAGEFOLDER) and args.dataset:  # absolute, as it is stored in the run's config
+        dataset = IMAGEFOLDER + str(Path(os.path.expanduser(dataset[len(IMAGEFOLDER):])).resolve())
     cfg_dict = _config_dict(args, model, dataset)
     if policy is not None:  # replay the run the policy came from; flags given here win
         cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}
     cfg = TrainConfig.from_dict(cfg_dict)
 
-    from layerout.models import build_model
-    from layerout.units import units_of
+    from layerout.preflight import check_model_and_data
 
-    names = [u.name for u in units_of(build_model(model, in_channels=MODELS[model].in_channels))]
+    checked = check_model_and_data(model, dataset, cfg.units, val_frac=cfg.val_frac, seed=cfg.seed,
+                                   image_size=cfg.image_size)
+    names = [u.name for u in checked.units]
+    for note in checked.notes:
+        print(f"note: {note}", flush=True)
     if policy is not None:
         policy.check_units(names, source=args.policy)
         try:  # checks that need this run's length (warm-up, start epoch): name the policy file

@@ -28,19 +28,21 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from layerout import userland
 from layerout.augment import augment_batch
 from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int
 from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
-from layerout.data import DataSplits, iterate_batches, load_data
+from layerout.data import DataSplits, DatasetSplits, as_splits, is_user_dataset, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner
 from layerout.files import atomic_write
 from layerout.freezer import BN_MODES, Freezer
 from layerout.metrics import EXTRA_METRICS, METRICS
-from layerout.models import MODELS, build_model, count_params
+from layerout.models import MODELS, build_model, count_params, is_user_model
 from layerout.policy import Policy, provenance
+from layerout.preflight import check_forward, is_user_code
 from layerout.schedules import Schedule, schedule_from_dict
-from layerout.units import unit_param_counts, units_of
+from layerout.units import unit_origin, unit_param_counts, units_of
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "layerout-checkpoint"
@@ -78,12 +80,23 @@ class TrainConfig:
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
     synthetic_size: int | None = None
     fast_path: str = "auto"  # one captured CUDA graph per mask (layerout/fastpath.py): auto = on CUDA with SGD; off; cudagraph
+    # your own model: its units as [[name, [module prefixes]], ...] (also a list of prefixes or a
+    # mapping name -> prefixes); None: the units the model declares, else automatic (layerout.units)
+    units: list | None = None
+    image_size: int | None = None  # imagefolder datasets: images resized and center-cropped to this (64)
+    data_workers: int = 2  # DataLoader worker processes (Datasets, image folders; tensors need none)
 
     def __post_init__(self) -> None:
         """Every check of a training recipe, wherever it came from (a space's ``train:`` block, a
         policy's recipe, command-line flags); errors name the field as ``train.<field>``."""
-        if self.model not in MODELS:
-            raise UserError(f"train.model: unknown model {self.model!r}; allowed: {', '.join(MODELS)}")
+        # a built-in name, an import path or a label for a model object given to the Trainer: what
+        # it names is checked where the model is built (build_model), the space and the command line
+        if not isinstance(self.model, str) or not self.model:
+            raise fail("train.model", f"must be a model name or an import path like my_pkg.nets:build, "
+                                      f"got {self.model!r}")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise fail("train.dataset", f"must be a dataset name, imagefolder:PATH or an import path, "
+                                        f"got {self.dataset!r}")
         epochs = check_int("train.epochs", self.epochs, 1)
         check_int("train.batch_size", self.batch_size, 1)
         self.lr = check_number("train.lr", self.lr, 0.0, 1e3, low_open=True)
@@ -108,9 +121,12 @@ class TrainConfig:
             check_bool(f"train.{name}", getattr(self, name))
         check_choice("train.bn_frozen", self.bn_frozen, BN_MODES)
         check_choice("train.fast_path", self.fast_path, FAST_PATHS)
-        for name in ("max_train_batches", "synthetic_size"):
+        for name in ("max_train_batches", "synthetic_size", "image_size"):
             if getattr(self, name) is not None:
                 check_int(f"train.{name}", getattr(self, name), 1)
+        check_int("train.data_workers", self.data_workers, 0)
+        if self.units is not None:
+            self.units = check_unit_spec(self.units)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise fail("train.data_dir", f"must be a folder path or null, got {self.data_dir!r}")
 
@@ -121,6 +137,32 @@ class TrainConfig:
         if unknown:
             raise UserError(f"train: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
         return cls(**d)
+
+
+def check_unit_spec(units: Any) -> list:
+    """``train.units`` as ``[[name, [prefixes]], ...]``: from a non-empty list of prefixes, a mapping
+    name -> prefix(es), or such pairs; names distinct (whether the prefixes fit the model is
+    checked when it is built)."""
+    bad = fail("train.units", "must be a non-empty list of module prefixes, or a mapping unit name -> "
+                              f"prefix or list of prefixes, got {units!r}")
+    items = list(units.items()) if isinstance(units, dict) else units
+    if not isinstance(items, (list, tuple)) or not items:
+        raise bad
+    pairs = []
+    for u in items:
+        if isinstance(u, str) and u:
+            pairs.append([u, [u]])
+        elif (isinstance(u, (list, tuple)) and len(u) == 2 and isinstance(u[0], str) and u[0]
+              and (isinstance(u[1], str) and u[1] or isinstance(u[1], (list, tuple)) and u[1]
+                   and all(isinstance(p, str) and p for p in u[1]))):
+            pairs.append([u[0], [u[1]] if isinstance(u[1], str) else list(u[1])])
+        else:
+            raise bad
+    names = [n for n, _ in pairs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise fail("train.units", f"duplicate unit names {dup}")
+    return pairs
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -147,32 +189,51 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, schedule: Schedule, out_dir: str | os.PathLike | None = None,
                  callbacks: list[Callback] | None = None, verbose: bool = True,
-                 data: DataSplits | None = None) -> None:
+                 data: Any = None, model: nn.Module | Callable[..., nn.Module] | None = None) -> None:
+        """``data``: splits already loaded, or your own data (a ``layerout.data.UserData`` or a tuple
+        it accepts) instead of loading ``cfg.dataset``. ``model``: your own model (an ``nn.Module``,
+        trained in place) or what builds it (a class or a callable taking ``num_classes`` and/or
+        ``in_channels``) instead of building ``cfg.model``; ``cfg.model`` then only names it."""
         self.cfg, self.schedule = cfg, schedule
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks or [])
         self.verbose = verbose
         self.device = resolve_device(cfg.device)
-        spec = MODELS[cfg.model]
-        self.data = data or load_data(
-            cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed, data_dir=cfg.data_dir,
-            download=cfg.download, synthetic_shape=(spec.in_channels, spec.input_size, spec.input_size),
-            synthetic_size=cfg.synthetic_size, random_erasing=cfg.random_erasing)
+        user_data = data is not None and not isinstance(data, (DataSplits, DatasetSplits))
+        if data is None:
+            spec = MODELS.get(cfg.model)
+            shape = (spec.in_channels, spec.input_size, spec.input_size) if spec else (3, 32, 32)
+            data = load_data(
+                cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed, data_dir=cfg.data_dir,
+                download=cfg.download, synthetic_shape=shape, synthetic_size=cfg.synthetic_size,
+                random_erasing=cfg.random_erasing, image_size=cfg.image_size, workers=cfg.data_workers)
+        self.data = as_splits(data, cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed,
+                              workers=cfg.data_workers)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, num_classes=self.data.num_classes,
-                                 in_channels=self.data.in_channels).to(self.device)
-        self.units = units_of(self.model)
+        model_given = model is not None
+        if model is None:
+            model = build_model(cfg.model, num_classes=self.data.num_classes, in_channels=self.data.in_channels)
+        elif not isinstance(model, nn.Module):
+            model = userland.model_from(model, cfg.model, self.data.num_classes, self.data.in_channels)
+        self.model = model.to(self.device)
+        try:
+            self.units = units_of(self.model, cfg.units)
+        except ValueError as e:  # prefixes that do not fit the model
+            raise UserError(f"units: {e}") from None
+        self.units_origin = unit_origin(self.model, cfg.units)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
-        n_train = len(self.data.train_x)
+        n_train = self.data.n_train
         self.steps_per_epoch = -(-n_train // cfg.batch_size)
         if cfg.max_train_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_train_batches)
         schedule.bind(len(self.units), cfg.epochs, self.steps_per_epoch, seed=cfg.seed)
         self.freezer = Freezer(self.model, self.optimizer, self.units, schedule, bn_frozen=cfg.bn_frozen)
-        probe = min(2, n_train)
-        self.flops = FlopCache(self.model, self.freezer.params, self.data.train_x[:probe].to(self.device),
-                               self.data.train_y[:probe].to(self.device))
+        px, py = self.data.head(min(2, n_train))
+        px, py = px.to(self.device), py.to(self.device)
+        if model_given or user_data or is_user_code(cfg.model, cfg.dataset):  # the user's code fails here, in one line
+            check_forward(self.model, px, py, self.data.num_classes, cfg.model, cfg.dataset)
+        self.flops = FlopCache(self.model, self.freezer.params, px, py)
         self.total_params = count_params(self.model)
         self.unit_param_counts = unit_param_counts(self.model, self.units)
         self.ledger = ComputeLedger()
@@ -187,9 +248,11 @@ class Trainer:
     # ------------------------------------------------------------------ public
     @classmethod
     def resume(cls, out_dir: str | os.PathLike, callbacks: list[Callback] | None = None, verbose: bool = True,
+               data: Any = None, model: nn.Module | Callable[..., nn.Module] | None = None,
                **overrides: Any) -> "Trainer":
         """Continue the run checkpointed in ``out_dir``. ``overrides`` replace config fields that
-        do not change the result (``LOCAL_FIELDS``)."""
+        do not change the result (``LOCAL_FIELDS``). A run started with ``data=``/``model=``
+        objects needs them again (the checkpoint holds the weights, not the code)."""
         path = Path(out_dir) / CHECKPOINT
         if not path.is_file():
             raise UserError(f"{out_dir}: no {CHECKPOINT} here; nothing to resume (start a run with --out)")
@@ -206,7 +269,7 @@ class Trainer:
         cfg = TrainConfig.from_dict({**ck["config"], **{k: v for k, v in overrides.items() if v is not None}})
         schedule = schedule_from_dict(ck["schedule"])
         schedule.load_state_dict(ck.get("schedule_state") or {})
-        self = cls(cfg, schedule, out_dir=out_dir, callbacks=callbacks, verbose=verbose)
+        self = cls(cfg, schedule, out_dir=out_dir, callbacks=callbacks, verbose=verbose, data=data, model=model)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.ledger = ComputeLedger.from_state_dict(ck["ledger"])
@@ -225,6 +288,9 @@ class Trainer:
                       f"{len(self.units)} units, {self.total_params:,} parameters, schedule {self.schedule.kind}, "
                       f"{self.cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
                       f"{', CUDA graphs' if self.runner.mode == 'cudagraph' else ''}")
+            if self.units_origin == "automatic":
+                self._log(f"units (automatic; declare them or give train.units to change them): "
+                          + ", ".join("+".join(u.prefixes) for u in self.units))
         if self.ledger.calibration_step_s is None and self.epoch == 0 and self._needs_calibration():
             self.ledger.calibration_step_s = self._calibrate()
             if self.runner.mode != "eager":  # graph path: epochs hold warm-ups and captures; time steady steps
@@ -263,9 +329,7 @@ class Trainer:
         loss_sum = self.runner.loss_sum
         loss_sum.zero_()
         n_seen = 0
-        batches = iterate_batches(self.data.train_x, self.data.train_y, cfg.batch_size, epoch=epoch, seed=cfg.seed,
-                                  shuffle=True, augment=self.data.augment if cfg.augment else None,
-                                  device=self.device)
+        batches = self.data.train_batches(cfg.batch_size, epoch, cfg.seed, cfg.augment, self.device)
         synchronize(self.device)
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(batches):
@@ -297,9 +361,10 @@ class Trainer:
             norms = [math.sqrt(sq[i] / grad_steps[i]) if grad_steps[i] else None for i in range(len(sq))]
             self.schedule.observe_epoch(epoch, norms)
 
-        val_loss, val_acc = self.evaluate(self.data.val_x, self.data.val_y)
+        val_loss, val_acc = self.evaluate_batches(self.data.eval_batches("val", self.device))
         last = epoch + 1 == cfg.epochs
-        test_acc = self.evaluate(self.data.test_x, self.data.test_y)[1] if (last or cfg.test_every_epoch) else None
+        test_acc = (self.evaluate_batches(self.data.eval_batches("test", self.device))[1]
+                    if (last or cfg.test_every_epoch) else None)
         time_saved = self.ledger.time_saved_frac
         return {
             "epoch": epoch + 1,
@@ -317,21 +382,27 @@ class Trainer:
             "synthetic": self.data.synthetic,
         }
 
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-        """(mean loss, accuracy) in eval mode; the model's mode is restored afterwards."""
+        """(mean loss, accuracy) on tensors ``x``, ``y`` in eval mode; the model's mode is restored."""
+        return self.evaluate_batches((x[i:i + batch_size].to(self.device, non_blocking=True),
+                                      y[i:i + batch_size].to(self.device, non_blocking=True))
+                                     for i in range(0, len(x), batch_size))
+
+    @torch.no_grad()
+    def evaluate_batches(self, batches: Any) -> tuple[float, float]:
+        """(mean loss, accuracy) over ``(x, y)`` batches in eval mode; the model's mode is restored."""
         was_training = self.model.training
         self.model.eval()
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].to(self.device, non_blocking=True)
-            yb = y[i:i + batch_size].to(self.device, non_blocking=True)
+        n = 0
+        for xb, yb in batches:
             out = self.model(xb)
             loss += nn.functional.cross_entropy(out, yb, reduction="sum")
             correct += (out.argmax(1) == yb).sum()
+            n += len(yb)
         self.model.train(was_training)
-        n = max(1, len(x))
+        n = max(1, n)
         return loss.item() / n, correct.item() / n
 
     def policy_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -345,6 +416,8 @@ class Trainer:
                           synthetic=self.data.synthetic,
                           train={k: v for k, v in asdict(self.cfg).items()
                                  if k not in LOCAL_FIELDS})
+        if (is_user_model(self.cfg.model) or is_user_dataset(self.cfg.dataset)) and userland.code_paths():
+            prov["code_paths"] = userland.code_paths()  # where layerout.train --policy looks for the code
         return Policy(model=self.cfg.model, units=[u.name for u in self.units], schedule=self.schedule.to_dict(),
                       measured=measured, provenance=prov).to_dict()
 
@@ -385,8 +458,8 @@ class Trainer:
             p.requires_grad_(True)
         opt = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
                               weight_decay=self.cfg.weight_decay)
-        x = self.data.train_x[: self.cfg.batch_size].to(self.device)
-        y = self.data.train_y[: self.cfg.batch_size].to(self.device)
+        x, y = self.data.head(self.cfg.batch_size)
+        x, y = x.to(self.device), y.to(self.device)
         aug = self.data.augment if self.cfg.augment else None
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         runner = StepRunner(model, opt, self.loss_fn, self.device, mode=self.runner.mode, log=self._log)

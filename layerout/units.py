@@ -2,12 +2,16 @@
 
 A unit is a name plus module-name prefixes inside the model. A parameter belongs
 to the unit whose prefix equals its module path or is a dotted ancestor of it.
-Built-in models declare their units (``layerout_units()``); any other module
-gets its top-level children that own parameters, or a user list of prefixes.
+A model's units come, first found first, from a list given by the user (a space's ``units:``,
+``Policy.attach(units=...)``), from the model's ``layerout_units()`` method (the built-in models
+declare theirs), or from :func:`auto_units`: top-level children that own parameters, with a
+normalization layer joined to the unit before it, a container of blocks (a ResNet stage) split
+into its blocks, and a wrapper with a single child looked into.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -33,22 +37,98 @@ def _top_level(model: nn.Module) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-def units_of(model: nn.Module, prefixes: list[str] | None = None) -> list[Unit]:
-    """The model's ordered units: explicit prefixes, else declared, else top-level children."""
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+               nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+def units_of(model: nn.Module, prefixes: list[str] | dict[str, str | list[str]] | None = None) -> list[Unit]:
+    """The model's ordered units: given, else declared (``layerout_units``), else :func:`auto_units`.
+
+    ``prefixes`` (and what ``layerout_units()`` returns) may be a list of module prefixes (one
+    unit each, named by its prefix), a mapping unit name -> prefix or list of prefixes, or a list
+    of :class:`Unit`."""
     if prefixes is not None:
-        units = [Unit(name=p, prefixes=(p,)) for p in prefixes]
+        units = as_units(prefixes)
         _check(model, units)
         return units
     declared = getattr(model, "layerout_units", None)
     if declared is not None:
-        units = list(declared() if callable(declared) else declared)
+        units = as_units(declared() if callable(declared) else declared)
         _check(model, units)
         return units
-    return [
-        Unit(name=n, prefixes=(n,))
-        for n, child in model.named_children()
-        if any(True for _ in child.parameters())
-    ]
+    return auto_units(model)
+
+
+def unit_origin(model: nn.Module, prefixes: Any = None) -> str:
+    """Where :func:`units_of` takes the units from: ``given``, ``declared`` or ``automatic``."""
+    if prefixes is not None:
+        return "given"
+    return "declared" if getattr(model, "layerout_units", None) is not None else "automatic"
+
+
+def as_units(spec: Any) -> list[Unit]:
+    """Units from a list of prefixes, a mapping name -> prefix(es), a list of ``[name, [prefixes]]``
+    pairs, or a list of Units."""
+    if isinstance(spec, dict):
+        spec = list(spec.items())
+    out = []
+    for u in spec:
+        if isinstance(u, Unit):
+            out.append(u)
+        elif isinstance(u, (list, tuple)) and len(u) == 2 and isinstance(u[0], str):
+            out.append(Unit(u[0], (u[1],) if isinstance(u[1], str) else tuple(str(p) for p in u[1])))
+        else:
+            out.append(Unit(str(u), (str(u),)))
+    return out
+
+
+def unit_pairs(spec: Any) -> list[list[Any]]:
+    """Any form :func:`as_units` takes, as JSON-friendly ``[[name, [prefixes]], ...]``."""
+    return [[u.name, list(u.prefixes)] for u in as_units(spec)]
+
+
+def _owns_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
+def _is_block(m: nn.Module) -> bool:
+    """A module whose parameters sit in its children (a residual block, a conv-BN-ReLU group)."""
+    return any(_owns_params(c) for c in m.children())
+
+
+def auto_units(model: nn.Module) -> list[Unit]:
+    """Units of a model that declares none; see the module docstring (docs/FREEZING.md has the rules).
+
+    * a single parameter-owning child (a wrapper such as ``self.net = resnet18()``) is looked into;
+    * a ``Sequential``/``ModuleList`` whose parameter-owning children are all blocks (modules with
+      parameter-owning children of their own: a ResNet stage of BasicBlocks) is one unit per block;
+    * a normalization layer (BatchNorm, GroupNorm, LayerNorm, ...) joins the unit before it;
+    * every other parameter-owning child is one unit. Parameters of the model itself are in no unit.
+    """
+    def children(m: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+        kids = [(f"{prefix}{n}", c) for n, c in m.named_children() if _owns_params(c)]
+        if len(kids) == 1 and _is_block(kids[0][1]) and not any(True for _ in m.parameters(recurse=False)):
+            return children(kids[0][1], kids[0][0] + ".")  # a wrapper: its one child's children
+        out: list[tuple[str, nn.Module]] = []
+        for name, c in kids:
+            inner = [(f"{name}.{n}", g) for n, g in c.named_children() if _owns_params(g)]
+            if (isinstance(c, (nn.Sequential, nn.ModuleList)) and len(inner) > 1
+                    and all(_is_block(g) for _, g in inner)):
+                out += inner  # a stage of blocks: one unit per block
+            else:
+                out.append((name, c))
+        return out
+
+    kids = children(model, "")
+    if not kids and any(True for _ in model.parameters()):
+        return [Unit(type(model).__name__, ("",))]  # a single layer: one unit, the whole model
+    groups: list[list[str]] = []
+    for name, c in kids:
+        if isinstance(c, NORM_LAYERS) and groups:
+            groups[-1].append(name)  # BatchNorm with the layer before it
+        else:
+            groups.append([name])
+    return [Unit(g[0], tuple(g)) for g in groups]
 
 
 def _check(model: nn.Module, units: list[Unit]) -> None:

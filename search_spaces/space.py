@@ -10,8 +10,10 @@ This module never imports Ray. Format (every key optional except ``model`` and `
 
     name: demo
     description: one line shown by --list-presets
-    model: digits_cnn            # python -m layerout.models lists them
-    dataset: digits              # digits | mnist | cifar10 | cifar100 | synthetic
+    model: digits_cnn            # python -m layerout.models lists them; or my_pkg.nets:build
+    dataset: digits              # digits | mnist | cifar10 | cifar100 | synthetic | imagefolder:PATH
+                                 # | my_pkg.data:load (your own data function)
+    units: [conv1, conv2, head]  # optional: module prefixes (or name: prefixes) of the units
     train:                       # the fixed recipe: layerout.trainer.TrainConfig fields
       epochs: 8
       batch_size: 64
@@ -52,32 +54,31 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from layerout.data import DATASETS
+from layerout import userland
+from layerout.data import DATASETS, IMAGEFOLDER
 from layerout.errors import UserError
 from layerout.metrics import DEFAULT_OBJECTIVES, METRICS, OBJECTIVE_MODES
-from layerout.models import MODELS, build_model
+from layerout.models import MODELS
+from layerout.preflight import check_model_and_data
 from layerout.schedules import SCHEDULES
-from layerout.trainer import TrainConfig
-from layerout.units import units_of
+from layerout.trainer import TrainConfig, check_unit_spec
+from layerout.units import unit_pairs
+from layerout.userland import names_user_code
 from search_spaces.checks import Checker
 from search_spaces.families import FAMILY_SPACES, FamilySpace, SpaceContext
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 SCHEDULERS = ("asha", "none")
-TOP_KEYS = ("name", "description", "model", "dataset", "train", "families", "objectives",
+TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "families", "objectives",
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",
             "max_concurrent", "seed")
 # TrainConfig fields a space's `train:` block may set: the recipe, not where it runs from (the
-# command line's --data-dir/--no-download) nor the model, dataset and seed (top-level keys).
+# command line's --data-dir/--no-download) nor the model, dataset, units and seed (top-level keys).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
-                     if f.name not in ("model", "dataset", "seed", "data_dir", "download"))
-
-_DATASET_CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "synthetic": 3}
-_DATASET_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
+                     if f.name not in ("model", "dataset", "units", "seed", "data_dir", "download"))
 
 
 @dataclass
@@ -99,6 +100,10 @@ class SearchSpace:
     families: dict[str, FamilySpace]  # kind -> that family's ranges
     description: str = ""
     source: str = ""  # the YAML file it came from
+    unit_prefixes: list | None = None  # the space's `units:` as [[name, [prefixes]], ...]; None: the model's
+    units_from: str = "declared"  # where the units came from: given, declared or automatic
+    code_paths: list[str] = field(default_factory=list)  # folders searched for the model's and data's modules
+    notes: list[str] = field(default_factory=list)  # what the user should know (parameters in no unit)
     objectives: list[tuple[str, str]] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
     paper_configs: bool = False
@@ -166,15 +171,22 @@ def _display(path: Path) -> str:
 
 def load_space(path_or_preset: str | os.PathLike) -> SearchSpace:
     """Load and validate a space from a YAML file, or a preset by name (``demo``)."""
+    data, where, default_name, folder = read_space(path_or_preset)
+    return space_from_dict(data, where=where, default_name=default_name, folder=folder)
+
+
+def read_space(path_or_preset: str | os.PathLike) -> tuple[Any, str, str, Path]:
+    """A space file's parsed YAML, not yet validated: (data, where, default name, folder its code
+    is looked up in: the file's folder; the current directory for a preset)."""
     s = str(path_or_preset)
     p = Path(s)
     if p.suffix in (".yaml", ".yml") or os.sep in s or p.is_file():
         if not p.is_file():
             raise UserError(f"{s}: no such search-space file")
-        where = s
+        where, folder = s, p.resolve().parent
     else:
         p = preset_path(s)
-        where = _display(p)
+        where, folder = _display(p), Path.cwd()
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -186,12 +198,18 @@ def load_space(path_or_preset: str | os.PathLike) -> SearchSpace:
         problem = getattr(exc, "problem", None) or str(exc)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise UserError(f"{where}: not valid YAML: {' '.join(str(problem).split())}{at}") from None
-    return space_from_dict(data, where=where, default_name=p.stem)
+    return data, where, p.stem, folder
 
 
 # ------------------------------------------------------------------------------ validation
-def space_from_dict(data: Any, where: str = "<space>", default_name: str = "space") -> SearchSpace:
-    """Validate a parsed YAML document into a :class:`SearchSpace`."""
+def space_from_dict(data: Any, where: str = "<space>", default_name: str = "space",
+                    folder: str | os.PathLike | None = None) -> SearchSpace:
+    """Validate a parsed YAML document into a :class:`SearchSpace`.
+
+    Your own model and data (import paths) are looked up in ``folder`` (the space file's folder;
+    default: the current directory), then the current directory, then the installed packages;
+    they are imported, called and run on one batch here, so bad code fails before any training.
+    A relative ``imagefolder:PATH`` is taken from ``folder`` too."""
     check = Checker(where)
     if not isinstance(data, dict):
         raise UserError(f"{where}: must be a YAML mapping with keys model, dataset, train, families, ...; "
@@ -204,18 +222,47 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     if not isinstance(description, str):
         raise check.err("description", f"must be a string, got {description!r}")
     if "model" not in data:
-        raise check.err("model", "missing; name a built-in model (python -m layerout.models lists them)")
+        raise check.err("model", "missing; name a built-in model (python -m layerout.models lists them) or "
+                                 "your own as an import path like my_pkg.nets:build")
     if "dataset" not in data:
-        raise check.err("dataset", f"missing; allowed: {', '.join(DATASETS)}")
+        raise check.err("dataset", f"missing; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, or an import path "
+                                   "to your own data function like my_pkg.data:load")
+    folder = Path(folder).resolve() if folder is not None else Path.cwd()
     dataset = data["dataset"]
-    if dataset not in DATASETS:
-        raise check.err("dataset", f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.startswith(IMAGEFOLDER)
+                                            or names_user_code(dataset)):
+        raise check.err("dataset", f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, "
+                                   "or an import path to your own data function like my_pkg.data:load")
+    if dataset.startswith(IMAGEFOLDER):  # trials run elsewhere (Ray changes their directory): make it absolute
+        dataset = IMAGEFOLDER + str(folder / os.path.expanduser(dataset[len(IMAGEFOLDER):]))
     model = data["model"]
     if not isinstance(model, str):
-        raise check.err("model", f"must be a model name, got {model!r}")
-    units = _model_units(model, dataset, check)
+        raise check.err("model", f"must be a model name or an import path, got {model!r}")
+    if model not in MODELS and not names_user_code(model):
+        raise check.err("model", f"unknown model {model!r}; allowed: {', '.join(MODELS)}, or an import path to "
+                                 "your own like my_pkg.nets:build")
+    unit_spec = None
+    if data.get("units") is not None:
+        try:
+            unit_spec = check_unit_spec(data["units"])
+        except UserError as e:
+            raise check.err("units", str(e).split(": ", 1)[1]) from None
     seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
     train = _train(check, data.get("train"), model, dataset, seed)
+    code = [str(folder), os.getcwd()] if names_user_code(model) or names_user_code(dataset) else []
+    userland.add_code_paths(code)
+    try:
+        checked = check_model_and_data(model, dataset, unit_spec, val_frac=train["val_frac"], seed=seed,
+                                       image_size=train["image_size"])
+    except UserError as e:
+        raise check.within(e) from None
+    for spec in (model, dataset):  # the folder each of the user's modules was found in: trials look there too
+        loc = userland.module_location(spec)
+        if loc and str(Path(loc).parent) not in code:
+            code.append(str(Path(loc).parent))
+    units = [u.name for u in checked.units]
+    if checked.origin == "automatic":  # pinned in every trial's recipe, so policies replay the same units
+        unit_spec = unit_pairs(checked.units)
     ctx = SpaceContext(units=tuple(units), epochs=train["epochs"], seed=seed)
     families = _families(check, data.get("families"), ctx)
 
@@ -239,22 +286,10 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     num_samples = check.int_("num_samples", data.get("num_samples", 24), 1)
     max_conc = check.int_("max_concurrent", data.get("max_concurrent", 0), 0)
     return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
-                       description=description, source=where, objectives=objectives, early_stopping=early,
+                       description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,
+                       code_paths=code, notes=checked.notes, objectives=objectives, early_stopping=early,
                        paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
                        max_concurrent=max_conc, seed=seed)
-
-
-def _model_units(model: str, dataset: str, check: Checker) -> list[str]:
-    """The model's unit names, from a copy built on the meta device (no memory, no init cost)."""
-    if model not in MODELS:
-        raise check.err("model", f"unknown model {model!r}; allowed: {', '.join(MODELS)}")
-    kwargs = {"num_classes": _DATASET_CLASSES.get(dataset, 10), "in_channels": _DATASET_CHANNELS.get(dataset, 3)}
-    try:
-        with torch.device("meta"):
-            m = build_model(model, **kwargs)
-    except Exception:  # noqa: BLE001 - some init may not work on meta tensors: build it for real
-        m = build_model(model, **kwargs)
-    return [u.name for u in units_of(m)]
 
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:

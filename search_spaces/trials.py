@@ -52,6 +52,8 @@ def trial_to_config(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any
     sched = schedule.to_dict()  # before bind: a random_once vector is drawn by the run, not stored here
     schedule.bind(num_units=ctx.num_units, epochs=ctx.epochs, steps_per_epoch=1, seed=space.seed)
     train = {"model": space.model, "dataset": space.dataset, "seed": space.seed, **copy.deepcopy(space.train)}
+    if space.unit_prefixes is not None:
+        train["units"] = copy.deepcopy(space.unit_prefixes)
     return {"family": fam, "paper_config": str(params.get("paper_config", "") or ""), "train": train,
             "schedule": sched}
 

@@ -96,7 +96,8 @@ def _error(d) -> str:
      "adaptive to their ranges, got {}"),
     ({"model": "resnet9000"}, None),
     ({"dataset": "imagenet"},
-     "search_spaces/x.yaml: dataset: unknown dataset 'imagenet'; allowed: digits, mnist, cifar10, cifar100, synthetic"),
+     "search_spaces/x.yaml: dataset: unknown dataset 'imagenet'; allowed: digits, mnist, cifar10, cifar100, synthetic, "
+     "imagefolder:PATH, or an import path to your own data function like my_pkg.data:load"),
     ({"train__epochs": 0}, "search_spaces/x.yaml: train.epochs: must be an integer >= 1, got 0"),
     ({"train__lr_milestones": [9]},
      "search_spaces/x.yaml: train.lr_milestones: must be an increasing list of integer epochs within [1, 7] "

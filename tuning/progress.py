@@ -9,6 +9,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from layerout.experiment import USER_ERROR
+
 
 def _pct(x: Any, digits: int = 1) -> str:
     try:
@@ -49,6 +51,9 @@ class TrialProgress(Callback):
         head = f"[{done:>{width}}/{self.num_samples}] trial {trial.trial_id}  {what:<26}"
         if error:
             self._print(f"{head} FAILED after {epoch or 0}/{self.epochs} epochs (see {trial.path}/error.txt)")
+            return
+        if res.get(USER_ERROR):  # ended on a mistake in the user's code or data (not retried)
+            self._print(f"{head} FAILED: {res[USER_ERROR]}")
             return
         if epoch is None:
             self._print(f"{head} ended without reporting")

@@ -5,6 +5,8 @@ families) suggests trials, each trial trains one network (``tuning.trainable``),
 stop trials early, and at the end the experiment directory (``layerout.experiment``) gets
 ``trials.csv``, ``epochs.csv`` and an updated ``experiment.json``. Both functions return a
 :class:`SearchResult`; the analysis (Pareto front, plots, report) is the caller's next step.
+Your own model and data (import paths in the space, or Python objects given to ``run_search``)
+reach the workers as ``tuning.usercode`` describes.
 """
 from __future__ import annotations
 
@@ -25,21 +27,23 @@ from typing import Any, Callable
 import optuna
 import pandas as pd
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from layerout.data import load_data
+from layerout import userland
+from layerout.data import DATASETS, load_data
 from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord,
                                  build_tables, meta_json, parse_meta, parse_result_lines, tables_csv)
-from search_spaces.space import SearchSpace, load_space
+from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
 from search_spaces.trials import define_by_run, paper_enqueue
 from tuning import internals, storage
 from tuning.progress import TrialProgress
 from tuning.repair import repair_checkpoint_refs
 from tuning.schedulers import PaperASHA
 from tuning.trainable import train_trial, trial_dirname
+from tuning.usercode import SHIP_CODE_ENV, UserErrorSearch, code_info, with_user_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -128,10 +132,19 @@ class SearchResult:
 
 
 # ------------------------------------------------------------------------------ start and resume
-def run_search(space: SearchSpace | str, options: SearchOptions | None = None, log: Log = _print) -> SearchResult:
-    """Run a new search of ``space`` (a SearchSpace, a YAML path or a preset name)."""
+def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = None, log: Log = _print, *,
+               model: Any = None, dataset: Any = None) -> SearchResult:
+    """Run a new search of ``space``: a SearchSpace, a YAML path, a preset name, or a dict in the
+    YAML's format. ``model`` / ``dataset`` replace the space's: an import path, or a Python object
+    (an ``nn.Module`` class or a function returning a model; a function returning the data, see
+    ``layerout.data.UserData``). An object importable by name is recorded by its import path;
+    one that is not (defined in a notebook, a lambda) is sent to the trials by value
+    (``tuning.usercode``), and ``resume_search`` needs it again."""
     options = options or SearchOptions()
     options.check()
+    objects: dict[str, str] = {}  # role -> name of an object sent by value
+    if model is not None or dataset is not None or isinstance(space, dict):
+        space, objects = _space_with(space, model, dataset)
     space = load_space(space) if isinstance(space, str) else space
     if options.seed is not None:
         space = replace(space, seed=options.seed)
@@ -149,19 +162,20 @@ def run_search(space: SearchSpace | str, options: SearchOptions | None = None, l
         _check_dataset(space, data_dir, options.download)
     resolved = replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
                        seed=space.seed, storage=root, name=name, data_dir=data_dir)
+    code = code_info(space.model, space.dataset, space.code_paths, objects)
     meta = {"format": FORMAT, "version": VERSION, "name": name, "space": space.to_dict(),
             "space_file": space.source, "options": asdict(resolved),
             "versions": _versions(), "model": space.model, "dataset": space.dataset, "units": space.units,
             "epochs": space.epochs, "objectives": [list(o) for o in space.objectives], "created": _now(),
-            "finished": None}
+            "finished": None, "code": code}
 
-    _init_ray(options.address)
+    _init_ray(options.address, code)
     try:
         _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
         storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
         searcher = _searcher(space, name, options.sampler, num_samples, ot_storage)
         tuner = tune.Tuner(
-            _trainable(resolved),
+            _trainable(resolved, code, options.address),
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, scheduler),
                                         num_samples=num_samples, max_concurrent_trials=max_conc or None,
                                         reuse_actors=True, trial_dirname_creator=trial_dirname),
@@ -174,7 +188,8 @@ def run_search(space: SearchSpace | str, options: SearchOptions | None = None, l
         log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
             f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
             f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
-            + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else ""))
+            + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
+            + _code_lines(space, code, options.address))
         t0 = time.time()
         results = _fit(tuner)
         return _finish(exp_dir, meta, results, time.time() - t0)
@@ -191,10 +206,22 @@ def read_experiment(exp_dir: str) -> dict[str, Any]:
 
 
 def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: float | None = None,
-                  gpus_per_trial: float | None = None, log: Log = _print) -> SearchResult:
-    """Continue an interrupted search with its stored settings; only where it runs may change."""
+                  gpus_per_trial: float | None = None, log: Log = _print, *, model: Any = None,
+                  dataset: Any = None) -> SearchResult:
+    """Continue an interrupted search with its stored settings; only where it runs may change.
+    A search given a model or data function by value (``run_search(..., model=obj)``) needs the
+    same objects again here."""
     exp_dir = storage.storage_root(exp_dir)
     meta = read_experiment(exp_dir)
+    code = meta.get("code") or {}
+    for role, obj in (("model", model), ("dataset", dataset)):
+        name = (code.get("objects") or {}).get(role)
+        if name is None:
+            continue
+        if obj is None or isinstance(obj, str):
+            raise UserError(f"{exp_dir}: its {role} {name} was a Python object given to run_search; resume it from "
+                            f"Python with resume_search({exp_dir!r}, {role}=...) and the same object")
+        userland.register_object(obj, name)
     saved = meta.get("options") or {}
     known = {f for f in SearchOptions.__dataclass_fields__}
     options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
@@ -202,7 +229,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                       cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
                       gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial)
     options.check()
-    _init_ray(address)
+    _init_ray(address, code)
     try:
         if not tune.Tuner.can_restore(exp_dir):
             raise UserError(f"{exp_dir}: has {EXPERIMENT_JSON} but no Ray Tune state to resume "
@@ -211,7 +238,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
         log(f"resuming experiment: {exp_dir}")
         for line in repair_checkpoint_refs(exp_dir):
             log(f"  {line}")
-        tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options), resume_unfinished=True,
+        tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options, code, address), resume_unfinished=True,
                                    resume_errored=True)
         t0 = time.time()
         results = _fit(tuner)
@@ -276,7 +303,7 @@ def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_
         study.set_metric_names([n for n, _ in objectives])
     for fixed, attrs in paper_enqueue(space)[:num_samples]:  # the paper's five configurations go first
         study.enqueue_trial(fixed, user_attrs=attrs)
-    return OptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
+    return UserErrorSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
                         mode=[m for _, m in objectives], sampler=_sampler(sampler, space.seed, num_samples),
                         study_name=name, storage=ot_storage)
 
@@ -292,17 +319,62 @@ def _scheduler(space: SearchSpace, name: str) -> Any:
                      reduction_factor=space.early_stopping.reduction_factor)
 
 
-def _trainable(options: SearchOptions) -> Any:
+def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, address: str | None = None) -> Any:
+    code = code or {}
+    # where the trials import the user's modules from: the driver's folders, unless the modules
+    # are shipped to a cluster (then the shipped copies, as on nodes that lack those folders)
+    shipped = bool(address) and with_user_modules(None, code) is not None
     opts = {"threads": max(1, int(options.cpus_per_trial)), "data_dir": options.data_dir,
-            "download": options.download}
+            "download": options.download, "code_paths": [] if shipped else list(code.get("paths") or [])}
+    # by value: pickled here, loaded by the trial after it has set up its import path (train_trial)
+    objects = {name: cloudpickle.dumps(userland.resolve(name, role))
+               for role, name in (code.get("objects") or {}).items()}
     res = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_trial, opts=opts), res)
+    return tune.with_resources(tune.with_parameters(train_trial, opts=opts, objects=objects), res)
+
+
+def _space_with(space: Any, model: Any, dataset: Any) -> tuple[SearchSpace, dict[str, str]]:
+    """The space with ``model`` / ``dataset`` put in (objects registered: role -> name of those
+    sent by value)."""
+    if isinstance(space, SearchSpace):
+        raise UserError("run_search: model= and dataset= go with a space file, a preset name or a dict, not a "
+                        "SearchSpace already validated")
+    if isinstance(space, dict):
+        data, where, default, folder = dict(space), "<space>", str(space.get("name") or "space"), Path.cwd()
+    else:
+        data, where, default, folder = read_space(space)
+        data = dict(data) if isinstance(data, dict) else data
+    objects: dict[str, str] = {}
+    for role, obj in (("model", model), ("dataset", dataset)):
+        if obj is None:
+            continue
+        name = obj if isinstance(obj, str) else userland.register_object(obj)
+        if userland.registered(name):
+            objects[role] = name
+        if isinstance(data, dict):
+            data[role] = name
+    return space_from_dict(data, where=where, default_name=default, folder=folder), objects
+
+
+def _code_lines(space: SearchSpace, code: dict[str, Any], address: str | None) -> str:
+    """What the search tells about the user's code: automatic units, notes, what is shipped."""
+    lines = []
+    if space.units_from == "automatic" and space.unit_prefixes:
+        lines.append("units (automatic): " + ", ".join("+".join(p) for _, p in space.unit_prefixes))
+    lines += [f"note: {n}" for n in space.notes]
+    if code.get("objects"):
+        lines.append("sent to the trials by value: " + ", ".join(code["objects"].values()))
+    if address and code.get("ship"):
+        shipped = with_user_modules(None, code) is not None
+        lines.append(("shipped to the workers: " if shipped else f"not shipped ({SHIP_CODE_ENV}=0): ")
+                     + ", ".join(code["ship"]))
+    return "".join(f"\n  {line}" for line in lines)
 
 
 def _check_dataset(space: SearchSpace, data_dir: str | None, download: bool) -> None:
     """Make sure a real dataset is there (downloading it once, in the driver, not in every
     trial at the same time); a missing dataset offline is a UserError naming the files."""
-    if space.dataset in ("digits", "synthetic"):
+    if space.dataset in ("digits", "synthetic") or space.dataset not in DATASETS:  # the user's: loaded already
         return
     load_data(space.dataset, device="cpu", val_frac=space.train["val_frac"], seed=space.seed,
               data_dir=data_dir, download=download)
@@ -315,8 +387,9 @@ def _is_loopback(address: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _init_ray(address: str | None) -> None:
-    """Start the embedded local Ray (on loopback), or join the cluster at ``address``."""
+def _init_ray(address: str | None, code: dict[str, Any] | None = None) -> None:
+    """Start the embedded local Ray (on loopback), or join the cluster at ``address`` (shipping this
+    project's code and the user's modules in ``code``)."""
     if _is_loopback(address):
         # Ray otherwise advertises the machine's network address even for a local instance, and a
         # driver may then fail to reach its own head; loopback keeps a laptop run self-contained.
@@ -326,7 +399,7 @@ def _init_ray(address: str | None) -> None:
     if address:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env=_runtime_env())
+                     runtime_env=with_user_modules(_runtime_env(), code))
         except (ConnectionError, RuntimeError, ValueError) as exc:
             msg = " ".join(str(exc).split())[:300]
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({msg})") from None

@@ -4,7 +4,8 @@
 metrics (``layerout.metrics``) once per epoch with a checkpoint, and resumes from Ray's
 checkpoint when the trial is restarted (a worker died, or ``--resume`` after the driver was
 killed). It lives in an importable module (not in ``tune_main``'s ``__main__``) so Ray pickles it
-by reference.
+by reference. A mistake in the user's code or data (a ``UserError``) ends the trial once, without
+Ray's retries (``tuning.usercode``).
 """
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from typing import Any
 
 import ray
 import torch
-from ray import tune
+from ray import cloudpickle, tune
 
+from layerout import userland
+from layerout.errors import UserError
+from layerout.experiment import USER_ERROR
+from layerout.metrics import METRICS
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
 from tuning.repair import RAY_SEEN_MARKER
@@ -38,9 +43,30 @@ def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> None:
-    """Ray Tune function trainable: one LayerOut training run, reported every epoch."""
+def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None,
+                objects: dict[str, Any] | None = None) -> None:
+    """Ray Tune function trainable: one LayerOut training run, reported every epoch.
+
+    ``opts["code_paths"]``: folders to import the user's modules from; ``objects``: name -> the
+    user's model or data callables sent by value, pickled with cloudpickle (``tuning.usercode``)."""
     opts = opts or {}
+    userland.add_code_paths(opts.get("code_paths") or [])
+    try:
+        for name, blob in (objects or {}).items():
+            # pickled by the driver (tuning.search), loaded only now that the code paths are in place:
+            # what the object refers to by module (its imports) must be importable from them
+            try:
+                userland.register_object(cloudpickle.loads(blob), name)
+            except Exception as e:  # noqa: BLE001 - a module the object needs is missing here
+                raise UserError(f"{name}: could not be loaded in the trial ({userland.one_line(e)}); the modules it "
+                                "uses must be importable on the workers") from None
+        _train(config, opts)
+    except UserError as e:
+        # the same on every retry: end the trial now, with the message (see tuning.usercode)
+        tune.report({**{m: float("nan") for m in METRICS if m != "epoch"}, "epoch": 0, USER_ERROR: str(e)})
+
+
+def _train(config: dict[str, Any], opts: dict[str, Any]) -> None:
     threads = opts.get("threads")
     if threads:
         torch.set_num_threads(max(1, int(threads)))
