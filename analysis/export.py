@@ -344,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-front", metavar="DIR",
                    help="also write every front policy into DIR as <trial_id>.json")
     p.add_argument("--include-stopped", action="store_true",
-                   help="let trials stopped early by ASHA enter the front (default: full epoch budget only)")
+                   help="let trials stopped early by the scheduler enter the front (default: full epoch budget only)")
     return p
 
 
