@@ -12,8 +12,9 @@ them):
   ``--resume`` finishes it;
 - a trial that failed (or whose objectives are missing): ``FAIL``.
 
-Before telling, each Optuna trial gets user attributes: ``ray_trial_id``, ``epochs_done``,
-``stopped_early``, ``test_accuracy``, ``time_saved_frac`` and ``schedule`` (the schedule as it ran).
+Each Optuna trial gets the user attribute ``ray_trial_id`` when it is suggested, and before it is
+told: ``epochs_done``, ``stopped_early``, ``test_accuracy``, ``time_saved_frac`` and ``schedule``
+(the schedule as it ran).
 
 **No repeated work.** A suggested configuration identical to one already suggested (same schedule
 dict and training recipe, seed included: the same run) is not trained again. Its Optuna trial is
@@ -104,6 +105,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             if first is None or first == trial_id:
                 self._first_run[key] = trial_id
                 self._key_of[trial_id] = key
+                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)  # for the dashboard, at once
                 return config
             self._repeat(self._ot_trials.pop(trial_id), first, config)
             streak += 1
