@@ -114,3 +114,39 @@ def test_the_searcher_pickles_with_its_bookkeeping(tmp_path):
     assert restored._first_run == {config_key(cfg): "a"}
     restored.on_trial_complete("a", _result(cfg, EPOCHS))
     assert _by_attr(restored.study, "ray_trial_id", "a")[0].state == TrialState.COMPLETE
+
+
+def test_every_configuration_is_found_before_the_search_ends():
+    """TPE keeps proposing its favourites; the random proposals after a few repeats find the rest
+    (their stream differs from the random start the samplers draw from the same seed)."""
+    space = space_from_dict({"model": "digits_cnn", "dataset": "digits", "train": {"epochs": 8},
+                             "families": {"none": {}, "prefix": {"k": [1, 2], "start_epoch": [0, 5]}}},
+                            where="x.yaml")
+    for sampler in (optuna.samplers.TPESampler(seed=0), optuna.samplers.RandomSampler(seed=0)):
+        s = TruthfulOptunaSearch(space=define_by_run(space), metric=["val_accuracy", "compute_saved_frac"],
+                                 mode=["max", "max"], sampler=sampler, study_name="s",
+                                 storage=optuna.storages.InMemoryStorage(), epochs=EPOCHS, seed=0, quiet=True)
+        seen = []
+        for i in range(100):
+            cfg = s.suggest(f"t{i}")
+            if cfg == "FINISHED":
+                break
+            seen.append(config_key(cfg))
+            s.on_trial_complete(f"t{i}", _result(cfg, EPOCHS, 0.9 + 0.001 * i, 0.01 * i))
+        assert cfg == "FINISHED" and len(seen) == len(set(seen)) == 13  # none + 2 x 6 prefixes, each once
+
+
+def test_random_proposals_do_not_replay_the_samplers_own_start():
+    """Only ``none`` can repeat in a space of none + a continuous LayerOut vector: a repeated LayerOut
+    configuration would mean the random proposals replay what the sampler drew first from the seed."""
+    space = space_from_dict({"model": "digits_cnn", "dataset": "digits", "train": {"epochs": 4},
+                             "families": {"none": {}, "layerout": {"v": [0.0, 0.9]}}}, where="x.yaml")
+    for sampler in (optuna.samplers.TPESampler(seed=0), optuna.samplers.RandomSampler(seed=0)):
+        s = TruthfulOptunaSearch(space=define_by_run(space), metric=["val_accuracy", "compute_saved_frac"],
+                                 mode=["max", "max"], sampler=sampler, study_name="s",
+                                 storage=optuna.storages.InMemoryStorage(), epochs=EPOCHS, seed=0, quiet=True)
+        for i in range(40):
+            cfg = s.suggest(f"t{i}")
+            s.on_trial_complete(f"t{i}", _result(cfg, EPOCHS))
+        repeated = [t.params["family"] for t in s.study.trials if "repeat_of" in t.user_attrs]
+        assert s.repeats >= searcher_mod.RANDOM_AFTER and set(repeated) == {"none"}

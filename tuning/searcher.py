@@ -74,7 +74,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._epochs = int(epochs)
         self._quiet = quiet
-        self._random = optuna.samplers.RandomSampler(seed=seed)
+        # its own stream: seeded like the samplers' (theirs start with random draws from the seed), it
+        # would propose again exactly what they proposed first
+        self._random = optuna.samplers.RandomSampler(seed=(int(seed) * 7919 + 104_729) % 2**31)
         self._first_run: dict[str, str] = {}  # config key -> Ray trial id of the run that trains it
         self._key_of: dict[str, str] = {}  # Ray trial id -> config key
         self._outcome: dict[str, tuple[str, list[float] | None, dict[str, Any]]] = {}  # Ray trial id -> told
