@@ -150,3 +150,27 @@ def test_random_proposals_do_not_replay_the_samplers_own_start():
             s.on_trial_complete(f"t{i}", _result(cfg, EPOCHS))
         repeated = [t.params["family"] for t in s.study.trials if "repeat_of" in t.user_attrs]
         assert s.repeats >= searcher_mod.RANDOM_AFTER and set(repeated) == {"none"}
+
+
+def test_nsga2_population_is_sized_to_the_run():
+    from tuning.search import _sampler, nsga2_population
+
+    assert [nsga2_population(n) for n in (4, 16, 24, 100, 400)] == [4, 4, 6, 25, 50]
+    lines: list[str] = []
+    sampler = _sampler("nsga2", 0, 24, lines.append)
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler.population_size == 6 and lines == []
+    _sampler("nsga2", 0, 7, lines.append)
+    assert lines == ["warning: --sampler nsga2: 7 trials are fewer than two generations of its population (4): "
+                     "it samples at random until 4 trials have finished their whole budget"]
+    _sampler("tpe", 0, 3, lines.append)
+    assert len(lines) == 1
+
+
+def test_a_trial_the_storage_already_finished_is_left_alone():
+    """A database study can be ahead of the searcher state restored after a killed driver."""
+    s = _searcher()
+    cfg = s.suggest("a")
+    s.study.tell(s._ot_trials["a"], [0.5, 0.5])  # told before the kill, after the last snapshot
+    s.on_trial_complete("a", _result(cfg, EPOCHS, 0.9, 0.1))
+    (a,) = _by_attr(s.study, "ray_trial_id", "a")
+    assert a.state == TrialState.COMPLETE and a.values == [0.5, 0.5]

@@ -30,6 +30,7 @@ configurations seen, the results known and the repeats waiting survive ``--resum
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -43,6 +44,7 @@ from tuning.progress import exhausted_line, repeat_line
 
 RANDOM_AFTER = 3
 MAX_REPEATS = 40
+logger = logging.getLogger(__name__)
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -130,10 +132,17 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def _tell_repeat(self, ot_trial: optuna.Trial, first: str) -> None:
         state, values, attrs = self._outcome[first]
-        for k, v in attrs.items():
-            if k != "ray_trial_id":
+        self._tell(ot_trial, state, values, {k: v for k, v in attrs.items() if k != "ray_trial_id"})
+
+    def _tell(self, ot_trial: optuna.Trial, state: str, values: list[float] | None, attrs: dict[str, Any]) -> None:
+        """Set the attributes, then tell. A trial the storage already has finished (a database
+        study ahead of the searcher state restored after a killed driver) is left as it is."""
+        try:
+            for k, v in attrs.items():
                 ot_trial.set_user_attr(k, v)
-        self._ot_study.tell(ot_trial, values, state=TrialState[state])
+            self._ot_study.tell(ot_trial, values, state=TrialState[state])
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
+            logger.warning("Optuna trial %s not updated: %s", ot_trial.number, exc)
 
     def _say(self, line: str) -> None:
         if not self._quiet:
@@ -164,9 +173,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             state, told_values = "PRUNED", None  # stopped early by the scheduler
         else:
             state, told_values = "COMPLETE", values
-        for k, v in attrs.items():
-            ot_trial.set_user_attr(k, v)
-        self._ot_study.tell(ot_trial, told_values, state=TrialState[state])
+        self._tell(ot_trial, state, told_values, attrs)
         self._completed_trials.add(trial_id)
         self._outcome[trial_id] = (state, told_values, attrs)
         for waiting in self._waiting.pop(trial_id, []):
