@@ -36,17 +36,29 @@ def test_a_result_dominated_by_more_than_1_over_eta_of_them_stops():
     # the first result at a rung continues; one that loses to the only recorded result stops (eta 2)
     assert rung_rank((0.1, 0.1), [], 2) == (0, 1, True)
     assert rung_rank((0.1, 0.1), [(0.2, 0.2)], 2) == (1, 2, False)
-    assert rung_rank((0.3, 0.1), [(0.2, 0.2)], 2) == (0, 2, True)  # same front, best accuracy first
+    # on the same front as the only recorded result, and best in one objective: first there
+    assert rung_rank((0.3, 0.1), [(0.2, 0.2)], 2) == (0, 2, True)
+    assert rung_rank((0.1, 0.3), [(0.2, 0.2)], 2) == (0, 2, True)
+    assert rung_rank((0.2, 0.2), [(0.2, 0.2)], 2) == (1, 2, False)  # an exact duplicate comes after its twin
 
 
 def test_ties_within_a_front_are_broken_by_spread():
     cluster = [(0.90, 0.10), (0.89, 0.11), (0.88, 0.12)]  # one front, close together
-    # far from the cluster, on the same front: the epsilon net takes it second -> top half of 4
-    assert rung_rank((0.50, 0.60), cluster, 2) == (1, 4, True)
+    # far from the cluster, on the same front, the best in planned compute: first -> top half of 4
+    assert rung_rank((0.50, 0.60), cluster, 2) == (0, 4, True)
     # on the same front but inside the cluster: it adds no spread -> last of 4, stops
     assert rung_rank((0.885, 0.115), cluster, 2) == (3, 4, False)
-    # non-dominated sorting alone could not tell these apart: all four points are one front
+    # with both ends of the front taken, a point in the middle of the gap comes third of 5 and
+    # continues, one inside the cluster comes last and stops
+    front = cluster + [(0.30, 0.90)]
+    assert rung_rank((0.60, 0.50), front, 2) == (2, 5, True)
+    assert rung_rank((0.885, 0.115), front, 2) == (4, 5, False)
+    # non-dominated sorting alone could not tell these apart: all four points are one front; the
+    # net from either end puts the middle point last
     assert pareto_order([[0.9, 0.1], [0.89, 0.11], [0.88, 0.12], [0.885, 0.115]]) == [0, 2, 1, 3]
+    assert pareto_order([[0.9, 0.1], [0.89, 0.11], [0.88, 0.12], [0.885, 0.115]], start=1) == [2, 0, 1, 3]
+    # a new extreme of the front is first when the net starts from its objective
+    assert rung_rank((0.87, 0.13), cluster, 2) == (0, 4, True)
 
 
 def test_spread_order_and_fronts():

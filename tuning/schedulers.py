@@ -6,7 +6,10 @@
   non-dominated sorting, ties within a front broken by the epsilon-net spread rule; it continues
   when its rank is in the top ``1 / reduction_factor`` (``rung_rank``, a pure function). The rank is
   the rank of *this* result among the recorded ones, so a result that dominates every recorded
-  point always continues. The search ranks on (val_accuracy, planned_compute_saved_frac): what a
+  point always continues. The epsilon net's one free choice, the objective whose best point it
+  starts from (Schmucker et al. draw it at random), is taken in the new result's favour, as ASHA
+  lets a result equal to its cut-off continue: a result is stopped only when it falls outside the
+  top ``1 / reduction_factor`` whichever objective the net starts from. The search ranks on (val_accuracy, planned_compute_saved_frac): what a
   trial's policy will save by the end, not what it has saved so far.
 - ``PaperASHA``: Ray's ASHA (accuracy alone) that never stops the protected configurations.
 
@@ -46,16 +49,16 @@ def protected(config: dict[str, Any] | None) -> str:
 
 
 # ------------------------------------------------------------------------------ the rank rule
-def spread_order(points: np.ndarray) -> list[int]:
+def spread_order(points: np.ndarray, start: int = 0) -> list[int]:
     """The epsilon-net order of ``points`` (rows; columns already scaled): first the point best in
-    the first objective, then again and again the point farthest from those already chosen
+    objective ``start``, then again and again the point farthest from those already chosen
     (Euclidean), so that the first k cover the set as evenly as k points can. Ties go to the lower
     row index. (Written here: Optuna and Ray have no such ordering; it is the spread rule of
     Schmucker et al.)"""
     n = len(points)
     if n == 0:
         return []
-    first = int(np.lexsort((np.arange(n), -points[:, 0]))[0])
+    first = int(np.lexsort((np.arange(n), -points[:, start]))[0])
     order = [first]
     dist = np.linalg.norm(points - points[first], axis=1)
     dist[first] = -np.inf
@@ -67,10 +70,11 @@ def spread_order(points: np.ndarray) -> list[int]:
     return order
 
 
-def pareto_order(values: np.ndarray) -> list[int]:
+def pareto_order(values: np.ndarray, start: int = 0) -> list[int]:
     """Row indices of ``values`` (every column maximized, no NaN) best first: by non-dominated
     front (``analysis.pareto.pareto_mask`` peeled front by front), within a front by the
-    epsilon-net spread rule on the objectives scaled to [0, 1] over all rows."""
+    epsilon-net spread rule on the objectives scaled to [0, 1] over all rows, starting from the
+    best point in objective ``start``."""
     values = np.asarray(values, dtype=float)
     lo, hi = values.min(axis=0), values.max(axis=0)
     scaled = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
@@ -79,7 +83,7 @@ def pareto_order(values: np.ndarray) -> list[int]:
     while len(left):
         on_front = pareto_mask(values[left])
         front = left[on_front]
-        order.extend(int(front[i]) for i in spread_order(scaled[front]))
+        order.extend(int(front[i]) for i in spread_order(scaled[front], start))
         left = left[~on_front]
     return order
 
@@ -88,14 +92,16 @@ def rung_rank(new: Sequence[float], recorded: Sequence[Sequence[float]], reducti
               ) -> tuple[int, int, bool]:
     """The rank rule at one rung: (rank of ``new`` among ``recorded`` + itself, 0 = best; the
     number of results ranked; whether it continues). Values are maximized (negate minimized
-    objectives). It continues when ``rank < (len(recorded) + 1) / reduction_factor``: the first
-    result at a rung always continues, one that dominates every recorded result is alone on the
-    first front (rank 0) and continues, and one dominated by more than ``1/reduction_factor`` of
-    the recorded results ranks below all of them and stops. Ties among recorded results and the
-    new one (same front, equal spread) go to the recorded ones."""
-    rows = [list(map(float, r)) for r in recorded] + [list(map(float, new))]
-    order = pareto_order(np.asarray(rows, dtype=float))
-    rank = order.index(len(rows) - 1)
+    objectives). The rank is ``new``'s place in ``pareto_order``, the best over the objectives the
+    epsilon net may start from. It continues when ``rank < (len(recorded) + 1) /
+    reduction_factor``: the first result at a rung always continues, one that dominates every
+    recorded result is alone on the first front (rank 0) and continues, one that is the best of
+    its front in some objective is first there, and one dominated by more than
+    ``1/reduction_factor`` of the recorded results ranks below all of them and stops. Exact
+    duplicates of a recorded result come after it."""
+    rows = np.asarray([list(map(float, r)) for r in recorded] + [list(map(float, new))], dtype=float)
+    new_row = len(rows) - 1
+    rank = min(pareto_order(rows, start).index(new_row) for start in range(rows.shape[1]))
     return rank, len(rows), rank * reduction_factor < len(rows)
 
 
