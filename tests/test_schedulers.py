@@ -3,11 +3,16 @@ decisions, protected configurations and saved state. Values are (val_accuracy,
 planned_compute_saved_frac), both maximized."""
 from __future__ import annotations
 
-import pickle
+import os
 
-import pytest
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything imports Ray: loopback only
 
-from tuning.schedulers import MOASHA, PaperASHA, SchedulerState, pareto_order, protected, rung_rank, spread_order
+import pickle  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tuning.schedulers import (MOASHA, PaperASHA, SchedulerState, pareto_order, protected, rung_rank,  # noqa: E402
+                              spread_order)
 
 FRONT = [(0.90, 0.10), (0.80, 0.30), (0.70, 0.50), (0.60, 0.60), (0.50, 0.70), (0.40, 0.80)]
 

@@ -4,16 +4,20 @@ result now or when it ends; the search ends when the samplers find nothing new).
 three configurations: none, prefix k=1 from epoch 0, prefix k=1 from epoch 1."""
 from __future__ import annotations
 
-import json
+import os
 
-import optuna
-import pytest
-from optuna.trial import TrialState
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything imports Ray: loopback only
 
-from search_spaces.space import space_from_dict
-from search_spaces.trials import define_by_run
-from tuning import searcher as searcher_mod
-from tuning.searcher import TruthfulOptunaSearch, config_key
+import json  # noqa: E402
+
+import optuna  # noqa: E402
+import pytest  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from search_spaces.space import space_from_dict  # noqa: E402
+from search_spaces.trials import define_by_run  # noqa: E402
+from tuning import searcher as searcher_mod  # noqa: E402
+from tuning.searcher import TruthfulOptunaSearch, config_key  # noqa: E402
 
 EPOCHS = 3
 
