@@ -13,8 +13,9 @@ Prints a table (median and range over seeds), the targets (median moasha hypervo
 with at most 70% of its epochs; above asha at equal epochs), writes JSON (every search, with its
 history) and a plot of hypervolume against epochs trained (median over seeds, band = min..max).
 
-    python benchmarks/search_efficiency.py                       # 3 x 2 x 5 searches, about 25 min on 2 cores
+    python benchmarks/search_efficiency.py                       # 3 x 2 x 5 searches, about 20 min on 2 cores
     python benchmarks/search_efficiency.py --seeds 0 1 --samplers tpe --num-samples 16   # a quick look
+    python benchmarks/search_efficiency.py --report benchmarks/results/search-efficiency.json   # reprint
 
 Searches are run seed by seed, all six combinations of a seed together, in an order that rotates
 with the seed, so that load from other work on the machine spreads over all of them.
@@ -95,9 +96,9 @@ def summarize(runs: list[dict[str, Any]], samplers: list[str], schedulers: list[
             hv = [r["hypervolume"] for r in rs]
             ep = [r["epochs_trained"] for r in rs]
             at_eq = [hv_at(r, eq) for r in rs] if eq is not None else []
-            rows.append([f"{s} / {sp}", len(rs), median(hv), min(hv), max(hv), median(ep), min(ep), max(ep),
-                         100 * median(ep) / none_epochs if none_epochs else None,
-                         median(at_eq) if at_eq else None, median(r["stopped_early"] for r in rs),
+            rows.append([f"{s} / {sp}", len(rs), f"{median(hv):.4f}", f"{min(hv):.4f}", f"{max(hv):.4f}",
+                         median(ep), min(ep), max(ep), 100 * median(ep) / none_epochs if none_epochs else None,
+                         f"{median(at_eq):.4f}" if at_eq else None, median(r["stopped_early"] for r in rs),
                          median(r["repeats"] for r in rs), median(r["front_size"] for r in rs)])
         if all(k in by and by[k] for k in ("moasha", "none")):
             m_hv, n_hv = median(r["hypervolume"] for r in by["moasha"]), median(r["hypervolume"] for r in by["none"])
@@ -114,6 +115,19 @@ def summarize(runs: list[dict[str, Any]], samplers: list[str], schedulers: list[
             a_at = median(hv_at(r, eq) for r in by["asha"])
             targets[f"{sp}: moasha above asha at equal epochs ({eq:g})"] = (m_at > a_at, f"{m_at:.4f} vs {a_at:.4f}")
     return rows, targets
+
+
+def report(runs: list[dict[str, Any]], samplers: list[str], schedulers: list[str]) -> tuple[list, list, dict]:
+    """Print the table and the targets; returns (header, rows, targets)."""
+    rows, targets = summarize(runs, samplers, schedulers)
+    header = ["scheduler / sampler", "seeds", "HV median", "HV min", "HV max", "epochs median", "epochs min",
+              "epochs max", "epochs % of none", "HV at equal epochs", "stopped", "repeats", "front"]
+    print()
+    print(table(rows, header))
+    print()
+    for what, (ok, value) in targets.items():
+        print(f"{what}: {value}" + ("" if ok is None else f"  -> {'met' if ok else 'NOT met'}"))
+    return header, rows, targets
 
 
 def plot(runs: list[dict[str, Any]], samplers: list[str], schedulers: list[str], path: Path, title: str) -> Path:
@@ -162,7 +176,13 @@ def main() -> None:
     ap.add_argument("--json", default=str(RESULTS_DIR / "search-efficiency.json"))
     ap.add_argument("--plot", default=str(RESULTS_DIR / "search-efficiency.png"))
     ap.add_argument("--keep", help="keep the experiment directories here (default: a temporary folder)")
+    ap.add_argument("--report", metavar="JSON", help="print the table and targets of a stored run again, run nothing")
     args = ap.parse_args()
+    if args.report:
+        stored = json.loads(Path(args.report).read_text())
+        st = stored["settings"]
+        report(stored["runs"], st["samplers"], st["schedulers"])
+        return
 
     env = environment("cpu")
     storage = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="layerout-search-eff-"))
@@ -182,14 +202,7 @@ def main() -> None:
                   f"{r['wall_s']:.0f} s  (total {time.time() - t0:.0f} s)", flush=True)
     finish_environment(env)
 
-    rows, targets = summarize(runs, args.samplers, args.schedulers)
-    header = ["scheduler / sampler", "seeds", "HV median", "HV min", "HV max", "epochs median", "epochs min",
-              "epochs max", "epochs % of none", "HV at equal epochs", "stopped", "repeats", "front"]
-    print()
-    print(table(rows, header))
-    print()
-    for what, (ok, value) in targets.items():
-        print(f"{what}: {value}" + ("" if ok is None else f"  -> {'met' if ok else 'NOT met'}"))
+    header, rows, targets = report(runs, args.samplers, args.schedulers)
     from search_spaces.space import load_space
 
     space = load_space(args.space)
