@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Search layer-freezing policies with Ray Tune + Optuna (multi-objective) + ASHA.
+"""Search layer-freezing policies with Ray Tune + Optuna (multi-objective) + early stopping.
 
     python tune_main.py                                  # the embedded demo (local Ray, CPU)
     python tune_main.py --preset paper-cifar10-vgg16 --address auto --gpus-per-trial 0.25
@@ -9,8 +9,8 @@
 
 Each trial trains one network with the LayerOut trainer and reports its metrics every epoch with a
 checkpoint; Optuna searches the freezing schedule (``search_spaces/``) for the two objectives
-val_accuracy and compute_saved_frac (both max); ASHA stops trials whose val_accuracy lags at its
-rungs. The experiment directory ``<storage>/<name>`` gets Ray Tune's files plus experiment.json,
+val_accuracy and compute_saved_frac (both max); MOASHA (the default) stops trials that rank low on
+both (accuracy and the compute their policy will save) at its rungs. The experiment directory ``<storage>/<name>`` gets Ray Tune's files plus experiment.json,
 trials.csv and epochs.csv, then the analysis (Pareto front, plots, report, the knee's policy).
 This file is only the command line: the search itself is ``tuning.run_search``.
 
@@ -84,9 +84,18 @@ def report(result: SearchResult, no_analysis: bool) -> int:
     exp_dir, n = result.exp_dir, len(result.trials)
     if result.skipped_lines:
         print(f"note: skipped {result.skipped_lines} result line(s) that were not JSON (torn by a kill)")
+    epochs = int(result.meta.get("epochs") or 0)
+    sched = (result.meta.get("options") or {}).get("scheduler") or "the scheduler"
     print(f"\n{n} of {result.planned} trials in {result.wall_s:.0f} s: {result.full_budget} trained the full "
-          f"{result.meta.get('epochs')} epochs, {result.stopped_early} stopped early by ASHA, {result.errors} errored"
+          f"{epochs} epochs, {result.stopped_early} stopped early by {sched}, {result.errors} errored"
           + (f", {result.unfinished} unfinished" if result.unfinished else ""))
+    if n and epochs:
+        trained = int(result.trials["epochs_done"].fillna(0).sum())
+        print(f"epochs trained: {trained} of {n * epochs} ({100 * trained / (n * epochs):.0f}%)"
+              + (f"; {result.repeats} proposed configurations repeated a trial and were not trained again"
+                 if result.repeats else ""))
+    if result.exhausted:
+        print(f"the search ended after {n} distinct configurations: the samplers kept proposing ones already run")
     print(f"results: {exp_dir}/trials.csv, {exp_dir}/epochs.csv, {exp_dir}/experiment.json")
     if n and not no_analysis:
         _analysis(result)

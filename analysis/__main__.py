@@ -15,7 +15,7 @@ def _parser() -> ArgumentParser:
     )
     p.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="the experiment directory tune_main.py printed")
     p.add_argument("--include-stopped", action="store_true",
-                   help="let trials that ASHA stopped before the epoch budget enter the front (marked); "
+                   help="let trials that the scheduler stopped before the epoch budget enter the front (marked); "
                    "by default only trials that trained the full budget do")
     p.add_argument("--compare", nargs="+", metavar="DIR", default=[],
                    help="other experiment directories whose fronts are drawn with this one in compare.png")

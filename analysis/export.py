@@ -347,7 +347,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="write every front policy into DIR as <trial_id>.json (and nothing else, unless "
                    "-o, --pick or --min-accuracy asks for one policy too)")
     p.add_argument("--include-stopped", action="store_true",
-                   help="let trials stopped early by ASHA enter the front (default: full epoch budget only)")
+                   help="let trials stopped early by the scheduler enter the front (default: full epoch budget only)")
     return p
 
 

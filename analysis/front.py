@@ -6,14 +6,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+import numpy as np
+
 from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_front
-from analysis.results import Experiment, baseline_trials, select_trials
+from analysis.results import Experiment, baseline_trials, finished_mask, select_trials
 from layerout.errors import UserError
+
+HISTORY_COLUMNS = ["trials_ended", "epochs_trained", "hypervolume", "trial_id"]
 
 
 @dataclass
 class Front:
-    """``candidates``: trials allowed on the front (``stopped`` marks ASHA-stopped ones);
+    """``candidates``: trials allowed on the front (``stopped`` marks ones the scheduler stopped early);
     ``front``: the Pareto front rows (a ``knee`` bool column added), best accuracy first;
     ``knee``: the knee's trial id; ``baseline_accuracy``: mean val accuracy of the finished
     unfrozen baseline trial(s), or None; ``hypervolume``: {"(0, 0)": hv, "(baseline, 0)": hv}
@@ -114,3 +118,35 @@ def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None)
     if pick == "min-compute":
         return f.sort_values(["compute_saved_frac", "val_accuracy", "_pos"], ascending=[False, False, True]).iloc[0]
     raise UserError(f"--pick {pick!r}: allowed: knee, max-accuracy, min-compute")
+
+
+def hypervolume_history(exp: Experiment, ref: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
+    """How the front grew during the search: one row per trial that ended (finished, stopped early
+    or failed; unfinished ones are left out), in the order they ended (``last_report_time``, then
+    table order): ``trials_ended`` (1, 2, ...), ``epochs_trained`` (epochs of every trial ended so
+    far, stopped ones included), ``hypervolume`` of the front of the trials so far that trained
+    the full budget (the front's rule) against the fixed reference point ``ref``, and
+    ``trial_id``. Empty unless the experiment has two objectives, both maximized."""
+    objectives = exp.objectives
+    t = exp.trials
+    if len(objectives) != 2 or any(m != "max" for _, m in objectives) or t.empty:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    ended = t[t["status"].isin(["TERMINATED", "ERROR"])].copy()
+    ended["_full"] = finished_mask(exp)[ended.index]
+    ended["_pos"] = np.arange(len(ended))
+    when = pd.to_numeric(ended["last_report_time"], errors="coerce") if "last_report_time" in ended else None
+    ended["_when"] = when if when is not None else np.nan
+    ended = ended.sort_values(["_when", "_pos"], na_position="last", kind="stable")
+    names = [n for n, _ in objectives]
+    points: list[list[float]] = []
+    rows = []
+    epochs = 0.0
+    for i, (_, r) in enumerate(ended.iterrows(), 1):
+        epochs += float(r["epochs_done"]) if pd.notna(r["epochs_done"]) else 0.0
+        if bool(r["_full"]):
+            vals = [float(r[n]) for n in names]
+            if all(np.isfinite(vals)):
+                points.append(vals)
+        rows.append({"trials_ended": i, "epochs_trained": epochs,
+                     "hypervolume": hypervolume_2d(points, ref) if points else 0.0, "trial_id": str(r["trial_id"])})
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)

@@ -1,4 +1,4 @@
-"""Figures of an experiment: pareto.png, front_policies.png, curves.png, compare.png.
+"""Figures of an experiment: pareto.png, front_policies.png, curves.png, hypervolume.png, compare.png.
 
 Drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplot, no global backend
 change), so this works headless and inside a user's notebook alike.
@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.front import Front
+from analysis.front import Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
 from analysis.results import Experiment
 
@@ -290,6 +290,37 @@ def plot_curves(exp: Experiment, fr: Front, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     if drawn:
         ax.legend(fontsize=7, loc="lower right", ncol=2 if drawn > 10 else 1, framealpha=0.85)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# hypervolume.png
+
+
+def plot_hypervolume(exp: Experiment, fr: Front, path: str | Path) -> Path:
+    """Hypervolume of the front so far (reference point (0, 0)) against the trials ended and
+    against the epochs trained, as step curves: how fast the search found its front, and what it
+    paid in training for it. Trials that ended without training the full budget add epochs, not
+    points."""
+    hist = hypervolume_history(exp)
+    fig = _new_figure(10.0, 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    if hist.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "needs two maximized objectives and ended trials", ha="center", va="center",
+                    transform=ax.transAxes)
+    else:
+        for ax, col, label in ((axes[0], "trials_ended", "trials ended"),
+                               (axes[1], "epochs_trained", "epochs trained (all trials ended so far)")):
+            x = np.concatenate([[0.0], hist[col].to_numpy(dtype=float)])
+            y = np.concatenate([[0.0], hist["hypervolume"].to_numpy(dtype=float)])
+            ax.step(x, y, where="post", color="#1f77b4", lw=1.8)
+            ax.plot(x[1:], y[1:], "o", ms=2.5, color="#1f77b4")
+            ax.set_xlabel(label)
+            ax.grid(True, alpha=0.3)
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0].set_ylabel("hypervolume of the front so far, vs (0, 0)")
+    fig.suptitle(f"Search progress · {_title(exp)}", fontsize=10)
     return _save(fig, path)
 
 

@@ -171,8 +171,17 @@ def build_report(
                   "Measured: fraction of epochs each unit was frozen (epochs.csv).</p>"]
     if "curves" in cap:
         parts += ["<h2>Learning curves</h2>", f"<img alt='Validation accuracy by epoch' src='{image_data_uri(cap['curves'])}'>"]
+    if "hypervolume" in cap:
+        parts += ["<h2>Search progress: hypervolume</h2>",
+                  f"<img alt='Hypervolume of the front so far' src='{image_data_uri(cap['hypervolume'])}'>",
+                  "<p class='muted'>The hypervolume of the front found so far (the area it dominates above the "
+                  "fixed reference point (0, 0), in fraction × fraction), after each trial that ended, in the order "
+                  "they ended. Left: against the number of trials ended; right: against the epochs trained by all of "
+                  "them, trials stopped early included. A curve that flattens early means later trials added little "
+                  "to the front; at equal epochs, a higher curve means early stopping spent the budget on trials that "
+                  "mattered. Only trials that trained the full budget add points.</p>"]
     for name, p in cap.items():
-        if name not in ("pareto", "front_policies", "curves"):
+        if name not in ("pareto", "front_policies", "curves", "hypervolume"):
             parts += [f"<h2>{_esc(name)}</h2>", f"<img alt='{_esc(name)}' src='{image_data_uri(p)}'>"]
 
     parts.append("<h2>Retrain a front policy</h2><p class='muted'>Run from the experiment directory "

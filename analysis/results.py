@@ -329,7 +329,7 @@ def finished_mask(exp: Experiment) -> pd.Series:
 
 
 def stopped_mask(exp: Experiment) -> pd.Series:
-    """Trials the scheduler (ASHA) stopped before the epoch budget."""
+    """Trials the scheduler (MOASHA or ASHA) stopped before the epoch budget."""
     t = exp.trials
     flagged = t["stopped_early"].astype(bool)
     budget = exp.epoch_budget
@@ -339,7 +339,7 @@ def stopped_mask(exp: Experiment) -> pd.Series:
 
 
 def select_trials(exp: Experiment, include_stopped: bool = False) -> pd.DataFrame:
-    """Trials that may enter the front, with a ``stopped`` column (True = ASHA-stopped, included).
+    """Trials that may enter the front, with a ``stopped`` column (True = stopped early by the scheduler, included).
 
     By default only finished trials (full epoch budget); ``include_stopped`` adds the ones the
     scheduler stopped early. Raises ``UserError`` if none qualifies.

@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.export import build_policy, policy_filename, retrain_command, write_policy_file
 from analysis.front import Front, compute_front
-from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_pareto
+from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_hypervolume, plot_pareto
 from analysis.report import write_report
 from analysis.results import SYNTHETIC_NOTE, Experiment, load_experiment
 from layerout.errors import UserError
@@ -122,7 +122,7 @@ def run_analysis(
     """Analyse one experiment directory and write its files.
 
     Writes into ``out_dir`` (default: the experiment dir) ``pareto.csv``, ``pareto.png``,
-    ``front_policies.png``, ``curves.png``, ``report.html``, and (``write_policies``) every front
+    ``front_policies.png``, ``curves.png``, ``hypervolume.png``, ``report.html``, and (``write_policies``) every front
     policy as ``policies/<trial_id>.json`` so the report's retrain commands work; with
     ``compare`` also ``compare.png``. Prints the summary unless ``quiet``. Raises ``UserError``
     for a directory that is not an experiment or has no finished trial.
@@ -162,6 +162,7 @@ def run_analysis(
         "pareto": plot_pareto(exp, fr, out / "pareto.png"),
         "front_policies": plot_front_policies(exp, fr, out / "front_policies.png"),
         "curves": plot_curves(exp, fr, out / "curves.png"),
+        "hypervolume": plot_hypervolume(exp, fr, out / "hypervolume.png"),
     }
     if others:
         images["Fronts compared"] = plot_compare([(exp, fr)] + others, out / "compare.png")

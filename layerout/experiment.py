@@ -7,6 +7,7 @@
 - ``trials.csv``: one row per trial (``TRIAL_FIRST_COLUMNS``, flattened ``config/...`` columns, the
   schedule as it ran under ``policy``, ``steps_per_epoch``, then every metric of its last epoch);
 - ``epochs.csv``: one row per trial-epoch (``trial_id`` + every metric);
+- ``rungs.csv``: MOASHA's decisions, one row per result it ranked at a rung (``RUNGS_COLUMNS``);
 - ``pareto.csv``, ``pareto.png``, ``report.html``, ``policies/*.json``: the analysis.
 
 Each trial's directory (``trial_<id>/``) holds Ray's ``result.json``: one JSON object per reported
@@ -34,12 +35,18 @@ EXPERIMENT_JSON = "experiment.json"
 TRIALS_CSV = "trials.csv"
 EPOCHS_CSV = "epochs.csv"
 PARETO_CSV = "pareto.csv"
+RUNGS_CSV = "rungs.csv"
 POLICIES_DIR = "policies"
 RESULT_JSON = "result.json"  # Ray Tune's per-trial results: one JSON object per reported epoch
 USER_ERROR = "user_error"  # a result line with this key: the trial ended on a mistake in the user's code or data
 
 TRIAL_STATUSES = ("TERMINATED", "ERROR", "RUNNING")  # RUNNING: not finished (--resume continues it)
-TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done"]
+# last_report_time: Ray's timestamp (unix seconds) of the trial's last report: the order trials ended in
+TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done",
+                       "last_report_time"]
+# rungs.csv: rung (epoch), trial, the value of each objective the scheduler ranks on (between
+# trial_id and rank), rank (1 = best) among how many results, decision (continue | stop | kept: <why>)
+RUNGS_COLUMNS = ["rung", "trial_id", "rank", "of", "decision"]
 EPOCH_COLUMNS = ["trial_id", *METRICS, *EXTRA_METRICS]
 # read as text: trial ids like "00001" and masks like "0110" must not become numbers
 STR_COLUMNS = ["trial_id", "status", "paper_config", "family", "policy", "frozen_units", "error"]
@@ -189,6 +196,7 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
             "paper_config": config.get("paper_config", "") or "",
             "family": config.get("family", "") or schedule.get("kind", ""),
             "epochs_done": done,
+            "last_report_time": last.get("timestamp", math.nan) if last else math.nan,
         }
         row.update(flatten_config({k: v for k, v in config.items() if k != "paper_config"}, "config"))
         # the schedule as it ran (drawn vectors, adaptive freeze epochs), else the one asked for
@@ -233,6 +241,13 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
             if len(vals) and all(isinstance(x, bool) for x in vals) and len(vals) < len(s):
                 out[c] = s.astype("boolean")
     return out
+
+
+def rungs_csv(rows: list[dict[str, Any]], objectives: list[str]) -> str:
+    """The text of rungs.csv from the scheduler's decision rows (``RUNGS_COLUMNS``, with the
+    objectives it ranks on after ``trial_id``)."""
+    cols = [*RUNGS_COLUMNS[:2], *objectives, *RUNGS_COLUMNS[2:]]
+    return pd.DataFrame(rows, columns=cols).to_csv(index=False)
 
 
 def tables_csv(trials: pd.DataFrame, epochs: pd.DataFrame) -> tuple[str, str]:

@@ -13,6 +13,7 @@ METRICS: tuple[str, ...] = (
     "test_accuracy",        # the dataset's test split; last epoch only (or every epoch if asked); never selects
     "params_frozen_frac",   # LayerOut's figure: mean over epochs of frozen parameters / all parameters
     "compute_saved_frac",   # 1 - training FLOPs spent / FLOPs of the unfrozen model on the same steps
+    "planned_compute_saved_frac",  # compute_saved_frac at the end of the budget: so far + the schedule's plan
     "compute_spent_gflop",  # cumulative training GFLOPs
     "time_saved_frac",      # 1 - training wall-clock / (steps x the unfrozen step time of the same run)
     "train_time_s",         # training wall-clock so far

@@ -237,6 +237,7 @@ class Trainer:
         self.total_params = count_params(self.model)
         self.unit_param_counts = unit_param_counts(self.model, self.units)
         self.ledger = ComputeLedger()
+        self._plan: dict[int, tuple[float, float]] = {}  # epoch -> planned (spent, unfrozen) FLOPs
         self.epoch = 0  # epochs finished
         self.history: list[dict[str, Any]] = []
         self.loss_fn = nn.CrossEntropyLoss()
@@ -289,7 +290,7 @@ class Trainer:
                       f"{self.cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
                       f"{', CUDA graphs' if self.runner.mode == 'cudagraph' else ''}")
             if self.units_origin == "automatic":
-                self._log(f"units (automatic; declare them or give train.units to change them): "
+                self._log("units (automatic; declare them or give train.units to change them): "
                           + ", ".join("+".join(u.prefixes) for u in self.units))
         if self.ledger.calibration_step_s is None and self.epoch == 0 and self._needs_calibration():
             self.ledger.calibration_step_s = self._calibrate()
@@ -361,6 +362,7 @@ class Trainer:
             norms = [math.sqrt(sq[i] / grad_steps[i]) if grad_steps[i] else None for i in range(len(sq))]
             self.schedule.observe_epoch(epoch, norms)
 
+        planned = self.planned_compute_saved_frac(epoch + 1)  # after observe_epoch: adaptive's new decisions count
         val_loss, val_acc = self.evaluate_batches(self.data.eval_batches("val", self.device))
         last = epoch + 1 == cfg.epochs
         test_acc = (self.evaluate_batches(self.data.eval_batches("test", self.device))[1]
@@ -374,6 +376,7 @@ class Trainer:
             "test_accuracy": test_acc,
             "params_frozen_frac": self.ledger.params_frozen_frac,
             "compute_saved_frac": self.ledger.compute_saved_frac,
+            "planned_compute_saved_frac": planned,
             "compute_spent_gflop": self.ledger.compute_spent_gflop,
             "time_saved_frac": time_saved,
             "train_time_s": self.ledger.train_time_s,
@@ -381,6 +384,37 @@ class Trainer:
             "frozen_units": state.mask_str,
             "synthetic": self.data.synthetic,
         }
+
+    def planned_compute_saved_frac(self, from_epoch: int | None = None) -> float:
+        """The compute_saved_frac this run will have at the end of its budget: the FLOPs of the
+        epochs trained so far (the ledger) plus those of epochs ``from_epoch`` (default: the next
+        one) to the last, under the masks the schedule will apply (``Schedule.mask_runs``), each
+        step weighted by its samples (an epoch's last batch may be smaller). For schedules whose
+        masks are fixed in advance (none, prefix, FreezeOut, LayerOut's seeded draws) it is the
+        same number before the first epoch as at the end; an adaptive schedule's plan holds its
+        current mask to the end."""
+        start = self.epoch if from_epoch is None else from_epoch
+        spent, unfrozen = self.ledger.flops_spent, self.ledger.flops_unfrozen
+        for epoch in range(start, self.cfg.epochs):
+            f, u = self._planned_epoch_flops(epoch)
+            spent += f
+            unfrozen += u
+        return 1.0 - spent / unfrozen if unfrozen else 0.0
+
+    def _planned_epoch_flops(self, epoch: int) -> tuple[float, float]:
+        """(FLOPs under the schedule's masks, FLOPs unfrozen) of one whole epoch; cached unless
+        the schedule learns from training (its plan may change every epoch)."""
+        if epoch in self._plan and not self.schedule.needs_grad_stats:
+            return self._plan[epoch]
+        n_train, bs = self.data.n_train, self.cfg.batch_size
+        unfrozen = self.flops((False,) * len(self.units))
+        spent = total = 0.0
+        for first, end, mask in self.schedule.mask_runs(epoch):
+            samples = min(n_train, end * bs) - first * bs  # steps first..end-1, the last batch as it comes
+            spent += self.flops(mask) * samples
+            total += unfrozen * samples
+        self._plan[epoch] = (spent, total)
+        return spent, total
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
         """(mean loss, accuracy) on tensors ``x``, ``y`` in eval mode; the model's mode is restored."""

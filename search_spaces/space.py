@@ -36,7 +36,7 @@ This module never imports Ray. Format (every key optional except ``model`` and `
       adaptive: {check_every: [1, 2], threshold_mode: [percentile], threshold: [10, 90],
                  absolute_threshold: [0.01, 0.5], min_trainable_units: 1}
     objectives: [[val_accuracy, max], [compute_saved_frac, max]]
-    early_stopping: {scheduler: asha, grace_period: 2, reduction_factor: 2}
+    early_stopping: {scheduler: moasha, grace_period: 2, reduction_factor: 2}   # moasha | asha | none
     paper_configs: true          # evaluate the paper's five configurations first
     paper_warmup_epochs: 2       # warm-up of the paper's "warm-up" configurations (paper: 20)
     num_samples: 24
@@ -71,7 +71,9 @@ from search_spaces.families import FAMILY_SPACES, FamilySpace, SpaceContext
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
-SCHEDULERS = ("asha", "none")
+# moasha: Pareto-aware successive halving, the default with two or more objectives; asha: on the first
+# (accuracy) alone, the default with one; none: every trial trains its whole budget
+SCHEDULERS = ("moasha", "asha", "none")
 TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "families", "objectives",
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",
             "max_concurrent", "seed")
@@ -83,7 +85,7 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
 
 @dataclass
 class EarlyStopping:
-    scheduler: str = "asha"
+    scheduler: str = "moasha"
     grace_period: int = 1
     reduction_factor: int = 2
 
@@ -270,7 +272,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     ep_what = f" (0 .. epochs-1, epochs = {epochs})"
     objectives = _objectives(check, data.get("objectives"))
     es = check.mapping("early_stopping", data.get("early_stopping"), ("scheduler", "grace_period", "reduction_factor"))
-    scheduler = es.get("scheduler", "asha")
+    scheduler = es.get("scheduler", "moasha" if len(objectives) >= 2 else "asha")
     if scheduler not in SCHEDULERS:
         raise check.err("early_stopping.scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
     early = EarlyStopping(

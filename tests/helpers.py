@@ -17,7 +17,8 @@ from layerout.schedules import FreezeState, Schedule
 REPO = Path(__file__).resolve().parents[1]
 # The per-epoch metrics in column order, spelled out here so a renamed column fails the tests.
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "params_frozen_frac",
-                  "compute_saved_frac", "compute_spent_gflop", "time_saved_frac", "train_time_s"]
+                  "compute_saved_frac", "planned_compute_saved_frac", "compute_spent_gflop", "time_saved_frac",
+                  "train_time_s"]
 TIMING = {"train_time_s", "time_saved_frac"}
 DIGITS_UNITS = ["conv1", "conv2", "head"]
 

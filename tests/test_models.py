@@ -61,6 +61,14 @@ def test_digits_cnn_three_units_and_in_channels():
     assert m3(torch.randn(4, 3, 8, 8)).shape == (4, 7)
 
 
+def test_digits_tiny_is_digits_cnn_at_4_and_8_channels():
+    m = build_model("digits_tiny", num_classes=10, in_channels=1)
+    assert [u.name for u in units_of(m)] == ["conv1", "conv2", "head"]
+    assert count_params(m) == 1_650 and count_params(build_model("digits_cnn", in_channels=1)) == 29_258
+    assert (m.conv1[0].out_channels, m.conv2[0].out_channels, m.head[2].in_features) == (4, 8, 128)
+    assert m(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
 def test_unknown_model_lists_allowed():
     with pytest.raises(UserError) as e:
         build_model("resnet9000")

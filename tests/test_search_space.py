@@ -110,9 +110,9 @@ def _error(d) -> str:
     ({"objectives": [["val_accuracy", "up"]]},
      "search_spaces/x.yaml: objectives: must be a list of [metric, max|min] pairs with metrics from epoch, "
      "train_loss, val_loss, val_accuracy, test_accuracy, params_frozen_frac, compute_saved_frac, "
-     "compute_spent_gflop, time_saved_frac, train_time_s, got [['val_accuracy', 'up']]"),
+     "planned_compute_saved_frac, compute_spent_gflop, time_saved_frac, train_time_s, got [['val_accuracy', 'up']]"),
     ({"early_stopping": {"scheduler": "hyperband"}},
-     "search_spaces/x.yaml: early_stopping.scheduler: must be one of asha, none, got 'hyperband'"),
+     "search_spaces/x.yaml: early_stopping.scheduler: must be one of moasha, asha, none, got 'hyperband'"),
     ({"early_stopping": {"grace_period": 9}},
      "search_spaces/x.yaml: early_stopping.grace_period: must be an integer within [1, 8] (1 .. epochs, "
      "epochs = 8), got 9"),
@@ -192,7 +192,8 @@ def test_presets_load_with_the_papers_recipes():
         assert s.train["momentum"] == 0.9 and s.train["weight_decay"] == 5e-4
     demo = spaces["demo"]
     assert (demo.model, demo.dataset, demo.num_units, demo.train["batch_size"]) == ("digits_cnn", "digits", 3, 64)
-    assert demo.num_samples >= 24 and demo.early_stopping.scheduler == "asha" and demo.train["device"] == "cpu"
+    assert demo.num_samples >= 24 and demo.early_stopping.scheduler == "moasha" and demo.train["device"] == "cpu"
+    assert all(s.early_stopping.scheduler == "moasha" for s in spaces.values())
     assert set(demo.families) == {"layerout", "freezeout", "prefix", "adaptive"}
     m = spaces["paper-mnist"]
     assert (m.model, m.num_units, m.epochs, m.train["lr"]) == ("mnist_shallow", 7, 100, 0.01)
@@ -297,3 +298,12 @@ def test_yaml_round_trip_of_the_demo_file():
     data = yaml.safe_load((PRESET_DIR / "demo.yaml").read_text())
     s = space_from_dict(data, where="demo.yaml")
     assert s.to_dict()["units"] == ["conv1", "conv2", "head"]
+
+
+def test_the_default_scheduler_is_moasha_with_two_objectives_and_asha_with_one():
+    base = {"model": "digits_cnn", "dataset": "digits", "train": {"epochs": 4}}
+    assert space_from_dict(base, where="x.yaml").early_stopping.scheduler == "moasha"
+    one = space_from_dict({**base, "objectives": [["val_accuracy", "max"]]}, where="x.yaml")
+    assert one.early_stopping.scheduler == "asha"
+    chosen = space_from_dict({**base, "early_stopping": {"scheduler": "asha"}}, where="x.yaml")
+    assert chosen.early_stopping.scheduler == "asha"

@@ -195,6 +195,15 @@ def _finished_trials(exp: Path) -> set[str]:
     return done
 
 
+def _midway_trials(exp: Path) -> set[str]:
+    out = set()
+    for d in exp.glob("trial_*"):
+        epochs = [r.get("epoch") or 0 for r in _result_lines(d)]
+        if epochs and 1 <= max(epochs) < EPOCHS:
+            out.add(d.name.removeprefix("trial_"))
+    return out
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
     n = 12  # warm digits trials take about a second: enough of them that the kill lands mid-search
     space = _space(tmp_path, "res", MIXED)
@@ -251,13 +260,15 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
     exp = tmp_path / "res" / "term"
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
            "--name", "term", "--num-samples", "10", "--max-concurrent", "1", "--scheduler", "none",
-           "--no-analysis"]
+           "--no-analysis", "--optuna-storage", f"sqlite:///{tmp_path / 'term.db'}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_env(), start_new_session=True)
     try:
         deadline = time.time() + 150
-        while time.time() < deadline and proc.poll() is None and not _finished_trials(exp):
-            time.sleep(0.2)
+        # interrupt when a trial has finished and, if we catch one, another is half-way
+        while time.time() < deadline and proc.poll() is None and not (
+                _finished_trials(exp) and (_midway_trials(exp) or len(_finished_trials(exp)) >= 3)):
+            time.sleep(0.02)
         assert proc.poll() is None, "the search ended before it could be interrupted"
         finished_before = _finished_trials(exp)
         os.kill(proc.pid, signal.SIGTERM)
@@ -275,6 +286,16 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
     assert (trials["epochs_done"] == EPOCHS).sum() < 10, trials
     assert meta["finished"] is None and meta["interrupted"]
     assert not trials["stopped_early"].any()  # interrupted trials are not "stopped by ASHA"
+    # nor are they told to Optuna: they stay RUNNING there until --resume finishes them
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="term", storage=f"sqlite:///{tmp_path / 'term.db'}")
+    told = {t.user_attrs.get("ray_trial_id"): t.state for t in study.trials}
+    unfinished = set(trials.loc[trials["status"] == "RUNNING", "trial_id"])
+    assert all(told[tid] == TrialState.RUNNING for tid in unfinished), told
+    assert {told[tid] for tid in finished_before} == {TrialState.COMPLETE}
+    assert TrialState.PRUNED not in told.values()
 
     res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
                          cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
@@ -282,6 +303,10 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
     trials, epochs, meta = _read(exp)
     assert len(trials) == 10 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()
     assert len(epochs) == 10 * EPOCHS and meta["finished"] and "interrupted" not in meta
+    study = optuna.load_study(study_name="term", storage=f"sqlite:///{tmp_path / 'term.db'}")
+    done = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in done) == sorted(trials["trial_id"])
+    assert all(t.state == TrialState.COMPLETE for t in done)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -60,3 +60,35 @@ def test_asha_fields():
     before = sched._num_stopped
     internals.uncount_asha_stop(sched)
     assert sched._num_stopped == before - 1
+
+
+def _reports_x(config):
+    tune.report({"epoch": 1, "score": config["x"]})
+
+
+def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
+    import optuna
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="score", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    scheduler = FIFOScheduler()
+    _init_ray(None)
+    try:
+        tuner = tune.Tuner(_reports_x, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                                                   num_samples=2, max_concurrent_trials=1),
+                           run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0))
+        # the objects passed in, also once Ray has wrapped the searcher in its ConcurrencyLimiter
+        tuner.fit()
+        assert internals.tuner_searcher(tuner) is searcher and internals.tuner_scheduler(tuner) is scheduler
+        restored = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_reports_x)
+        restored.fit()
+        again = internals.tuner_searcher(restored)
+        # after a restore: the unpickled copies, the searcher with the saved study
+        assert again is not searcher and isinstance(again, OptunaSearch)
+        assert isinstance(internals.tuner_scheduler(restored), FIFOScheduler)
+        assert len(again._ot_study.trials) == 2
+    finally:
+        ray.shutdown()

@@ -10,7 +10,11 @@ records the version it was written for (``CHECKED_WITH``):
 - ``checkpoint_names``: the checkpoint folder names a saved trial refers to (its pickled
   checkpoint manager, stored hex-encoded);
 - ``uncount_asha_stop``, ``asha_settings``: ASHA's count of stopped trials (corrected when we
-  overrule its decision), its time attribute and budget.
+  overrule its decision), its time attribute and budget;
+- ``tuner_searcher``, ``tuner_scheduler``: the searcher and scheduler a ``Tuner`` ran with. For a
+  new Tuner they are the objects passed in; after ``Tuner.restore`` they are the ones unpickled
+  from ``tuner.pkl`` (the searcher then restored from ``searcher-state-*.pkl``, the scheduler's
+  state by ``tuning.schedulers.SchedulerState``), which only the Tuner holds.
 """
 from __future__ import annotations
 
@@ -82,3 +86,20 @@ def asha_settings(scheduler: Any) -> tuple[str, float]:
     """(time attribute, max_t) of an AsyncHyperBandScheduler."""
     return scheduler._time_attr, scheduler._max_t
 
+
+
+def _tune_config(tuner: Any) -> Any:
+    return tuner._local_tuner._tune_config
+
+
+def tuner_searcher(tuner: Any) -> Any:
+    """The searcher a Tuner runs with, unwrapped from Ray's SearchGenerator/ConcurrencyLimiter."""
+    s = _tune_config(tuner).search_alg
+    while hasattr(s, "searcher"):
+        s = s.searcher
+    return s
+
+
+def tuner_scheduler(tuner: Any) -> Any:
+    """The trial scheduler a Tuner runs with."""
+    return _tune_config(tuner).scheduler

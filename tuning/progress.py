@@ -1,5 +1,6 @@
 """The driver's console output during a search: one line per trial that ends (finished, stopped
-early or failed), and a status line when nothing ended for a while, instead of Ray's tables."""
+early or failed), one per proposed configuration that repeats a trial (not trained again), and a
+status line when nothing ended for a while, instead of Ray's tables."""
 from __future__ import annotations
 
 import math
@@ -20,18 +21,34 @@ def _pct(x: Any, digits: int = 1) -> str:
     return "   -  " if math.isnan(v) else f"{100 * v:5.{digits}f}%"
 
 
-class TrialProgress(Callback):
-    """One console line per trial that ends; a status line after ``quiet_s`` without one."""
+def repeat_line(number: int, first: str, what: str, told: bool) -> str:
+    """The line for an Optuna proposal that repeats the configuration trial ``first`` trains."""
+    reuse = "its result is reused" if told else f"it gets trial {first}'s result when that ends"
+    return (f"[repeat] Optuna trial {number} proposed {what}, the configuration of trial {first}: "
+            f"not trained again, {reuse}; asking for another point")
 
-    def __init__(self, num_samples: int, epochs: int, quiet_s: float = 120.0):
+
+def exhausted_line(streak: int, distinct: int) -> str:
+    """The line for a search that ends early: the samplers found no new configuration."""
+    return (f"[repeat] {streak} proposals in a row repeated configurations already run: the search ends "
+            f"after {distinct} distinct configurations (the space has no other one the samplers find)")
+
+
+class TrialProgress(Callback):
+    """One console line per trial that ends; a status line after ``quiet_s`` without one.
+    ``scheduler``: the early-stopping scheduler's name, for trials it stopped."""
+
+    def __init__(self, num_samples: int, epochs: int, quiet_s: float = 120.0, scheduler: str = "the scheduler"):
         self.num_samples = int(num_samples)
         self.epochs = int(epochs)
+        self.scheduler = scheduler
         self.quiet_s = float(quiet_s)
         self._last_print = time.time()
         self._printed: set[str] = set()
 
     def __setstate__(self, state: dict) -> None:  # restored by --resume: a new clock
         self.__dict__.update(state)
+        self.__dict__.setdefault("scheduler", "the scheduler")
         self._last_print = time.time()
 
     def _print(self, line: str) -> None:
@@ -59,9 +76,9 @@ class TrialProgress(Callback):
             self._print(f"{head} ended without reporting")
             return
         stopped = int(epoch) < self.epochs
-        ran = f"{int(epoch)}/{self.epochs} epochs" + (" (ASHA stopped it)" if stopped else "")
+        ran = f"{int(epoch)}/{self.epochs} epochs" + (f" ({self.scheduler} stopped it)" if stopped else "")
         secs = res.get("time_total_s")
-        self._print(f"{head} {ran:<28} val acc {_pct(res.get('val_accuracy'), 2)}  "
+        self._print(f"{head} {ran:<32} val acc {_pct(res.get('val_accuracy'), 2)}  "
                     f"compute saved {_pct(res.get('compute_saved_frac'))}  "
                     f"time saved {_pct(res.get('time_saved_frac'))}"
                     + (f"  {secs:.0f} s" if isinstance(secs, (int, float)) else ""))

@@ -29,25 +29,28 @@ import pandas as pd
 import ray
 from ray import cloudpickle, tune
 from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from layerout import userland
 from layerout.data import DATASETS, load_data
 from layerout.errors import UserError
-from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord,
-                                 build_tables, meta_json, parse_meta, parse_result_lines, tables_csv)
+from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, VERSION,
+                                 TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines, rungs_csv,
+                                 tables_csv)
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
 from search_spaces.trials import define_by_run, paper_enqueue
 from tuning import internals, storage
 from tuning.progress import TrialProgress
 from tuning.repair import repair_checkpoint_refs
-from tuning.schedulers import PaperASHA
+from tuning.schedulers import MOASHA, PaperASHA, SchedulerState
+from tuning.searcher import TruthfulOptunaSearch
 from tuning.trainable import train_trial, trial_dirname
-from tuning.usercode import SHIP_CODE_ENV, UserErrorSearch, code_info, with_user_modules
+from tuning.usercode import SHIP_CODE_ENV, code_info, with_user_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLERS = ("tpe", "nsga2", "random")
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("moasha", "asha", "none")
+# what MOASHA ranks on in place of an objective: what the trial's policy will save, not what it has saved so far
+PLANNED = {"compute_saved_frac": "planned_compute_saved_frac"}
 # what --resume may change: where the search runs, not what it computes
 RESUME_OPTIONS = ("address", "cpus_per_trial", "gpus_per_trial")
 Log = Callable[[str], None]
@@ -116,10 +119,12 @@ class SearchResult:
     unfinished: int = 0
     skipped_lines: int = 0  # result.json lines that were not JSON (torn by a kill)
     notes: list[str] = field(default_factory=list)
+    exhausted: bool = False  # the searcher found no new configuration: fewer trials than planned, by design
+    repeats: int = 0  # proposals that repeated a configuration already run (not trained again)
 
     @property
     def interrupted(self) -> bool:
-        return bool(self.unfinished or len(self.trials) < self.planned)
+        return bool(self.unfinished or (len(self.trials) < self.planned and not self.exhausted))
 
     @property
     def full_budget(self) -> int:
@@ -173,17 +178,21 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
     try:
         _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
         storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
-        searcher = _searcher(space, name, options.sampler, num_samples, ot_storage)
+        searcher = _searcher(space, name, options.sampler, num_samples, ot_storage, exp_dir, log)
+        sched = _scheduler(space, scheduler)
+        callbacks: list[Any] = [TrialProgress(num_samples, space.epochs, scheduler=scheduler)]
+        if isinstance(sched, MOASHA):
+            callbacks.append(SchedulerState(sched))  # its rungs survive --resume
         tuner = tune.Tuner(
             _trainable(resolved, code, options.address),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, scheduler),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
                                         num_samples=num_samples, max_concurrent_trials=max_conc or None,
                                         reuse_actors=True, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=name, storage_path=root, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[TrialProgress(num_samples, space.epochs)]),
+                callbacks=callbacks),
         )
         log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
             f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
@@ -192,7 +201,7 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
             + _code_lines(space, code, options.address))
         t0 = time.time()
         results = _fit(tuner)
-        return _finish(exp_dir, meta, results, time.time() - t0)
+        return _finish(exp_dir, meta, results, time.time() - t0, tuner)
     finally:
         ray.shutdown()
 
@@ -243,7 +252,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
         t0 = time.time()
         results = _fit(tuner)
         meta.setdefault("resumed", []).append(_now())
-        return _finish(exp_dir, meta, results, time.time() - t0)
+        return _finish(exp_dir, meta, results, time.time() - t0, tuner)
     finally:
         ray.shutdown()
 
@@ -279,20 +288,32 @@ def _optuna_storage(url: str | None) -> Any:
                         "sqlite:///path/study.db or a journal file path") from None
 
 
-def _sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+def nsga2_population(num_samples: int) -> int:
+    """NSGA-II's population for a run of ``num_samples`` trials: a quarter of them (4 generations),
+    at least 4, at most Optuna's default 50."""
+    return min(50, max(4, num_samples // 4))
+
+
+def _sampler(name: str, seed: int, num_samples: int, log: Log = _print) -> optuna.samplers.BaseSampler:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if name == "nsga2":
-        pop = min(50, max(8, num_samples // 3))
+        pop = nsga2_population(num_samples)
+        if num_samples < 2 * pop:
+            log(f"warning: --sampler nsga2: {num_samples} trials are fewer than two generations of its population "
+                f"({pop}): it samples at random until {pop} trials have finished their whole budget")
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_storage: Any) -> OptunaSearch:
-    """Ray's OptunaSearch over the space's define-by-run function. The study is created here first,
-    in the storage OptunaSearch then loads it from, so that the paper's configurations can be
-    enqueued (with their names as user attributes) and the objectives named for optuna-dashboard."""
+def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_storage: Any, exp_dir: str,
+              log: Log = _print) -> TruthfulOptunaSearch:
+    """The searcher (``tuning.searcher``: Ray's OptunaSearch, told the truth, no repeated work)
+    over the space's define-by-run function. The study is created here first, in the storage the
+    searcher then loads it from, so that the paper's configurations can be enqueued (with their
+    names as user attributes), the objectives named for optuna-dashboard, and the study described
+    (user attributes model, dataset, epochs, experiment_dir)."""
     objectives = space.objectives
     ot_storage = ot_storage or optuna.storages.InMemoryStorage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -301,14 +322,23 @@ def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental" in Optuna
         study.set_metric_names([n for n, _ in objectives])
+    for key, value in (("model", space.model), ("dataset", space.dataset), ("epochs", space.epochs),
+                       ("experiment_dir", exp_dir)):
+        study.set_user_attr(key, value)
     for fixed, attrs in paper_enqueue(space)[:num_samples]:  # the paper's five configurations go first
         study.enqueue_trial(fixed, user_attrs=attrs)
-    return UserErrorSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
-                        mode=[m for _, m in objectives], sampler=_sampler(sampler, space.seed, num_samples),
-                        study_name=name, storage=ot_storage)
+    return TruthfulOptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
+                                mode=[m for _, m in objectives],
+                                sampler=_sampler(sampler, space.seed, num_samples, log),
+                                study_name=name, storage=ot_storage, epochs=space.epochs, seed=space.seed)
 
 
 def _scheduler(space: SearchSpace, name: str) -> Any:
+    es = space.early_stopping
+    if name == "moasha":
+        # every objective, with compute_saved_frac replaced by what the trial's policy will save
+        return MOASHA(objectives=[(PLANNED.get(n, n), m) for n, m in space.objectives], max_t=space.epochs,
+                      grace_period=es.grace_period, reduction_factor=es.reduction_factor)
     if name != "asha":
         return FIFOScheduler()
     objectives = space.objectives
@@ -487,19 +517,30 @@ def _records(exp_dir: str, results: tune.ResultGrid) -> tuple[list[TrialRecord],
     return records, skipped
 
 
-def _finish(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s: float) -> SearchResult:
-    """Write trials.csv, epochs.csv and experiment.json."""
+def _finish(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s: float,
+            tuner: tune.Tuner) -> SearchResult:
+    """Write trials.csv, epochs.csv, rungs.csv (MOASHA's decisions) and experiment.json."""
     records, skipped = _records(exp_dir, results)
     trials, epochs = build_tables(records, int(meta.get("epochs") or 0))
     trials_text, epochs_text = tables_csv(trials, epochs)
     storage.write_text(f"{exp_dir}/{TRIALS_CSV}", trials_text)
     storage.write_text(f"{exp_dir}/{EPOCHS_CSV}", epochs_text)
+    searcher, scheduler = internals.tuner_searcher(tuner), internals.tuner_scheduler(tuner)
+    if isinstance(scheduler, MOASHA):
+        storage.write_text(f"{exp_dir}/{RUNGS_CSV}", rungs_csv(scheduler.decision_rows(),
+                                                               [m for m, _ in scheduler.objectives]))
+    exhausted = bool(getattr(searcher, "exhausted", False))
+    repeats = int(getattr(searcher, "repeats", 0))
     n = len(trials)
     planned = int((meta.get("options") or {}).get("num_samples") or n)
     unfinished = int((~trials["status"].isin(["TERMINATED", "ERROR"])).sum()) if n else 0
     errors = int((trials["status"] == "ERROR").sum()) if n else 0
     result = SearchResult(exp_dir=exp_dir, meta=meta, trials=trials, epochs=epochs, wall_s=wall_s, planned=planned,
-                          errors=errors, unfinished=unfinished, skipped_lines=skipped)
+                          errors=errors, unfinished=unfinished, skipped_lines=skipped, exhausted=exhausted,
+                          repeats=repeats)
+    meta["repeats"] = repeats
+    if exhausted:
+        meta["exhausted"] = True
     meta["finished"] = None if result.interrupted else _now()
     if result.interrupted:
         meta["interrupted"] = _now()

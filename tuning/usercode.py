@@ -20,7 +20,7 @@ from its last checkpoint, whatever the exception (no per-exception filter in Ray
 :class:`UserError` in a trial (your module does not import there, your data function returns
 something else, your forward fails on the first batch) would fail the same way each time, so the
 trial reports ``user_error`` with its message and returns: Ray ends it without a retry, the
-searcher tells Optuna the trial FAILED (:class:`UserErrorSearch`), and the tables mark it
+searcher tells Optuna the trial FAILED (``tuning.searcher``), and the tables mark it
 ``ERROR`` with the message.
 """
 from __future__ import annotations
@@ -28,10 +28,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ray.tune.search.optuna import OptunaSearch
 
 from layerout import userland
-from layerout.experiment import USER_ERROR
 
 SHIP_CODE_ENV = "LAYEROUT_TUNE_SHIP_CODE"
 
@@ -52,13 +50,3 @@ def with_user_modules(runtime_env: dict[str, Any] | None, code: dict[str, Any] |
     env = dict(runtime_env or {})
     env["py_modules"] = [*env.get("py_modules", []), *ship]
     return env
-
-
-class UserErrorSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna FAIL for a trial that ended with a user error (its objectives
-    are NaN, which OptunaSearch would try to tell as COMPLETE and leave the trial RUNNING)."""
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and result.get(USER_ERROR):
-            result, error = None, True
-        super().on_trial_complete(trial_id, result=result, error=error)

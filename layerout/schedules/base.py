@@ -132,6 +132,28 @@ class Schedule:
     def from_dict(cls, d: dict[str, Any]) -> "Schedule":
         raise NotImplementedError
 
+    def mask_runs(self, epoch: int) -> list[tuple[int, int, tuple[bool, ...]]]:
+        """The masks ``epoch`` will train under, as ``(first step, end step, frozen)`` runs that
+        cover steps ``0 .. steps_per_epoch - 1``, as far as the schedule knows them now. The
+        trainer's ``planned_compute_saved_frac`` adds them up over the rest of the budget.
+
+        The default asks ``state``: once per epoch, or once per step for a step-wise schedule.
+        That is exact for every schedule whose states are a function of (epoch, step) (none,
+        prefix, FreezeOut, and LayerOut, whose draws are a function of its seed and the epoch);
+        a schedule that learns from training (adaptive) answers with what it has decided so far,
+        which holds its current mask to the end. Override it only to answer faster."""
+        steps = max(1, self.steps_per_epoch)
+        if not self.stepwise:
+            return [(0, steps, tuple(self.state(epoch, 0).frozen))]
+        runs: list[tuple[int, int, tuple[bool, ...]]] = []
+        for step in range(steps):
+            frozen = tuple(self.state(epoch, step).frozen)
+            if runs and runs[-1][2] == frozen:
+                runs[-1] = (runs[-1][0], step + 1, frozen)
+            else:
+                runs.append((step, step + 1, frozen))
+        return runs
+
     @classmethod
     def dict_from_flags(cls, given: dict[str, Any], num_units: int) -> dict[str, Any]:
         """The schedule dict for the flags given on the command line (``dest -> value``, only the
