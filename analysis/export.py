@@ -32,9 +32,11 @@ from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
 from layerout.errors import UserError
 from layerout.experiment import POLICIES_DIR
+from layerout.freezer import resolve_bn_frozen
 from layerout.policy import FORMAT as POLICY_FORMAT
 from layerout.policy import VERSION as POLICY_VERSION
 from layerout.policy import Policy, save_policy
+from layerout.schedules import SCHEDULES
 from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
@@ -194,6 +196,9 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     measured["epochs"] = _json_safe(row.get("epochs_done"))
     meta = exp.meta
     recipe = train_recipe(exp, row)
+    kind = schedule.get("kind")
+    if recipe.get("bn_frozen") == "auto" and kind in SCHEDULES:  # the value the trial ran with
+        recipe["bn_frozen"] = resolve_bn_frozen("auto", SCHEDULES[kind])
     provenance = {
         "model": str(model),
         "dataset": exp.dataset,

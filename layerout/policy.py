@@ -29,7 +29,7 @@ from torch import nn
 
 from layerout.errors import UserError
 from layerout.files import atomic_write
-from layerout.freezer import Freezer
+from layerout.freezer import BN_CHOICES, Freezer
 from layerout.schedules import Schedule, schedule_from_dict
 from layerout.units import Unit, units_of
 
@@ -114,13 +114,15 @@ class Policy:
     # ------------------------------------------------------------------ use
     def attach(self, model: nn.Module, optimizer: Any, units: list[Unit] | list[str] | None = None,
                epochs: int | None = None, steps_per_epoch: int | None = None, seed: int | None = None,
-               bn_frozen: str = "train") -> Freezer:
+               bn_frozen: str | None = None) -> Freezer:
         """A Freezer applying this policy to ``model``/``optimizer`` in your own loop.
 
         ``units``: the model's units (declared by built-in models, top-level children that own
         parameters otherwise), or a list of module-name prefixes. ``epochs`` and
         ``steps_per_epoch`` default to the run the policy came from; step-wise schedules
-        (FreezeOut) and warm-ups need them to match your loop.
+        (FreezeOut) and warm-ups need them to match your loop. ``bn_frozen`` (frozen units'
+        BatchNorm: train, eval or auto) defaults to the run's (``provenance.train.bn_frozen``),
+        else the schedule family's choice.
         """
         if units is None:
             unit_list = units_of(model)
@@ -134,6 +136,10 @@ class Policy:
         sched = self.build_schedule(e, s, seed)
         if sched.stepwise and not (e and s):
             raise UserError(f"the {sched.kind!r} schedule changes within epochs; pass epochs= and steps_per_epoch=")
+        if bn_frozen is None:
+            train = self.provenance.get("train")
+            recorded = train.get("bn_frozen") if isinstance(train, dict) else None
+            bn_frozen = recorded if recorded in BN_CHOICES else "auto"
         return Freezer(model, optimizer, unit_list, sched, bn_frozen=bn_frozen)
 
     # ------------------------------------------------------------------ (de)serialization

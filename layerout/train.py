@@ -13,6 +13,7 @@ from typing import Any
 
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.fastpath import FAST_PATHS
+from layerout.freezer import BN_CHOICES
 from layerout.models import MODELS
 from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
 
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr-gamma", type=float, default=None)
     tr.add_argument("--lr-warmup", default=None, metavar="EPOCHS:LR",
                     help="warm start, e.g. 4:0.01 (the paper's ResNet-110 recipe)")
-    tr.add_argument("--bn-frozen", choices=("train", "eval"), default=None,
-                    help="frozen units' BatchNorm: keep updating statistics (train, paper) or eval (FreezeOut)")
+    tr.add_argument("--bn-frozen", choices=BN_CHOICES, default=None,
+                    help="frozen units' BatchNorm: keep updating statistics (train, LayerOut), eval (FreezeOut's "
+                         "authors), or auto (default): the schedule family's choice (eval for freezeout, else train)")
     tr.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
     tr.add_argument("--random-erasing", action="store_true")
     tr.add_argument("--val-frac", type=float, default=None, help="validation share of the training set (0.1)")
@@ -92,17 +94,18 @@ def add_schedule_flags(ap: argparse.ArgumentParser) -> None:
             added.add(f.dest)
             shared = owners[f.dest]
             text = f.help + (f" ({', '.join(shared)})" if len(shared) > 1 else "")
-            if f.switch:
-                group.add_argument(f.option, dest=f.dest, action="store_true", help=text)
+            if f.switch:  # --name / --no-name; not given: the schedule's default
+                group.add_argument(f.option, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
+                                   help=text)
             else:
                 group.add_argument(f.option, dest=f.dest, type=f.type, choices=f.choices, default=None,
                                    metavar=f.metavar, help=text)
 
 
 def _given(args: argparse.Namespace) -> set[str]:
-    """The schedule flags (dests) the user typed: not None, not a switch left off."""
+    """The schedule flags (dests) the user typed (every flag left out is None)."""
     dests = {f.dest for flags in family_flags().values() for f in flags}
-    return {d for d in dests if getattr(args, d, None) not in (None, False)}
+    return {d for d in dests if getattr(args, d, None) is not None}
 
 
 def _option(dest: str) -> str:

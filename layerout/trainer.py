@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,7 @@ from layerout.data import DataSplits, iterate_batches, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner
 from layerout.files import atomic_write
-from layerout.freezer import BN_MODES, Freezer
+from layerout.freezer import BN_CHOICES, Freezer, resolve_bn_frozen
 from layerout.metrics import EXTRA_METRICS, METRICS
 from layerout.models import MODELS, build_model, count_params
 from layerout.policy import Policy, provenance
@@ -71,7 +71,9 @@ class TrainConfig:
     val_frac: float = 0.1
     augment: bool = True
     random_erasing: bool = False
-    bn_frozen: str = "train"  # frozen units' BatchNorm: keep updating statistics (paper) or eval (FreezeOut)
+    # frozen units' BatchNorm: train (keep updating statistics, LayerOut), eval (FreezeOut's authors), or
+    # auto: the schedule family's choice; a Trainer records the resolved value in its config
+    bn_frozen: str = "auto"
     data_dir: str | None = None
     download: bool = True
     test_every_epoch: bool = False
@@ -106,7 +108,7 @@ class TrainConfig:
         self.val_frac = check_number("train.val_frac", self.val_frac, 0.0, 0.5, low_open=True)
         for name in ("augment", "random_erasing", "download", "test_every_epoch"):
             check_bool(f"train.{name}", getattr(self, name))
-        check_choice("train.bn_frozen", self.bn_frozen, BN_MODES)
+        check_choice("train.bn_frozen", self.bn_frozen, BN_CHOICES)
         check_choice("train.fast_path", self.fast_path, FAST_PATHS)
         for name in ("max_train_batches", "synthetic_size"):
             if getattr(self, name) is not None:
@@ -148,6 +150,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, schedule: Schedule, out_dir: str | os.PathLike | None = None,
                  callbacks: list[Callback] | None = None, verbose: bool = True,
                  data: DataSplits | None = None) -> None:
+        # bn_frozen "auto" becomes the schedule's choice here, so that checkpoints, summaries and
+        # policies record what ran
+        cfg = replace(cfg, bn_frozen=resolve_bn_frozen(cfg.bn_frozen, schedule))
         self.cfg, self.schedule = cfg, schedule
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks or [])

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import helpers
+from analysis.export import build_policy
 from analysis.front import compute_front
 from analysis.pareto import hypervolume_2d, knee_point, pareto_front
 from analysis.results import load_experiment, select_trials
@@ -514,3 +515,17 @@ def test_unknown_objective_in_experiment_json(tmp_path):
     meta["objectives"] = [["val_accuracy", "max"], ["speedup", "max"]]
     (d / "experiment.json").write_text(json.dumps(meta))
     assert_one_line_error(run_module("analysis", d), "objectives", "speedup", "compute_saved_frac")
+
+
+def test_exported_policy_records_the_batchnorm_mode_the_trial_ran_with(tmp_path):
+    """A search's recipe says bn_frozen: auto; the trial ran with its family's choice, and the
+    exported policy says which (FreezeOut: eval, as its authors run it; the others: train)."""
+    d = write_experiment(tmp_path)
+    t = pd.read_csv(d / "trials.csv")
+    t["config/train/bn_frozen"] = "auto"
+    t.to_csv(d / "trials.csv", index=False)
+    e = load_experiment(d)
+    rows = e.trials.set_index("trial_id", drop=False)
+    got = {tid: build_policy(e, rows.loc[tid], "test")["provenance"]["train"]["bn_frozen"]
+           for tid in ("t_fo", "t_prefix", "t_efreeze")}
+    assert got == {"t_fo": "eval", "t_prefix": "train", "t_efreeze": "train"}

@@ -82,7 +82,7 @@ class Flag:
     help: str
     type: Callable[[str], Any] | None = None
     choices: tuple[str, ...] | None = None
-    switch: bool = False  # a store_true flag
+    switch: bool = False  # an on/off flag: --name turns it on, --no-name off (the default is the schedule's)
     metavar: str | None = None
 
     @property
@@ -102,6 +102,9 @@ class Schedule:
     uses_lr_factor: ClassVar[bool] = False  # True: states carry per-unit lr factors
     needs_grad_stats: ClassVar[bool] = False  # True: wants observe_epoch(grad norms)
     flags: ClassVar[tuple[Flag, ...]] = ()  # its python -m layerout.train flags
+    # frozen units' BatchNorm when the recipe says bn_frozen: auto ("train" keeps updating running
+    # statistics, "eval" freezes them too): the choice of the family's authors
+    bn_frozen: ClassVar[str] = "train"
     summary: ClassVar[str] = ""  # one line for --help and the docs
 
     num_units: int = 0
