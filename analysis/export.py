@@ -30,6 +30,7 @@ from analysis._cli import ArgumentParser, run_cli
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.experiment import POLICIES_DIR
 from layerout.freezer import resolve_bn_frozen
@@ -63,14 +64,14 @@ def parse_accuracy(value: Any) -> float:
         x = float(text)
     except ValueError:
         raise UserError(
-            f"--min-accuracy {value!r}: not a number; give a fraction (0.95) or a percent (95 or 95%)"
+            f"--min-accuracy {short(value)}: not a number; give a fraction (0.95) or a percent (95 or 95%)"
         ) from None
     if math.isnan(x) or x < 0:
-        raise UserError(f"--min-accuracy {value!r}: must be between 0 and 1 (fraction) or 0 and 100 (percent)")
+        raise UserError(f"--min-accuracy {short(value)}: must be between 0 and 1 (fraction) or 0 and 100 (percent)")
     if percent or x > 1:
         x /= 100.0
     if x > 1:
-        raise UserError(f"--min-accuracy {value!r}: above 100%; give a fraction (0.95) or a percent (95)")
+        raise UserError(f"--min-accuracy {short(value)}: above 100%; give a fraction (0.95) or a percent (95)")
     return x
 
 
@@ -305,7 +306,7 @@ def export_policy(
     overrides it: the most compute-saving front policy with val_accuracy >= min_accuracy.
     """
     if pick not in PICKS:
-        raise UserError(f"--pick {pick!r}: allowed: {', '.join(PICKS)}")
+        raise UserError(f"--pick {short(pick)}: allowed: {', '.join(PICKS)}")
     exp = load_experiment(exp_dir)
     fr = compute_front(exp, include_stopped=include_stopped)
     thr = parse_accuracy(min_accuracy) if min_accuracy is not None else None

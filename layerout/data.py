@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from layerout.augment import AugmentConfig, augment_batch
+from layerout.checks import short
 from layerout.errors import UserError
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
@@ -77,7 +78,7 @@ def load_data(
 ) -> DataSplits:
     """Load a dataset as device-resident, normalized train/val/test tensors."""
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {short(name)}; allowed: {', '.join(DATASETS)}")
     if not 0.0 < val_frac <= 0.5:
         raise UserError(f"val_frac must be in (0, 0.5], got {val_frac}")
     if name == "synthetic":

@@ -24,9 +24,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.files import atomic_write
-from layerout.metrics import EXTRA_METRICS, METRICS, TRIAL_METRICS
+from layerout.metrics import EXTRA_METRICS, METRICS, OBJECTIVE_METRICS, REPORT_ONLY, TRIAL_METRICS
 
 FORMAT = "layerout-experiment"
 VERSION = 1
@@ -50,9 +51,16 @@ def check_meta(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format", FORMAT) != FORMAT:
-        raise UserError(f"{where}: field 'format' is {doc.get('format')!r}; allowed: {FORMAT!r}")
+        raise UserError(f"{where}: field 'format' is {short(doc.get('format'))}; allowed: {short(FORMAT)}")
     if doc.get("version", VERSION) != VERSION:
-        raise UserError(f"{where}: field 'version' is {doc.get('version')!r}; this tool reads version {VERSION}")
+        raise UserError(f"{where}: field 'version' is {short(doc.get('version'))}; this tool reads version {VERSION}")
+    objectives = doc.get("objectives")
+    if isinstance(objectives, list):
+        named = [o[0] for o in objectives if isinstance(o, (list, tuple)) and o and isinstance(o[0], str)]
+        never = [n for n in named if n in REPORT_ONLY]
+        if never:
+            raise UserError(f"{where}: field 'objectives' names {never[0]}, which is only reported, never used to "
+                            f"select; allowed: {', '.join(OBJECTIVE_METRICS)}")
     return doc
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerout.checks import short
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.units import Unit, units_of
 
@@ -56,7 +57,7 @@ def register_model(
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Build a registered model by name."""
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+        raise UserError(f"unknown model {short(name)}; allowed: {', '.join(MODELS)}")
     return MODELS[name].constructor(num_classes=num_classes, in_channels=in_channels)
 
 

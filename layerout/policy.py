@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.files import atomic_write
 from layerout.freezer import BN_CHOICES, Freezer
@@ -71,10 +72,10 @@ class Policy:
             return UserError(f"{source}: {fld}: {msg}")
 
         if not isinstance(self.model, str) or not self.model:
-            raise err("model", f"must be a model name (string), got {self.model!r}")
+            raise err("model", f"must be a model name (string), got {short(self.model)}")
         if (not isinstance(self.units, list) or not self.units
                 or not all(isinstance(u, str) and u for u in self.units)):
-            raise err("units", f"must be a non-empty list of unit names, got {self.units!r}")
+            raise err("units", f"must be a non-empty list of unit names, got {short(self.units)}")
         dup = sorted({u for u in self.units if self.units.count(u) > 1})
         if dup:
             raise err("units", f"duplicate unit names {dup}")
@@ -99,7 +100,7 @@ class Policy:
     def check_units(self, names: list[str], model: str | None = None, source: str = "policy") -> None:
         """Raise UserError saying exactly how ``names`` (the target model's units) differ."""
         if model is not None and model != self.model:
-            raise UserError(f"{source}: model: the policy is for {self.model!r}, not {model!r} "
+            raise UserError(f"{source}: model: the policy is for {short(self.model)}, not {short(model)} "
                             f"(its units: {', '.join(self.units)})")
         if list(names) == list(self.units):
             return
@@ -107,7 +108,7 @@ class Policy:
             what = f"has {len(self.units)} units but the model has {len(names)}"
         else:
             i = next(i for i, (a, b) in enumerate(zip(self.units, names)) if a != b)
-            what = f"unit {i} is {self.units[i]!r} in the policy but {names[i]!r} in the model"
+            what = f"unit {i} is {short(self.units[i])} in the policy but {short(names[i])} in the model"
         raise UserError(f"{source}: units: {what} (policy: {', '.join(self.units)}; "
                         f"model: {', '.join(names)})")
 
@@ -153,9 +154,9 @@ class Policy:
         if not isinstance(d, dict):
             raise UserError(f"{source}: must be a JSON object with keys {', '.join(KEYS)}")
         if d.get("format") != FORMAT:
-            raise UserError(f"{source}: format: expected {FORMAT!r}, got {d.get('format')!r}")
+            raise UserError(f"{source}: format: expected {short(FORMAT)}, got {short(d.get('format'))}")
         if d.get("version") != VERSION:
-            raise UserError(f"{source}: version: this layerout reads version {VERSION}, got {d.get('version')!r}")
+            raise UserError(f"{source}: version: this layerout reads version {VERSION}, got {short(d.get('version'))}")
         for k in ("model", "units", "schedule"):
             if k not in d:
                 raise UserError(f"{source}: {k}: missing")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from layerout.checks import short
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.fastpath import FAST_PATHS
 from layerout.freezer import BN_CHOICES
@@ -25,7 +26,7 @@ def parse_ints(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"{flag}: expected comma-separated integers like 150,225, got {text!r}") from None
+        raise UserError(f"{flag}: expected comma-separated integers like 150,225, got {short(text)}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +133,7 @@ def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[st
     allowed = {f.dest for f in families[kind]}
     stray = sorted(given - allowed)
     if stray:
-        raise UserError(f"{', '.join(_option(d) for d in stray)}: not used by the {kind!r} schedule (its flags: "
+        raise UserError(f"{', '.join(_option(d) for d in stray)}: not used by the {short(kind)} schedule (its flags: "
                         f"{', '.join(_option(d) for d in sorted(allowed)) or 'none'})")
     return SCHEDULES[kind].dict_from_flags({d: getattr(args, d) for d in sorted(given)}, num_units)
 
@@ -154,7 +155,7 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
             e, v = args.lr_warmup.split(":")
             cfg["lr_warmup_epochs"], cfg["lr_warmup_value"] = int(e), float(v)
         except ValueError:
-            raise UserError(f"--lr-warmup: expected EPOCHS:LR like 4:0.01, got {args.lr_warmup!r}") from None
+            raise UserError(f"--lr-warmup: expected EPOCHS:LR like 4:0.01, got {short(args.lr_warmup)}") from None
     if args.no_augment:
         cfg["augment"] = False
     if args.random_erasing:
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--policy: give either a policy file or --schedule/--freeze-prob, not both")
         policy = load_policy(args.policy)
         if args.model and args.model != policy.model:
-            raise UserError(f"{args.policy}: model: the policy is for {policy.model!r}, not --model {args.model!r} "
+            raise UserError(f"{args.policy}: model: the policy is for {short(policy.model)}, not --model {short(args.model)} "
                             f"(its units: {', '.join(policy.units)})")
     prov_dataset = policy.provenance.get("dataset") if policy is not None else None
     dataset = args.dataset or (prov_dataset if isinstance(prov_dataset, str) and prov_dataset else None) or (
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if not dataset:
         raise UserError("--dataset: required; allowed: digits, mnist, cifar10, cifar100, synthetic")
     if model not in MODELS:
-        raise UserError(f"--model: unknown model {model!r}; allowed: {', '.join(MODELS)}")
+        raise UserError(f"--model: unknown model {short(model)}; allowed: {', '.join(MODELS)}")
     cfg_dict = _config_dict(args, model, dataset)
     if policy is not None:  # replay the run the policy came from; flags given here win
         cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from layerout.augment import augment_batch
-from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int
+from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int, short
 from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
 from layerout.data import DataSplits, iterate_batches, load_data
 from layerout.errors import UserError
@@ -85,7 +85,7 @@ class TrainConfig:
         """Every check of a training recipe, wherever it came from (a space's ``train:`` block, a
         policy's recipe, command-line flags); errors name the field as ``train.<field>``."""
         if self.model not in MODELS:
-            raise UserError(f"train.model: unknown model {self.model!r}; allowed: {', '.join(MODELS)}")
+            raise UserError(f"train.model: unknown model {short(self.model)}; allowed: {', '.join(MODELS)}")
         epochs = check_int("train.epochs", self.epochs, 1)
         check_int("train.batch_size", self.batch_size, 1)
         self.lr = check_number("train.lr", self.lr, 0.0, 1e3, low_open=True)
@@ -95,7 +95,7 @@ class TrainConfig:
         self.weight_decay = check_number("train.weight_decay", self.weight_decay, 0.0, 1.0)
         ms = self.lr_milestones  # a milestone past the end is allowed: a policy replayed for fewer epochs
         if not isinstance(ms, list) or not all(is_int(m) and m >= 1 for m in ms) or ms != sorted(set(ms)):
-            raise fail("train.lr_milestones", f"must be an increasing list of integer epochs >= 1, got {ms!r}")
+            raise fail("train.lr_milestones", f"must be an increasing list of integer epochs >= 1, got {short(ms)}")
         self.lr_gamma = check_number("train.lr_gamma", self.lr_gamma, 0.0, 1e3, low_open=True)
         check_int("train.lr_warmup_epochs", self.lr_warmup_epochs, 0, epochs - 1, f" (0 .. epochs-1, epochs = {epochs})")
         if self.lr_warmup_value is not None:
@@ -104,7 +104,7 @@ class TrainConfig:
         check_int("train.seed", self.seed, 0, 2**31 - 1)
         if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
                                                   or self.device.startswith("cuda:"))):
-            raise fail("train.device", f"must be one of auto, cpu, cuda, got {self.device!r}")
+            raise fail("train.device", f"must be one of auto, cpu, cuda, got {short(self.device)}")
         self.val_frac = check_number("train.val_frac", self.val_frac, 0.0, 0.5, low_open=True)
         for name in ("augment", "random_erasing", "download", "test_every_epoch"):
             check_bool(f"train.{name}", getattr(self, name))
@@ -114,7 +114,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(f"train.{name}", getattr(self, name), 1)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise fail("train.data_dir", f"must be a folder path or null, got {self.data_dir!r}")
+            raise fail("train.data_dir", f"must be a folder path or null, got {short(self.data_dir)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -138,9 +138,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device: unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
+        raise UserError(f"device: unknown device {short(name)}; allowed: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device: {name!r} asked for but no CUDA GPU is available; use --device cpu")
+        raise UserError(f"device: {short(name)} asked for but no CUDA GPU is available; use --device cpu")
     return dev
 
 

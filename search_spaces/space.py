@@ -55,9 +55,10 @@ from typing import Any
 import torch
 import yaml
 
+from layerout.checks import cut, short
 from layerout.data import DATASETS
 from layerout.errors import UserError
-from layerout.metrics import DEFAULT_OBJECTIVES, METRICS, OBJECTIVE_MODES
+from layerout.metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, OBJECTIVE_MODES, REPORT_ONLY
 from layerout.models import MODELS, build_model
 from layerout.schedules import SCHEDULES
 from layerout.trainer import TrainConfig
@@ -66,6 +67,9 @@ from search_spaces.checks import Checker
 from search_spaces.families import FAMILY_SPACES, FamilySpace, SpaceContext
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+# A search space is a page of YAML: refuse files (and anchor/alias expansions) far beyond that
+MAX_SPACE_BYTES = 1 << 20
+MAX_SPACE_VALUES = 100_000
 
 SCHEDULERS = ("asha", "none")
 TOP_KEYS = ("name", "description", "model", "dataset", "train", "families", "objectives",
@@ -152,7 +156,7 @@ def preset_path(name: str) -> Path:
     p = PRESET_DIR / f"{name}.yaml"
     if not p.is_file() or "/" in name or name.startswith("."):
         names = ", ".join(n for n, _ in list_presets())
-        raise UserError(f"unknown preset {name!r}; available: {names} (python tune_main.py --list-presets)")
+        raise UserError(f"unknown preset {short(name)}; available: {names} (python tune_main.py --list-presets)")
     return p
 
 
@@ -176,17 +180,41 @@ def load_space(path_or_preset: str | os.PathLike) -> SearchSpace:
         p = preset_path(s)
         where = _display(p)
     try:
+        size = p.stat().st_size
+        if size > MAX_SPACE_BYTES:
+            raise UserError(f"{where}: {size:,} bytes; a search space may be at most {MAX_SPACE_BYTES:,} bytes "
+                            "(1 MiB)")
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot read ({exc.__class__.__name__}: {exc})") from None
+        raise UserError(f"{where}: cannot read ({exc.__class__.__name__}: {cut(str(exc))})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise UserError(f"{where}: not valid YAML: {' '.join(str(problem).split())}{at}") from None
+        raise UserError(f"{where}: not valid YAML: {cut(' '.join(str(problem).split()))}{at}") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply to read (thousands of levels of [ or {{)") from None
+    if _expanded_size(data, MAX_SPACE_VALUES) > MAX_SPACE_VALUES:
+        raise UserError(f"{where}: expands to more than {MAX_SPACE_VALUES:,} values (YAML anchors and aliases "
+                        "repeat what they name); a search space needs far fewer: write its values out")
     return space_from_dict(data, where=where, default_name=p.stem)
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with every alias expanded, counting only up to just past
+    ``limit`` (a YAML alias bomb, or a document that refers to itself, stops the count early)."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        x = stack.pop()
+        count += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return count
 
 
 # ------------------------------------------------------------------------------ validation
@@ -199,20 +227,20 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     check.mapping("", data, TOP_KEYS)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        raise check.err("name", f"must be a non-empty string without spaces or slashes, got {name!r}")
+        raise check.err("name", f"must be a non-empty string without spaces or slashes, got {short(name)}")
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise check.err("description", f"must be a string, got {description!r}")
+        raise check.err("description", f"must be a string, got {short(description)}")
     if "model" not in data:
         raise check.err("model", "missing; name a built-in model (python -m layerout.models lists them)")
     if "dataset" not in data:
         raise check.err("dataset", f"missing; allowed: {', '.join(DATASETS)}")
     dataset = data["dataset"]
     if dataset not in DATASETS:
-        raise check.err("dataset", f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+        raise check.err("dataset", f"unknown dataset {short(dataset)}; allowed: {', '.join(DATASETS)}")
     model = data["model"]
     if not isinstance(model, str):
-        raise check.err("model", f"must be a model name, got {model!r}")
+        raise check.err("model", f"must be a model name, got {short(model)}")
     units = _model_units(model, dataset, check)
     seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
     train = _train(check, data.get("train"), model, dataset, seed)
@@ -225,7 +253,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     es = check.mapping("early_stopping", data.get("early_stopping"), ("scheduler", "grace_period", "reduction_factor"))
     scheduler = es.get("scheduler", "asha")
     if scheduler not in SCHEDULERS:
-        raise check.err("early_stopping.scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+        raise check.err("early_stopping.scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {short(scheduler)}")
     early = EarlyStopping(
         scheduler=scheduler,
         grace_period=check.int_("early_stopping.grace_period", es.get("grace_period", 1), 1, epochs,
@@ -247,7 +275,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
 def _model_units(model: str, dataset: str, check: Checker) -> list[str]:
     """The model's unit names, from a copy built on the meta device (no memory, no init cost)."""
     if model not in MODELS:
-        raise check.err("model", f"unknown model {model!r}; allowed: {', '.join(MODELS)}")
+        raise check.err("model", f"unknown model {short(model)}; allowed: {', '.join(MODELS)}")
     kwargs = {"num_classes": _DATASET_CLASSES.get(dataset, 10), "in_channels": _DATASET_CHANNELS.get(dataset, 3)}
     try:
         with torch.device("meta"):
@@ -267,7 +295,7 @@ def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dic
     epochs, ms = cfg.epochs, cfg.lr_milestones
     if any(m >= epochs for m in ms):  # in a space, a milestone that training never reaches is a mistake
         raise check.err("train.lr_milestones", f"must be an increasing list of integer epochs within "
-                                               f"[1, {epochs - 1}] (epochs = {epochs}), got {ms!r}")
+                                               f"[1, {epochs - 1}] (epochs = {epochs}), got {short(ms)}")
     resolved = asdict(cfg)
     return {k: resolved[k] for k in TRAIN_FIELDS}
 
@@ -277,14 +305,14 @@ def _families(check: Checker, raw: Any, ctx: SpaceContext) -> dict[str, FamilySp
         raw = {"layerout": {}}
     kinds = ", ".join(FAMILY_SPACES)
     if not isinstance(raw, dict) or not raw:
-        raise check.err("families", f"must be a mapping of one or more of {kinds} to their ranges, got {raw!r}")
+        raise check.err("families", f"must be a mapping of one or more of {kinds} to their ranges, got {short(raw)}")
     out: dict[str, FamilySpace] = {}
     for kind, spec in raw.items():
         fld = f"families.{kind}"
         if kind not in FAMILY_SPACES:
             raise check.err(fld, f"unknown family; allowed: {kinds}")
         if kind not in SCHEDULES:
-            raise check.err(fld, f"this version of layerout has no {kind!r} schedule (layerout.schedules knows: "
+            raise check.err(fld, f"this version of layerout has no {short(kind)} schedule (layerout.schedules knows: "
                                  f"{', '.join(sorted(SCHEDULES))}); remove it from the space")
         family = FAMILY_SPACES[kind]
         out[kind] = family.parse(check, fld, check.mapping(fld, spec, family.keys), ctx)
@@ -295,12 +323,15 @@ def _objectives(check: Checker, raw: Any) -> list[tuple[str, str]]:
     if raw is None:
         return list(DEFAULT_OBJECTIVES)
     bad = check.err("objectives", f"must be a list of [metric, max|min] pairs with metrics from "
-                                  f"{', '.join(METRICS)}, got {raw!r}")
+                                  f"{', '.join(OBJECTIVE_METRICS)}, got {short(raw)}")
     if not isinstance(raw, list) or not raw:
         raise bad
     out = []
     for o in raw:
-        if not (isinstance(o, list) and len(o) == 2 and o[0] in METRICS and o[1] in OBJECTIVE_MODES):
+        if isinstance(o, list) and o and isinstance(o[0], str) and o[0] in REPORT_ONLY:
+            raise check.err("objectives", f"{o[0]} is only reported, never used to select (the test split must "
+                                          f"not choose a policy); allowed metrics: {', '.join(OBJECTIVE_METRICS)}")
+        if not (isinstance(o, list) and len(o) == 2 and o[0] in OBJECTIVE_METRICS and o[1] in OBJECTIVE_MODES):
             raise bad
         out.append((o[0], o[1]))
     if len({n for n, _ in out}) != len(out):

@@ -529,3 +529,17 @@ def test_exported_policy_records_the_batchnorm_mode_the_trial_ran_with(tmp_path)
     got = {tid: build_policy(e, rows.loc[tid], "test")["provenance"]["train"]["bn_frozen"]
            for tid in ("t_fo", "t_prefix", "t_efreeze")}
     assert got == {"t_fo": "eval", "t_prefix": "train", "t_efreeze": "train"}
+
+
+def test_an_experiment_that_selects_on_the_test_split_is_refused(tmp_path):
+    d = write_experiment(tmp_path)
+    meta = json.loads((d / "experiment.json").read_text())
+    meta["objectives"] = [["test_accuracy", "max"], ["compute_saved_frac", "max"]]
+    (d / "experiment.json").write_text(json.dumps(meta))
+    before = sorted(p.name for p in d.iterdir())
+    for module, args in (("analysis", [d]), ("analysis.export", [d, "-o", tmp_path / "p.json"])):
+        proc = helpers.run_module(module, args)
+        assert_one_line_error(proc, f"{d / 'experiment.json'}: field 'objectives' names test_accuracy, which is "
+                                    "only reported, never used to select; allowed: epoch, train_loss, val_loss, "
+                                    "val_accuracy, params_frozen_frac")
+    assert sorted(p.name for p in d.iterdir()) == before and not (tmp_path / "p.json").exists()

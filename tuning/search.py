@@ -29,6 +29,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from layerout.checks import short
 from layerout.data import load_data
 from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord,
@@ -79,9 +80,9 @@ class SearchOptions:
         if self.max_concurrent is not None and self.max_concurrent < 0:
             raise UserError(f"--max-concurrent: must be >= 0, got {self.max_concurrent}")
         if self.sampler not in SAMPLERS:
-            raise UserError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+            raise UserError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {short(self.sampler)}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise UserError(f"--scheduler: must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise UserError(f"--scheduler: must be one of {', '.join(SCHEDULERS)}, got {short(self.scheduler)}")
         if not self.cpus_per_trial > 0 or not math.isfinite(self.cpus_per_trial):
             raise UserError(f"--cpus-per-trial: must be > 0, got {self.cpus_per_trial:g}")
         if self.gpus_per_trial < 0 or not math.isfinite(self.gpus_per_trial):
@@ -94,7 +95,7 @@ class SearchOptions:
             raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
         if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
                                       or self.name.startswith(".")):
-            raise UserError(f"--name: must be a plain directory name, got {self.name!r}")
+            raise UserError(f"--name: must be a plain directory name, got {short(self.name)}")
 
 
 @dataclass
@@ -248,7 +249,7 @@ def _optuna_storage(url: str | None) -> Any:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad --optuna-storage
         msg = " ".join(str(exc).split())[:200]
-        raise UserError(f"--optuna-storage {url!r}: cannot open ({exc.__class__.__name__}: {msg}); use "
+        raise UserError(f"--optuna-storage {short(url)}: cannot open ({exc.__class__.__name__}: {msg}); use "
                         "sqlite:///path/study.db or a journal file path") from None
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from layerout import checks
-from layerout.checks import fail
+from layerout.checks import fail, short
 from layerout.errors import UserError
 
 
@@ -67,7 +67,7 @@ def check_bool(d: dict, key: str, default: bool) -> bool:
 def check_number(d: dict, key: str, default: float) -> float:
     val = d.get(key, default)
     if not checks.is_number(val):
-        raise schedule_error(key, f"must be a number, got {val!r}")
+        raise schedule_error(key, f"must be a number, got {short(val)}")
     return float(val)
 
 
@@ -183,5 +183,5 @@ def schedule_from_dict(d: Any) -> Schedule:
         raise schedule_error("kind", f"the schedule must be an object with a 'kind', got {type(d).__name__}")
     kind = d.get("kind")
     if kind not in SCHEDULES:
-        raise schedule_error("kind", f"unknown kind {kind!r}; allowed: {', '.join(sorted(SCHEDULES))}")
+        raise schedule_error("kind", f"unknown kind {short(kind)}; allowed: {', '.join(sorted(SCHEDULES))}")
     return SCHEDULES[kind].from_dict(d)

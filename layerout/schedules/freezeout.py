@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from layerout.checks import short
 from layerout.schedules.base import FreezeState, Flag, Schedule, check_bool, check_int, register_schedule, \
     schedule_error
 
@@ -71,13 +72,13 @@ class FreezeOutSchedule(Schedule):
     def __init__(self, t0: float = 0.8, scale: str = "cubic", scale_lr: bool = True,
                  warmup_epochs: int = 0) -> None:
         if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not (0.0 < float(t0) <= 1.0):
-            raise schedule_error("t0", f"must be a number in (0, 1], got {t0!r}")
+            raise schedule_error("t0", f"must be a number in (0, 1], got {short(t0)}")
         if scale not in SCALES:
-            raise schedule_error("scale", f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+            raise schedule_error("scale", f"unknown scale {short(scale)}; allowed: {', '.join(SCALES)}")
         if not isinstance(scale_lr, bool):
-            raise schedule_error("scale_lr", f"must be true or false, got {scale_lr!r}")
+            raise schedule_error("scale_lr", f"must be true or false, got {short(scale_lr)}")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise schedule_error("warmup_epochs", f"must be an integer >= 0, got {warmup_epochs!r}")
+            raise schedule_error("warmup_epochs", f"must be an integer >= 0, got {short(warmup_epochs)}")
         self.t0 = float(t0)
         self.scale = scale
         self.scale_lr = scale_lr
