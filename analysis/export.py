@@ -33,6 +33,7 @@ from analysis.results import Experiment, load_experiment
 from layerout.checks import short
 from layerout.errors import UserError
 from layerout.experiment import POLICIES_DIR
+from layerout.files import WriteError
 from layerout.freezer import resolve_bn_frozen
 from layerout.policy import FORMAT as POLICY_FORMAT
 from layerout.policy import VERSION as POLICY_VERSION
@@ -356,8 +357,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = export_policy(args.experiment_dir, pick=args.pick, min_accuracy=args.min_accuracy,
-                         out=args.output, include_stopped=args.include_stopped)
+    try:
+        path = export_policy(args.experiment_dir, pick=args.pick, min_accuracy=args.min_accuracy,
+                             out=args.output, include_stopped=args.include_stopped)
+    except WriteError as exc:
+        if args.output is not None:
+            raise
+        raise UserError(f"{exc}; write the policy elsewhere with -o FILE") from None
     doc = json.loads(Path(path).read_text())
     m, prov = doc.get("measured", {}), doc.get("provenance", {})
 

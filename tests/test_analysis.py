@@ -543,3 +543,40 @@ def test_an_experiment_that_selects_on_the_test_split_is_refused(tmp_path):
                                     "only reported, never used to select; allowed: epoch, train_loss, val_loss, "
                                     "val_accuracy, params_frozen_frac")
     assert sorted(p.name for p in d.iterdir()) == before and not (tmp_path / "p.json").exists()
+
+
+def test_read_only_experiment_is_one_line_that_suggests_out(tmp_path):
+    """An experiment on read-only storage: the analysis and the export say what they cannot write
+    and how to write elsewhere; nothing in the experiment changes."""
+    d = write_experiment(tmp_path)
+    before = helpers.tree(d)
+    proc = helpers.run_module("analysis", [d], read_only=[d])
+    assert_one_line_error(proc, f"error: {d / 'pareto.csv'}: cannot write (permission denied); write the analysis "
+                                "elsewhere with --out DIR")
+    proc = helpers.run_module("analysis.export", [d, "--pick", "knee"], read_only=[d])
+    assert_one_line_error(proc, f"error: {d / 'policies' / 'knee.json'}: cannot write (cannot create its folder "
+                                f"{d / 'policies'}: permission denied); write the policy elsewhere with -o FILE")
+    assert helpers.tree(d) == before
+    # elsewhere works
+    out = tmp_path / "elsewhere"
+    proc = helpers.run_module("analysis", [d, "--out", out], read_only=[d])
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "pareto.csv").is_file() and (out / "report.html").is_file() and (out / "policies").is_dir()
+    proc = helpers.run_module("analysis.export", [d, "--pick", "knee", "-o", tmp_path / "knee.json"], read_only=[d])
+    assert proc.returncode == 0, proc.stderr
+    assert load_policy(tmp_path / "knee.json").provenance["trial_id"]
+    assert helpers.tree(d) == before
+    # --out itself unwritable: the plain line, no hint
+    proc = helpers.run_module("analysis", [d, "--out", d / "sub"], read_only=[d])
+    assert_one_line_error(proc, f"error: {d / 'sub'}: cannot write (permission denied)")
+    assert helpers.tree(d) == before
+
+
+def test_export_to_a_folder_is_one_line_and_leaves_nothing(tmp_path):
+    d = write_experiment(tmp_path)
+    target = tmp_path / "some_folder"
+    target.mkdir()
+    before = helpers.tree(tmp_path)
+    proc = helpers.run_module("analysis.export", [d, "-o", target])
+    assert_one_line_error(proc, f"error: {target}: cannot write (it is a folder; give a file name)")
+    assert helpers.tree(tmp_path) == before

@@ -328,3 +328,33 @@ def test_existing_experiment_is_not_overwritten(tmp_path):
     out = _cli("--preset", "demo", "--storage", str(tmp_path / "res"), "--name", "taken", cwd=tmp_path)
     assert out.returncode == 2 and "already exists" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert (exp / "experiment.json").read_text() == "{}"
+
+
+def test_unwritable_storage_is_one_line_and_starts_nothing(tmp_path):
+    from helpers import assert_one_line_error, run_module, tree
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = run_module("tune_main", ["--preset", "demo", "--storage", ro / "results", "--name", "x"], read_only=[ro],
+                      cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, f"error: --storage {ro / 'results'}: cannot write there (permission denied); use a "
+                                "folder you can write")
+    assert tree(ro) == {}
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    proc = run_module("tune_main", ["--preset", "demo", "--storage", a_file, "--name", "x"], cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, f"--storage {a_file}: cannot write there (")
+    assert a_file.read_text() == "keep me"
+
+
+def test_alias_bomb_space_is_one_short_line(tmp_path):
+    from helpers import assert_one_line_error, run_module
+
+    levels = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("model: digits_cnn\ndataset: digits\ntrain:\n  epochs: 3\n  lr_milestones: [\n"
+                    + "".join(f"    {lv},\n" for lv in levels) + "  ]\n")
+    proc = run_module("tune_main", ["--space", bomb, "--storage", tmp_path / "res"], cwd=tmp_path, timeout=120)
+    line = assert_one_line_error(proc, f"error: {bomb}: expands to more than 100,000 values")
+    assert len(proc.stderr) < 400 and not (tmp_path / "res").exists()

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 
+from layerout.files import atomic_write
 from tuning import internals, storage
 
 RAY_SEEN_MARKER = "ray_seen_epoch.json"  # in a repaired checkpoint: the last epoch Ray's state recorded
@@ -35,7 +36,7 @@ def repair_checkpoint_refs(exp_dir: str) -> list[str]:
         newer = [n for n in present if n > names[-1]]
         if newer:
             shutil.move(str(tdir / newer[-1]), str(tdir / names[-1]))
-            (tdir / names[-1] / RAY_SEEN_MARKER).write_text(json.dumps({"epoch": trial.last_result.get("epoch")}))
+            atomic_write(tdir / names[-1] / RAY_SEEN_MARKER, json.dumps({"epoch": trial.last_result.get("epoch")}))
             out.append(f"trial {trial.trial_id}: continues from {newer[-1]} (the saved state named "
                        f"{names[-1]}, deleted after it)")
     return out

@@ -144,6 +144,7 @@ def run_search(space: SearchSpace | str, options: SearchOptions | None = None, l
     exp_dir = f"{root}/{name}"
     if storage.exists(exp_dir):
         raise UserError(f"{exp_dir}: already exists; continue it with --resume {exp_dir}, or choose another --name")
+    storage.check_writable(root, "--storage")
     ot_storage = _optuna_storage(options.optuna_storage)
     data_dir = str(Path(os.path.expanduser(options.data_dir)).resolve()) if options.data_dir else None
     if not options.address:
