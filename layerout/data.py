@@ -22,6 +22,17 @@ from layerout.checks import short
 from layerout.errors import UserError
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
+# datasets read from files (a data folder, downloaded there if allowed); the others need none:
+# digits is bundled with scikit-learn, synthetic is generated
+FILE_DATASETS = ("mnist", "cifar10", "cifar100")
+
+
+def data_dir_note(dataset: str, data_dir: str | None) -> str | None:
+    """The one-line note for a data folder given with a dataset that reads no files, else None."""
+    if not data_dir or dataset in FILE_DATASETS or dataset not in DATASETS:
+        return None
+    what = "is bundled with scikit-learn" if dataset == "digits" else "is generated"
+    return f"note: --data-dir {data_dir} is not used: the {dataset} dataset {what}, no files are read"
 DEFAULT_DATA_DIR = "~/.cache/layerout-tune/data"
 DIGITS_TEST_FRAC = 0.2
 _DIGITS_SPLIT_SEED = 20231122  # fixed: the digits test split never depends on the run's seed

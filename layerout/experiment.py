@@ -16,6 +16,7 @@ describes every field.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -251,10 +252,30 @@ def write_tables(exp_dir: str | Path, trials: pd.DataFrame, epochs: pd.DataFrame
     atomic_write(Path(exp_dir) / EPOCHS_CSV, epochs_text)
 
 
-def read_table(path: Path, required: list[str]) -> pd.DataFrame:
-    """trials.csv or epochs.csv, with the text columns read as text."""
+def is_cut_short(path: Path) -> bool:
+    """True when a table file does not end with a complete line (a copy or write cut off mid-row:
+    ``tables_csv`` always ends with a newline, and pandas would silently read the partial row)."""
     try:
-        df = pd.read_csv(path, dtype={c: str for c in STR_COLUMNS}, keep_default_na=True)
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+def read_table(path: Path, required: list[str], drop_partial_line: bool = False) -> pd.DataFrame:
+    """trials.csv or epochs.csv, with the text columns read as text (``drop_partial_line``: without
+    a last line cut off mid-row)."""
+    try:
+        if drop_partial_line:
+            text = path.read_text()
+            source: Any = io.StringIO(text[: text.rfind("\n") + 1])
+        else:
+            source = path
+        df = pd.read_csv(source, dtype={c: str for c in STR_COLUMNS}, keep_default_na=True)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=required)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layerout.checks import short
+from layerout.data import DATASETS, data_dir_note
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.fastpath import FAST_PATHS
 from layerout.freezer import BN_CHOICES
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m layerout.train",
         description="Train one model under one freezing schedule (or a policy file); no Ray needed.")
     ap.add_argument("--model", help=f"built-in model: {', '.join(MODELS)} (default: the dataset's usual one)")
-    ap.add_argument("--dataset", help="digits (bundled), mnist, cifar10, cifar100, synthetic")
+    ap.add_argument("--dataset", help=f"{', '.join(DATASETS)} (digits is bundled with scikit-learn)")
     src = ap.add_argument_group("what to freeze (pick --policy or --schedule)")
     src.add_argument("--policy", help="a policy JSON file (exported by analysis.export or a run's summary.json)")
     src.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
@@ -201,13 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
     model = args.model or (policy.model if policy else DEFAULT_MODEL_FOR.get(dataset or ""))
     if not dataset:
-        raise UserError("--dataset: required; allowed: digits, mnist, cifar10, cifar100, synthetic")
+        raise UserError(f"--dataset: required; allowed: {', '.join(DATASETS)}")
+    if dataset not in DATASETS:
+        where = "--dataset" if args.dataset else f"{args.policy}: provenance.dataset"
+        raise UserError(f"{where}: unknown dataset {short(dataset)}; allowed: {', '.join(DATASETS)}")
     if model not in MODELS:
         raise UserError(f"--model: unknown model {short(model)}; allowed: {', '.join(MODELS)}")
     cfg_dict = _config_dict(args, model, dataset)
     if policy is not None:  # replay the run the policy came from; flags given here win
         cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}
     cfg = TrainConfig.from_dict(cfg_dict)
+    note = data_dir_note(dataset, args.data_dir)
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
     from layerout.models import build_model
     from layerout.units import units_of

@@ -580,3 +580,41 @@ def test_export_to_a_folder_is_one_line_and_leaves_nothing(tmp_path):
     proc = helpers.run_module("analysis.export", [d, "-o", target])
     assert_one_line_error(proc, f"error: {target}: cannot write (it is a folder; give a file name)")
     assert helpers.tree(tmp_path) == before
+
+
+def test_trials_csv_cut_mid_line_is_rebuilt_from_ray_results(tmp_path):
+    exp = tmp_path / "cut"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"format": "layerout-experiment", "version": 1, "name": "cut",
+                                                     "epochs": 3, "units": UNITS, "model": "digits_cnn",
+                                                     "dataset": "digits"}))
+    sched = {"kind": "layerout", "v": [0.5, 0.5, 0.5, 0.0], "v_mode": "manual", "warmup_epochs": 0}
+    accs = {"aaa": 0.9, "bbb": 0.85, "ccc": 0.8, "ddd": 0.95}
+    for tid, acc in accs.items():
+        write_ray_trial(exp, tid, ray_config("layerout", sched), [0.5, 0.6, acc], 0.3, policy=sched)
+    whole = load_experiment(exp)
+    whole.trials.to_csv(exp / "trials.csv", index=False)
+    whole.epochs.to_csv(exp / "epochs.csv", index=False)
+    text = (exp / "trials.csv").read_text()
+    (exp / "trials.csv").write_text(text[: len(text) - 25])  # a copy cut off in the last row
+    with pytest.warns(UserWarning, match=r"trials.csv cut short mid-line; the tables were rebuilt from Ray's "
+                                         r"result.json files \(4 trials\)"):
+        e = load_experiment(exp)
+    assert e.source == "ray"
+    assert dict(zip(e.trials["trial_id"], e.trials["val_accuracy"])) == pytest.approx(accs)
+    proc = run_module("analysis", exp)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "cut short" in ln] == [
+        f"warning: {exp}: trials.csv cut short mid-line; the tables were rebuilt from Ray's result.json files "
+        "(4 trials)"]
+    assert "Pareto front of cut: 1 of 4 finished trials" in proc.stdout  # all 4 trials considered
+
+
+def test_tables_cut_mid_line_without_ray_results_drop_the_partial_row(tmp_path):
+    d = write_experiment(tmp_path)
+    text = (d / "trials.csv").read_text()
+    (d / "trials.csv").write_text(text[: len(text) - 10])
+    with pytest.warns(UserWarning, match=r"trials.csv cut short mid-line and no Ray result.json files to rebuild "
+                                         r"from; its last, partial row is left out"):
+        e = load_experiment(d)
+    assert list(e.trials["trial_id"]) == [t[0] for t in TRIALS[:-1]]

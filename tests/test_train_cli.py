@@ -59,6 +59,10 @@ def cli_errors(tmp_path_factory):
                                 "--out", root / "out_mnist"]
     meta["missing_dataset"] = (root / "out_mnist", ["mnist", str(empty.resolve()), "MNIST/raw",
                                                     "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+    # an unknown dataset is named as such (not as a missing model)
+    cases["unknown_dataset"] = ["--dataset", "nope", "--quiet", "--out", root / "out_nope"]
+    meta["unknown_dataset"] = (root / "out_nope", ["error: --dataset: unknown dataset 'nope'; allowed: digits, mnist, "
+                                                   "cifar10, cifar100, synthetic"])
     # a resume of a folder that holds no run
     cases["resume_not_a_run"] = ["--resume", empty, "--quiet"]
     meta["resume_not_a_run"] = (root / "never_created", [str(empty), "checkpoint.pt"])
@@ -67,7 +71,7 @@ def cli_errors(tmp_path_factory):
 
 
 CLI_CASES = list(BAD) + ["warmup_vs_cli_epochs", "other_model", "flag_wrong_length", "flag_outside_01",
-                         "flag_warmup", "flag_bad_choice", "missing_dataset", "resume_not_a_run"]
+                         "flag_warmup", "flag_bad_choice", "missing_dataset", "unknown_dataset", "resume_not_a_run"]
 
 
 @pytest.mark.parametrize("name", CLI_CASES)
@@ -76,6 +80,16 @@ def test_cli_bad_input_is_one_line_exit_2(cli_errors, name):
     proc, out, needles = results[name]
     assert_one_line_error(proc, *needles)
     assert not out.exists(), "a failed run must not create its output folder"
+
+
+def test_cli_data_dir_with_a_bundled_dataset_is_a_note(tmp_path):
+    data = tmp_path / "data"
+    proc = run_cli(["--dataset", "digits", "--data-dir", data, "--epochs", "1", "--max-train-batches", "1", "--quiet",
+                    "--out", tmp_path / "run"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"note: --data-dir {data} is not used: the digits dataset is bundled with "
+                                        "scikit-learn, no files are read"]
+    assert not data.exists()
 
 
 def test_cli_missing_dataset_leaves_data_dir_alone(cli_errors):

@@ -142,13 +142,17 @@ def test_search_writes_experiment_trials_and_epochs(tmp_path, capsys):
     assert summary["metrics"]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=0.03)
 
 
-def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path):
+def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path, capsys):
     # After the paper's configurations, every trial freezes (almost) every unit from epoch 0 on.
     high = "  layerout: {vector: per_unit, v: [0.97, 1.0], warmup_epochs: 0, v_mode: manual}"
     space = _space(tmp_path, "asha", high, extra="")
     rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "asha",
-                         "--num-samples", "7", "--max-concurrent", "1", "--no-analysis"])
+                         "--num-samples", "7", "--max-concurrent", "1", "--no-analysis", "--data-dir", "unused"])
     assert rc == 0
+    # digits is bundled: --data-dir is said to be unused, once
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")]
+    assert notes == ["note: --data-dir unused is not used: the digits dataset is bundled with scikit-learn, "
+                     "no files are read"]
     trials, epochs, _ = _read(tmp_path / "res" / "asha")
     assert len(trials) == 7
     stopped = trials[trials["stopped_early"]]

@@ -30,7 +30,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from layerout.checks import short
-from layerout.data import load_data
+from layerout.data import FILE_DATASETS, data_dir_note, load_data
 from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord,
                                  build_tables, meta_json, parse_meta, parse_result_lines, tables_csv)
@@ -147,6 +147,9 @@ def run_search(space: SearchSpace | str, options: SearchOptions | None = None, l
     storage.check_writable(root, "--storage")
     ot_storage = _optuna_storage(options.optuna_storage)
     data_dir = str(Path(os.path.expanduser(options.data_dir)).resolve()) if options.data_dir else None
+    note = data_dir_note(space.dataset, options.data_dir)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     if not options.address:
         _check_dataset(space, data_dir, options.download)
     resolved = replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
@@ -304,7 +307,7 @@ def _trainable(options: SearchOptions) -> Any:
 def _check_dataset(space: SearchSpace, data_dir: str | None, download: bool) -> None:
     """Make sure a real dataset is there (downloading it once, in the driver, not in every
     trial at the same time); a missing dataset offline is a UserError naming the files."""
-    if space.dataset in ("digits", "synthetic"):
+    if space.dataset not in FILE_DATASETS:
         return
     load_data(space.dataset, device="cpu", val_frac=space.train["val_frac"], seed=space.seed,
               data_dir=data_dir, download=download)
