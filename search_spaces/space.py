@@ -110,6 +110,9 @@ class SearchSpace:
     num_samples: int = 24
     max_concurrent: int = 0  # 0: as many as resources allow
     seed: int = 0
+    # the document it was validated from (the parsed YAML), kept so that experiment.json can
+    # rebuild the space (``space_from_dict``); None for a space built in code
+    document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_units(self) -> int:
@@ -126,6 +129,7 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain JSON-able data (experiment.json's ``space``)."""
         d = asdict(self)
+        d.pop("document", None)
         d["objectives"] = [list(o) for o in self.objectives]
         return _jsonable(d)
 
@@ -269,7 +273,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
                        description=description, source=where, objectives=objectives, early_stopping=early,
                        paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
-                       max_concurrent=max_conc, seed=seed)
+                       max_concurrent=max_conc, seed=seed, document=_jsonable(data))
 
 
 def _model_units(model: str, dataset: str, check: Checker) -> list[str]:

@@ -362,3 +362,123 @@ def test_alias_bomb_space_is_one_short_line(tmp_path):
     proc = run_module("tune_main", ["--space", bomb, "--storage", tmp_path / "res"], cwd=tmp_path, timeout=120)
     line = assert_one_line_error(proc, f"error: {bomb}: expands to more than 100,000 values")
     assert len(proc.stderr) < 400 and not (tmp_path / "res").exists()
+
+
+def test_resume_of_a_search_ray_never_saved_starts_it_afresh(tmp_path, monkeypatch, capsys):
+    """The driver died after writing experiment.json, before Ray Tune saved anything: --resume starts
+    the search afresh from experiment.json's settings (the same --name still refuses)."""
+    import tuning.search
+
+    space = _space(tmp_path, "fresh", MIXED)
+
+    def driver_dies(*args, **kwargs):
+        raise RuntimeError("the driver dies here")
+
+    monkeypatch.setattr(tuning.search, "_searcher", driver_dies)
+    args = ["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "fresh", "--num-samples", "3",
+            "--scheduler", "none", "--no-analysis"]
+    with pytest.raises(RuntimeError, match="the driver dies here"):
+        tune_main.main(args)
+    monkeypatch.undo()
+    exp = tmp_path / "res" / "fresh"
+    assert (exp / "experiment.json").is_file() and not (exp / "tuner.pkl").exists()
+    meta_before = json.loads((exp / "experiment.json").read_text())
+    out = _cli(*args, cwd=tmp_path)
+    assert out.returncode == 2 and "already exists; continue it with --resume" in out.stderr
+    space.write_text("this file changed since; the stored settings count\n")
+    res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
+                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Ray Tune saved no state before the search stopped: starting it afresh with the settings in " \
+           "experiment.json" in res.stdout
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 3 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()
+    assert trials["paper_config"].fillna("").tolist() == ["baseline", "since_start", "warmup_random"]
+    assert meta["finished"] and len(meta["restarted"]) == 1
+    assert meta["created"] == meta_before["created"] and meta["space"] == meta_before["space"]
+
+
+@pytest.fixture(scope="module")
+def small_search(tmp_path_factory):
+    """A finished 2-trial search, run with umask 002 (group-writable files by default)."""
+    root = tmp_path_factory.mktemp("small")
+    space = _space(root, "small", MIXED)
+    old = os.umask(0o002)
+    try:
+        rc = tune_main.main(["--space", str(space), "--storage", str(root / "res"), "--name", "small",
+                             "--num-samples", "2", "--scheduler", "none", "--no-analysis"])
+    finally:
+        os.umask(old)
+    assert rc == 0
+    return root / "res" / "small"
+
+
+def test_search_files_are_not_writable_by_others_and_resume_trusts_them(small_search, tmp_path):
+    exp = small_search
+    for p in [exp, *exp.rglob("*")]:
+        assert not p.stat().st_mode & 0o022, f"{p} is writable by group or others"
+    res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
+                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "2 of 2 trials" in res.stdout
+
+
+@pytest.mark.parametrize("target, mode, who", [(".", 0o775, "its group"), ("tuner.pkl", 0o646, "others")])
+def test_resume_refuses_what_other_users_can_write(small_search, tmp_path, target, mode, who):
+    from helpers import assert_one_line_error, tree
+
+    exp = small_search
+    path = exp / target
+    old = path.stat().st_mode
+    before = tree(exp)
+    os.chmod(path, mode)
+    try:
+        out = _cli("--resume", str(exp), cwd=tmp_path)
+    finally:
+        os.chmod(path, old)
+    assert_one_line_error(out, f"error: --resume {exp}: {path.resolve() if target == '.' else path} can be written "
+                               f"by {who} (mode ", "resuming runs code stored there",
+                          f"(if you trust it: chmod -R go-w {exp})")
+    assert tree(exp) == before
+
+
+def test_resume_with_a_damaged_tuner_pkl_is_one_line(small_search, tmp_path):
+    import shutil
+
+    from helpers import assert_one_line_error, tree
+
+    exp = tmp_path / "copy"
+    shutil.copytree(small_search, exp)
+    (exp / "tuner.pkl").write_bytes(b"\x80\x05 not a pickle at all")
+    before = tree(exp)
+    out = _cli("--resume", str(exp), cwd=tmp_path)
+    assert_one_line_error(out, f"error: {exp}/tuner.pkl: cannot restore the search from it (",
+                          "Ray Tune's saved state is damaged")
+    assert tree(exp) == before
+
+
+def test_address_where_no_cluster_answers_is_one_line(tmp_path):
+    import socket
+
+    from helpers import assert_one_line_error
+
+    out = _cli("--preset", "demo", "--address", "127.0.0.1:1", "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    assert_one_line_error(out, "error: --address 127.0.0.1:1: cannot connect (connection refused); is a Ray head "
+                               "node running there (ray start --head)?")
+    # something listens but never answers as a Ray head: bounded by --connect-timeout
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        out = _cli("--preset", "demo", "--address", address, "--connect-timeout", "3",
+                   "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    finally:
+        listener.close()
+    assert_one_line_error(out, f"error: --address {address}: something listens there but no Ray cluster answered "
+                               "within 3 s (--connect-timeout)")
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
+    out = _cli("--preset", "demo", "--address", "127.0.0.1:1", "--connect-timeout", "0", cwd=tmp_path)
+    assert_one_line_error(out, "--connect-timeout: must be a number of seconds > 0, got 0.0")
+    out = _cli("--preset", "demo", "--address", "nohost", cwd=tmp_path)
+    assert_one_line_error(out, "--address nohost: expected auto, HOST:PORT or ray://HOST:PORT")

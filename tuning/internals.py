@@ -10,7 +10,9 @@ records the version it was written for (``CHECKED_WITH``):
 - ``checkpoint_names``: the checkpoint folder names a saved trial refers to (its pickled
   checkpoint manager, stored hex-encoded);
 - ``uncount_asha_stop``, ``asha_settings``: ASHA's count of stopped trials (corrected when we
-  overrule its decision), its time attribute and budget.
+  overrule its decision), its time attribute and budget;
+- ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
+  continue from, and the files in the experiment folder it unpickles when it does.
 """
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ from tuning import storage
 
 CHECKED_WITH = {"ray": "2.60.0"}
 _CHECKPOINT_NAME = re.compile(r"checkpoint_\d{6}")
+TUNER_PKL = "tuner.pkl"  # the Tuner (its searcher, scheduler, callbacks), pickled when the search starts
+# what a restore reads that holds pickles: the Tuner, the experiment state (each trial's pickled
+# checkpoint manager, hex-encoded), the searcher's and the callbacks' states
+_RESTORE_FILE = re.compile(r"tuner\.pkl|experiment_state-.*\.json|searcher-state-.*\.pkl|callback-states-.*\.pkl")
 
 
 @dataclass
@@ -31,6 +37,19 @@ class SavedTrial:
     status: str
     last_result: dict[str, Any]
     checkpoint_names: list[str]
+
+
+def has_saved_state(exp_dir: str) -> bool:
+    """True when ``Tuner.restore`` has something to continue: the pickled Tuner and at least one
+    saved experiment state. A driver killed before Ray's first save leaves neither, or only the
+    Tuner."""
+    names = storage.list_names(exp_dir)
+    return TUNER_PKL in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+
+
+def restore_files(exp_dir: str) -> list[str]:
+    """Names of the files in ``exp_dir`` that a restore unpickles (directly or inside JSON)."""
+    return [n for n in storage.list_names(exp_dir) if _RESTORE_FILE.fullmatch(n)]
 
 
 def _newest_state(exp_dir: str) -> dict[str, Any] | None:

@@ -8,19 +8,23 @@ stop trials early, and at the end the experiment directory (``layerout.experimen
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
 import os
 import platform
 import signal
+import socket
+import stat
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import pandas as pd
@@ -29,12 +33,12 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from layerout.checks import short
+from layerout.checks import cut, short
 from layerout.data import FILE_DATASETS, data_dir_note, load_data
 from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord,
                                  build_tables, meta_json, parse_meta, parse_result_lines, tables_csv)
-from search_spaces.space import SearchSpace, load_space
+from search_spaces.space import SearchSpace, load_space, space_from_dict
 from search_spaces.trials import define_by_run, paper_enqueue
 from tuning import internals, storage
 from tuning.progress import TrialProgress
@@ -72,6 +76,10 @@ class SearchOptions:
     max_failures: int = 2
     data_dir: str | None = None
     download: bool = True
+    # seconds to wait for the cluster at ``address``: nothing listening there is an error at once; a
+    # listener that does not answer as a Ray head ends the process with exit status 2 after this
+    # long (ray.init cannot be interrupted once it waits inside Ray's client)
+    connect_timeout: float = 30.0
 
     def check(self) -> None:
         """One UserError naming the option for the first bad value."""
@@ -89,6 +97,9 @@ class SearchOptions:
             raise UserError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial:g}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise UserError(f"--gpus-per-trial: above 1 it must be a whole number, got {self.gpus_per_trial:g}")
+        if not (isinstance(self.connect_timeout, (int, float)) and math.isfinite(self.connect_timeout)
+                and self.connect_timeout > 0):
+            raise UserError(f"--connect-timeout: must be a number of seconds > 0, got {short(self.connect_timeout)}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
         if self.seed is not None and not 0 <= self.seed < 2**31:
@@ -136,9 +147,6 @@ def run_search(space: SearchSpace | str, options: SearchOptions | None = None, l
     space = load_space(space) if isinstance(space, str) else space
     if options.seed is not None:
         space = replace(space, seed=options.seed)
-    num_samples = options.num_samples or space.num_samples
-    max_conc = space.max_concurrent if options.max_concurrent is None else options.max_concurrent
-    scheduler = options.scheduler or space.early_stopping.scheduler
     root = storage.storage_root(options.storage)
     name = options.name or f"{space.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = f"{root}/{name}"
@@ -146,45 +154,63 @@ def run_search(space: SearchSpace | str, options: SearchOptions | None = None, l
         raise UserError(f"{exp_dir}: already exists; continue it with --resume {exp_dir}, or choose another --name")
     storage.check_writable(root, "--storage")
     ot_storage = _optuna_storage(options.optuna_storage)
+    resolved = _resolve(space, options, root, name)
+    meta = {"format": FORMAT, "version": VERSION, "name": name, "space": space.to_dict(),
+            "space_document": space.document, "space_file": space.source, "options": asdict(resolved),
+            "versions": _versions(), "model": space.model, "dataset": space.dataset, "units": space.units,
+            "epochs": space.epochs, "objectives": [list(o) for o in space.objectives], "created": _now(),
+            "finished": None}
+    with _private_files():
+        _init_ray(options.address, options.connect_timeout)
+        try:
+            _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
+            storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+            return _run_new(space, resolved, exp_dir, meta, ot_storage, log)
+        finally:
+            ray.shutdown()
+
+
+def _resolve(space: SearchSpace, options: SearchOptions, root: str, name: str) -> SearchOptions:
+    """The options as the search runs them: the space's values where the options leave them open;
+    the dataset checked (downloaded once, here) unless it runs on a cluster."""
+    num_samples = options.num_samples or space.num_samples
+    max_conc = space.max_concurrent if options.max_concurrent is None else options.max_concurrent
+    scheduler = options.scheduler or space.early_stopping.scheduler
     data_dir = str(Path(os.path.expanduser(options.data_dir)).resolve()) if options.data_dir else None
     note = data_dir_note(space.dataset, options.data_dir)
     if note:
         print(note, file=sys.stderr, flush=True)
     if not options.address:
         _check_dataset(space, data_dir, options.download)
-    resolved = replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
-                       seed=space.seed, storage=root, name=name, data_dir=data_dir)
-    meta = {"format": FORMAT, "version": VERSION, "name": name, "space": space.to_dict(),
-            "space_file": space.source, "options": asdict(resolved),
-            "versions": _versions(), "model": space.model, "dataset": space.dataset, "units": space.units,
-            "epochs": space.epochs, "objectives": [list(o) for o in space.objectives], "created": _now(),
-            "finished": None}
+    return replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
+                   seed=space.seed, storage=root, name=name, data_dir=data_dir)
 
-    _init_ray(options.address)
-    try:
-        _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
-        storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
-        searcher = _searcher(space, name, options.sampler, num_samples, ot_storage)
-        tuner = tune.Tuner(
-            _trainable(resolved),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, scheduler),
-                                        num_samples=num_samples, max_concurrent_trials=max_conc or None,
-                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=root, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[TrialProgress(num_samples, space.epochs)]),
-        )
-        log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
-            f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
-            f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
-            + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else ""))
-        t0 = time.time()
-        results = _fit(tuner)
-        return _finish(exp_dir, meta, results, time.time() - t0)
-    finally:
-        ray.shutdown()
+
+def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dict[str, Any], ot_storage: Any,
+             log: Log) -> SearchResult:
+    """Build the searcher, scheduler and Tuner of a new search and run it (Ray is up,
+    experiment.json written)."""
+    root, name = exp_dir.rsplit("/", 1)
+    num_samples, scheduler = int(options.num_samples or space.num_samples), options.scheduler or "asha"
+    searcher = _searcher(space, name, options.sampler, num_samples, ot_storage)
+    tuner = tune.Tuner(
+        _trainable(options),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, scheduler),
+                                    num_samples=num_samples, max_concurrent_trials=options.max_concurrent or None,
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=root, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrialProgress(num_samples, space.epochs)]),
+    )
+    log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
+        f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
+        f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
+        + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else ""))
+    t0 = time.time()
+    results = _fit(tuner)
+    return _finish(exp_dir, meta, results, time.time() - t0)
 
 
 def read_experiment(exp_dir: str) -> dict[str, Any]:
@@ -196,8 +222,15 @@ def read_experiment(exp_dir: str) -> dict[str, Any]:
 
 
 def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: float | None = None,
-                  gpus_per_trial: float | None = None, log: Log = _print) -> SearchResult:
-    """Continue an interrupted search with its stored settings; only where it runs may change."""
+                  gpus_per_trial: float | None = None, log: Log = _print,
+                  connect_timeout: float | None = None) -> SearchResult:
+    """Continue an interrupted search with its stored settings; only where it runs may change.
+
+    When Ray Tune saved no state before the driver stopped (it was killed between writing
+    experiment.json and Ray's first save), the search starts afresh in the same directory from
+    experiment.json's settings. Restoring unpickles Ray's files in the directory: a local one that
+    other users can write is refused (``check_trusted``).
+    """
     exp_dir = storage.storage_root(exp_dir)
     meta = read_experiment(exp_dir)
     saved = meta.get("options") or {}
@@ -205,25 +238,90 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
     options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
     options = replace(options, address=address,
                       cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
-                      gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial)
+                      gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial,
+                      connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout)
     options.check()
-    _init_ray(address)
+    restore = internals.has_saved_state(exp_dir)
+    if restore:
+        check_trusted(exp_dir)
+    else:
+        space = _stored_space(meta, exp_dir)
+    storage.check_writable(exp_dir, "--resume")
+    with _private_files():
+        _init_ray(address, options.connect_timeout)
+        try:
+            _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not address)
+            if not restore:
+                log(f"resuming experiment: {exp_dir}\n  Ray Tune saved no state before the search stopped: "
+                    f"starting it afresh with the settings in {EXPERIMENT_JSON}")
+                root, name = exp_dir.rsplit("/", 1)
+                options = replace(_resolve(space, options, root, name), address=address)
+                meta.setdefault("restarted", []).append(_now())
+                storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+                return _run_new(space, options, exp_dir, meta, _optuna_storage(options.optuna_storage), log)
+            log(f"resuming experiment: {exp_dir}")
+            for line in repair_checkpoint_refs(exp_dir):
+                log(f"  {line}")
+            try:
+                tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options), resume_unfinished=True,
+                                           resume_errored=True)
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling a damaged file raises
+                msg = cut(" ".join(str(exc).split()), 120)
+                raise UserError(f"{exp_dir}/{internals.TUNER_PKL}: cannot restore the search from it "
+                                f"({exc.__class__.__name__}: {msg}); Ray Tune's saved state is damaged") from None
+            t0 = time.time()
+            results = _fit(tuner)
+            meta.setdefault("resumed", []).append(_now())
+            return _finish(exp_dir, meta, results, time.time() - t0)
+        finally:
+            ray.shutdown()
+
+
+def _stored_space(meta: dict[str, Any], exp_dir: str) -> SearchSpace:
+    """The search space experiment.json was started with (``space_document``), validated again."""
+    doc = meta.get("space_document")
+    where = f"{exp_dir}/{EXPERIMENT_JSON}"
+    if not isinstance(doc, dict):
+        raise UserError(f"{where}: Ray Tune saved no state to resume, and this experiment.json has no "
+                        "'space_document' to start the search afresh from; start a new search with --space")
+    space = space_from_dict(doc, where=f"{where} (space_document)", default_name=str(meta.get("name") or "space"))
+    space = replace(space, source=str(meta.get("space_file") or space.source))
+    seed = (meta.get("options") or {}).get("seed")
+    return replace(space, seed=seed) if isinstance(seed, int) and not isinstance(seed, bool) else space
+
+
+def check_trusted(exp_dir: str) -> None:
+    """Refuse to restore a local experiment that users other than its owner could have changed.
+
+    Restoring unpickles Ray Tune's files (``tuner.pkl``, the saved states): whoever can write them
+    can make ``--resume`` run their code. Like ssh with key files, a directory or such a file that
+    is writable by its group or by others is refused; remote storage is trusted as configured.
+    """
+    if not storage.is_local(exp_dir):
+        return
+    base = storage.local_path(exp_dir)
+    for path in [base, *(base / n for n in internals.restore_files(exp_dir))]:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o022:
+            who = "its group and others" if mode & 0o022 == 0o022 else "its group" if mode & 0o020 else "others"
+            raise UserError(f"--resume {exp_dir}: {path} can be written by {who} (mode {stat.filemode(mode)}); "
+                            f"resuming runs code stored there, so only a directory only you can write is resumed "
+                            f"(if you trust it: chmod -R go-w {exp_dir})")
+
+
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """During a search, files and folders are created without write permission for group and
+    others (umask 022 added), so that ``--resume`` trusts the experiment it made (``check_trusted``)."""
+    old = os.umask(0o022)
+    os.umask(old | 0o022)
     try:
-        if not tune.Tuner.can_restore(exp_dir):
-            raise UserError(f"{exp_dir}: has {EXPERIMENT_JSON} but no Ray Tune state to resume "
-                            "(the search never started)")
-        _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not address)
-        log(f"resuming experiment: {exp_dir}")
-        for line in repair_checkpoint_refs(exp_dir):
-            log(f"  {line}")
-        tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options), resume_unfinished=True,
-                                   resume_errored=True)
-        t0 = time.time()
-        results = _fit(tuner)
-        meta.setdefault("resumed", []).append(_now())
-        return _finish(exp_dir, meta, results, time.time() - t0)
+        yield
     finally:
-        ray.shutdown()
+        os.umask(old)
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -279,8 +377,11 @@ def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental" in Optuna
         study.set_metric_names([n for n, _ in objectives])
-    for fixed, attrs in paper_enqueue(space)[:num_samples]:  # the paper's five configurations go first
-        study.enqueue_trial(fixed, user_attrs=attrs)
+    # the paper's five configurations go first (a study restarted in --optuna-storage has them already)
+    queued = {t.user_attrs.get("paper_config") for t in study.get_trials(deepcopy=False)}
+    for fixed, attrs in paper_enqueue(space)[:num_samples]:
+        if attrs.get("paper_config") not in queued:
+            study.enqueue_trial(fixed, user_attrs=attrs)
     return OptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
                         mode=[m for _, m in objectives], sampler=_sampler(sampler, space.seed, num_samples),
                         study_name=name, storage=ot_storage)
@@ -320,8 +421,9 @@ def _is_loopback(address: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _init_ray(address: str | None) -> None:
-    """Start the embedded local Ray (on loopback), or join the cluster at ``address``."""
+def _init_ray(address: str | None, connect_timeout: float = 30.0) -> None:
+    """Start the embedded local Ray (on loopback), or join the cluster at ``address`` within
+    ``connect_timeout`` seconds."""
     if _is_loopback(address):
         # Ray otherwise advertises the machine's network address even for a local instance, and a
         # driver may then fail to reach its own head; loopback keeps a laptop run self-contained.
@@ -329,12 +431,21 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # legacy output: silent at verbose=0 (TrialProgress prints)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
+        _probe(address, connect_timeout)
+        # Something listens there. ray.init has no timeout of its own and retries for minutes when
+        # the listener is not a Ray head (or hangs); it cannot be interrupted while it waits, so
+        # past the deadline the process ends with the one error line.
+        watchdog = threading.Timer(connect_timeout, _connect_timed_out, args=(address, connect_timeout))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                      runtime_env=_runtime_env())
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            msg = " ".join(str(exc).split())[:300]
+            msg = cut(" ".join(str(exc).split()), 300)
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({msg})") from None
+        finally:
+            watchdog.cancel()
     else:
         # address="local" always starts a new instance, even where a killed cluster left its
         # address file behind. Its token-authentication notice is for clusters people join; this
@@ -342,6 +453,39 @@ def _init_ray(address: str | None) -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING)
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` (Ray finds it)."""
+    if address == "auto":
+        return None
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """One TCP connection to the cluster's port, so that a wrong address fails at once."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except socket.timeout:
+        raise UserError(f"--address {address}: nothing answered within {timeout:g} s (--connect-timeout); "
+                        "check the address and that the head node is reachable") from None
+    except OSError as exc:
+        reason = (exc.strerror or exc.__class__.__name__).lower()
+        raise UserError(f"--address {address}: cannot connect ({reason}); is a Ray head node running there "
+                        "(ray start --head)?") from None
+
+
+def _connect_timed_out(address: str, timeout: float) -> None:
+    print(f"error: --address {address}: something listens there but no Ray cluster answered within {timeout:g} s "
+          "(--connect-timeout); check that it is a Ray head node's address and port", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def _runtime_env() -> dict[str, Any] | None:
