@@ -52,6 +52,15 @@ def test_saved_trial_states_and_checkpoint_names_of_a_real_run(tmp_path):
         trial_dir = next(Path(exp).glob(f"*{s.trial_id}*"))
         on_disk = sorted(d.name for d in trial_dir.glob("checkpoint_*"))
         assert s.checkpoint_names == on_disk == ["checkpoint_000002"]  # num_to_keep=1: the third report's
+    # what --resume needs (and unpickles): the pickled Tuner and the saved experiment state
+    assert internals.has_saved_state(exp)
+    names = internals.restore_files(exp)
+    assert "tuner.pkl" in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+    assert set(names) <= {p.name for p in Path(exp).iterdir()}
+    only_tuner = tmp_path / "only_tuner"
+    only_tuner.mkdir()
+    (only_tuner / "tuner.pkl").write_bytes((Path(exp) / "tuner.pkl").read_bytes())
+    assert not internals.has_saved_state(str(only_tuner))  # killed before Ray's first save
 
 
 def test_asha_fields():
