@@ -199,7 +199,24 @@ def _finished_trials(exp: Path) -> set[str]:
     return done
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
+@pytest.fixture
+def private_tmp():
+    """A temp folder of its own for the driver and its Ray (TMPDIR; short, for Ray's socket paths)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="lt13-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _scratch_in_temp(tmp: Path) -> list[str]:
+    """Trial scratch folders left in a temp folder (where trials kept their checkpoints before)."""
+    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_dir() and p.name == "layerout-tune-trials"
+                  and any(p.iterdir()))
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, private_tmp):
     n = 12  # warm digits trials take about a second: enough of them that the kill lands mid-search
     space = _space(tmp_path, "res", MIXED)
     exp = tmp_path / "res" / "killed"
@@ -207,7 +224,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
            "--name", "killed", "--num-samples", str(n), "--max-concurrent", "1", "--scheduler", "none",
            "--no-analysis"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=_env(),
+    env = {**_env(), "TMPDIR": str(private_tmp)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     try:
         deadline = time.time() + 150
@@ -228,10 +246,14 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         log.close()
     assert len(finished_before) < n
     assert not (exp / "trials.csv").exists()
+    # the killed trial's scratch (a checkpoint) is in its own folder, not in the system's temp folder
+    assert _scratch_in_temp(private_tmp) == []
 
     out = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
-                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert _scratch_in_temp(private_tmp) == []
+    assert sorted(exp.glob("trial_*/scratch")) == []  # every trial ended and cleared its scratch
     trials, epochs, meta = _read(exp)
     assert len(trials) == n and trials["trial_id"].is_unique
     assert (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()

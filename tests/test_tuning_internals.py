@@ -28,6 +28,22 @@ def _reports_three_epochs(config):
             tune.report({"epoch": epoch, "score": config["x"] * epoch}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def _reports_its_folder(config):
+    tune.report({"epoch": 1, "folder": str(internals.trial_folder())})
+
+
+def test_trial_folder_is_the_trials_folder_in_the_experiment(tmp_path):
+    _init_ray(None)
+    try:
+        results = tune.Tuner(_reports_its_folder, param_space={"x": tune.grid_search([1, 2])},
+                             run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    folders = sorted(r.metrics["folder"] for r in results)
+    assert folders == sorted(str(r.path) for r in results)
+    assert all(Path(f).parent == tmp_path / "exp" and Path(f).is_dir() for f in folders)
+
+
 def test_the_installed_ray_is_the_one_the_internals_were_checked_with():
     assert ray.__version__ == internals.CHECKED_WITH["ray"], (
         f"tuning/internals.py reads private Ray state checked with Ray {internals.CHECKED_WITH['ray']}; "

@@ -12,13 +12,16 @@ records the version it was written for (``CHECKED_WITH``):
 - ``uncount_asha_stop``, ``asha_settings``: ASHA's count of stopped trials (corrected when we
   overrule its decision), its time attribute and budget;
 - ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
-  continue from, and the files in the experiment folder it unpickles when it does.
+  continue from, and the files in the experiment folder it unpickles when it does;
+- ``trial_folder``: inside a running trial, its own folder (``trial_<id>/`` in the experiment
+  directory when the storage is a local file system, else Ray's per-trial working directory).
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuning import storage
@@ -101,3 +104,15 @@ def asha_settings(scheduler: Any) -> tuple[str, float]:
     """(time attribute, max_t) of an AsyncHyperBandScheduler."""
     return scheduler._time_attr, scheduler._max_t
 
+
+
+def trial_folder() -> Path:
+    """Inside a running trial: the trial's folder in the experiment directory (``trial_fs_path`` of
+    the trial's StorageContext, a Ray DeveloperAPI) when the storage is a local (or mounted)
+    file system, else the trial's working directory in Ray's session folder on this node."""
+    from ray import tune
+
+    st = tune.get_context().get_storage()
+    if getattr(st.storage_filesystem, "type_name", "") == "local":
+        return Path(st.trial_fs_path)
+    return Path(st.trial_working_directory)

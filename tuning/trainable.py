@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,7 +18,10 @@ from ray import tune
 
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
+from tuning import internals
 from tuning.repair import RAY_SEEN_MARKER
+
+SCRATCH = "scratch"  # in the trial's folder: the trainer's out_dir while the trial runs
 
 
 def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -52,9 +53,12 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> N
     if config["train"].get("device", "auto") == "auto":  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES), else CPU
         overrides["device"] = "cuda" if (ray.get_gpu_ids() and torch.cuda.is_available()) else "cpu"
 
-    root = Path(tempfile.gettempdir()) / "layerout-tune-trials"
-    root.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"{tune.get_context().get_trial_id()}-", dir=root))
+    # The trainer's own folder (checkpoint.pt, epochs.csv) is scratch space inside the trial's
+    # folder: a killed attempt leaves it there, not in the system's temp folder, and the next
+    # attempt of the trial (or --resume) starts by clearing it.
+    out_dir = internals.trial_folder() / SCRATCH
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
 
     def report(metrics: dict[str, Any], trainer: Trainer) -> None:
         m = _reportable(metrics)
