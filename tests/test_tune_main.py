@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,22 +167,145 @@ def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path, capsys):
     assert len(paper) == 5 and not paper["stopped_early"].any() and (paper["epochs_done"] == EPOCHS).all()
 
 
-def test_cluster_mode_with_address(tmp_path):
-    from ray.cluster_utils import Cluster
+def _free_ports(n: int) -> list[int]:
+    import socket
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    address = cluster.address
-    assert address.startswith("127.0.0.1:")
+    socks = [socket.socket() for _ in range(n)]
+    for sk in socks:
+        sk.bind(("", 0))
+    ports = [sk.getsockname()[1] for sk in socks]
+    for sk in socks:
+        sk.close()
+    return ports
+
+
+class RayNodes:
+    """A Ray cluster of this machine's nodes, started the way the README's cluster section says
+    (``ray start``, token authentication), each node in its own process group so that it can be
+    killed alone (a node that dies) and every process is ended at the close."""
+
+    def __init__(self, tmp: Path):
+        import secrets
+
+        self.tmp, self.groups = tmp, {}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), TMPDIR=str(tmp),
+                        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        self.port = _free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self, name: str, head: bool) -> None:
+        ray = str(Path(sys.executable).with_name("ray"))
+        p = _free_ports(8)
+        cmd = [ray, "start", "--num-cpus=1", f"--temp-dir={self.tmp / 'ray'}", "--block", "--disable-usage-stats",
+               f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
+               f"--dashboard-agent-grpc-port={p[3]}", f"--metrics-export-port={p[4]}",
+               f"--runtime-env-agent-port={p[5]}"]
+        cmd += (["--head", f"--port={self.port}", "--include-dashboard=false"]
+                if head else [f"--address={self.address}"])
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.groups[name] = proc
+        deadline = time.time() + 120
+        while "Ray runtime started" not in (self.tmp / f"{name}.log").read_text():
+            assert proc.poll() is None and time.time() < deadline, (self.tmp / f"{name}.log").read_text()[-3000:]
+            time.sleep(0.3)
+
+    def kill(self, name: str) -> None:
+        proc = self.groups.pop(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def in_node(self, name: str, pid: int) -> bool:
+        """Whether process ``pid`` descends from the node's ``ray start`` (Linux: /proc)."""
+        top = self.groups[name].pid if name in self.groups else None
+        while pid > 1:
+            if pid == top:
+                return True
+            try:
+                stat_line = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            pid = int(stat_line.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        return False
+
+    def kill_raylet(self, name: str) -> None:
+        """Kill the node's raylet alone (the node dies; Ray's other processes notice)."""
+        raylets = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and b"raylet/raylet" in _read_bytes(p / "cmdline") and self.in_node(name, int(p.name))]
+        assert len(raylets) == 1, raylets
+        os.kill(raylets[0], signal.SIGKILL)
+
+    def close(self) -> None:
+        for name in list(self.groups):
+            self.kill(name)
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        space = _space(tmp_path, "clu", MIXED)
-        rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "clu",
-                             "--address", address, "--num-samples", "2", "--no-analysis"])
-        assert rc == 0
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Ray supports clusters of several nodes on Linux only")
+def test_cluster_of_two_nodes_with_token_auth_survives_a_node_death(tmp_path, private_tmp):
+    """The README's cluster commands: a head and a worker node with ray start and token
+    authentication, the search joined with --address. The worker node dies mid-search: its trial
+    restarts from its checkpoint on the head; the console gets one line naming the node and the
+    trial, the details go to the experiment's log file. Only the packages trials import are
+    shipped to the workers."""
+    nodes = RayNodes(private_tmp)
+    space = _space(tmp_path, "clu", "  prefix: {k: [1, 2], start_epoch: [0, 1]}",
+                   extra="").read_text().replace(f"epochs: {EPOCHS},", "epochs: 40,")
+    (tmp_path / "clu.yaml").write_text(space.replace("paper_configs: true", "paper_configs: false"))
+    exp = tmp_path / "res" / "clu"
+    try:
+        nodes.start("head", head=True)
+        nodes.start("worker", head=False)
+        cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(tmp_path / "clu.yaml"), "--storage",
+               str(tmp_path / "res"), "--name", "clu", "--address", nodes.address, "--num-samples", "4",
+               "--max-concurrent", "2", "--scheduler", "none", "--no-analysis"]
+        out_log = open(tmp_path / "driver.out", "w")
+        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=out_log, stderr=subprocess.STDOUT, env=nodes.env,
+                                  start_new_session=True)
+        victim, deadline = None, time.time() + 240
+        while victim is None and driver.poll() is None and time.time() < deadline:
+            for d in exp.glob("trial_*"):
+                lines = _result_lines(d)
+                if lines and lines[-1].get("epoch", 0) >= 3 and nodes.in_node("worker", lines[-1]["pid"]):
+                    victim = d.name.removeprefix("trial_")
+            time.sleep(0.2)
+        assert victim, (tmp_path / "driver.out").read_text()[-3000:]
+        nodes.kill_raylet("worker")
+        driver.wait(timeout=400)
+        out_log.close()
     finally:
-        cluster.shutdown()
-    trials, _, meta = _read(tmp_path / "res" / "clu")
-    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
-    assert meta["options"]["address"] == address
+        if "driver" in locals() and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        nodes.close()
+    out = (tmp_path / "driver.out").read_text()
+    assert driver.returncode == 0, out[-5000:]
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == 40).all()
+    assert len(epochs) == 4 * 40 and meta["options"]["address"] == nodes.address
+    lines = _result_lines(exp / f"trial_{victim}")
+    assert [r["epoch"] for r in lines if r["epoch"] == 1] == [1], "the trial was trained from scratch again"
+    # the console: one line for the node's death, naming the trial; no traceback, no Ray state dumps
+    node_lines = [ln for ln in out.splitlines() if ln.startswith(("node ", f"trial {victim} failed", "ray: "))]
+    assert len(node_lines) == 1, out[-5000:]
+    assert re.fullmatch(rf"node \S+ \([0-9a-f]{{8}}\) died: trial {victim} ran there; it restarts from its last "
+                        rf"checkpoint \(details in {re.escape(str(exp / 'ray.log'))}\)", node_lines[0]), node_lines[0]
+    assert "Traceback" not in out and "[state-dump]" not in out and "(raylet)" not in out, out[-5000:]
+    log = (exp / "ray.log").read_text()
+    assert f"Trial task failed for trial train_trial_{victim}" in log and "Raylet is terminated" in log
+    # what was shipped to the workers: the three packages trials import, nothing else of the checkout
+    shipped = sorted({p.name for p in private_tmp.glob("ray/session_*/runtime_resources/py_modules_files/*/*")})
+    assert shipped == ["layerout", "search_spaces", "tuning"], shipped
+    assert not list(private_tmp.glob("ray/session_*/runtime_resources/working_dir_files/*"))
 
 
 def _env() -> dict[str, str]:
@@ -382,7 +506,7 @@ def test_alias_bomb_space_is_one_short_line(tmp_path):
     bomb.write_text("model: digits_cnn\ndataset: digits\ntrain:\n  epochs: 3\n  lr_milestones: [\n"
                     + "".join(f"    {lv},\n" for lv in levels) + "  ]\n")
     proc = run_module("tune_main", ["--space", bomb, "--storage", tmp_path / "res"], cwd=tmp_path, timeout=120)
-    line = assert_one_line_error(proc, f"error: {bomb}: expands to more than 100,000 values")
+    assert_one_line_error(proc, f"error: {bomb}: expands to more than 100,000 values")
     assert len(proc.stderr) < 400 and not (tmp_path / "res").exists()
 
 
@@ -504,3 +628,19 @@ def test_address_where_no_cluster_answers_is_one_line(tmp_path):
     assert_one_line_error(out, "--connect-timeout: must be a number of seconds > 0, got 0.0")
     out = _cli("--preset", "demo", "--address", "nohost", cwd=tmp_path)
     assert_one_line_error(out, "--address nohost: expected auto, HOST:PORT or ray://HOST:PORT")
+
+
+def test_only_the_packages_trials_import_are_shipped(monkeypatch):
+    from tuning.search import _runtime_env
+
+    code = ("import sys, tuning.trainable\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'layerout', 'search_spaces', 'tuning', 'analysis', 'tune_main', 'benchmarks', 'tests'})))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),
+                          timeout=120)
+    imported = proc.stdout.split()
+    assert imported == ["layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
+    monkeypatch.delenv("LAYEROUT_TUNE_SHIP_CODE", raising=False)
+    assert _runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
+    monkeypatch.setenv("LAYEROUT_TUNE_SHIP_CODE", "0")
+    assert _runtime_env() is None

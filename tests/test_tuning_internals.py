@@ -8,6 +8,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import ray  # noqa: E402
@@ -85,3 +86,51 @@ def test_asha_fields():
     before = sched._num_stopped
     internals.uncount_asha_stop(sched)
     assert sched._num_stopped == before - 1
+
+
+def test_driver_error_messages_reach_the_handler_not_the_console(capsys):
+    from ray._private.utils import publish_error_to_driver
+
+    got: list[str] = []
+    _init_ray(None)
+    try:
+        with internals.driver_error_messages(got.append):
+            publish_error_to_driver("layerout_test", "a message for the driver",
+                                    gcs_client=ray._private.worker.global_worker.gcs_client)
+            for _ in range(200):  # the driver's listener thread delivers it
+                if got:
+                    break
+                time.sleep(0.05)
+    finally:
+        ray.shutdown()
+    assert got == ["a message for the driver"]
+    assert "a message for the driver" not in capsys.readouterr().out
+
+
+_ERRORS: list = []
+
+
+class _RecordErrors(tune.Callback):
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        _ERRORS.append(internals.last_trial_error(trial))
+
+
+def _fails_once(config):
+    if tune.get_checkpoint() is None and not Path(config["marker"]).exists():
+        Path(config["marker"]).write_text("failed once")
+        raise ValueError("first attempt fails")
+    tune.report({"epoch": 1})
+
+
+def test_last_trial_error_is_the_exception_of_the_failed_attempt(tmp_path):
+    _ERRORS.clear()
+    _init_ray(None)
+    try:
+        tune.Tuner(_fails_once, param_space={"marker": str(tmp_path / "marker")},
+                   run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                             failure_config=tune.FailureConfig(max_failures=1),
+                                             callbacks=[_RecordErrors()])).fit()
+    finally:
+        ray.shutdown()
+    assert len(_ERRORS) == 1 and isinstance(_ERRORS[0], ray.exceptions.RayTaskError)
+    assert isinstance(_ERRORS[0].as_instanceof_cause(), ValueError) and "first attempt fails" in str(_ERRORS[0])

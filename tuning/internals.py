@@ -13,16 +13,21 @@ records the version it was written for (``CHECKED_WITH``):
   overrule its decision), its time attribute and budget;
 - ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
   continue from, and the files in the experiment folder it unpickles when it does;
+- ``last_trial_error``: in the driver, the exception of a trial's latest failed attempt (Ray
+  pickles it into the trial's driver-side folder before it calls the callbacks);
+- ``driver_error_messages``: the error messages Ray's GCS publishes to the driver (a raylet that
+  died, with the tail of its log) go to a function instead of the console while it is active;
 - ``trial_folder``: inside a running trial, its own folder (``trial_<id>/`` in the experiment
   directory when the storage is a local file system, else Ray's per-trial working directory).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from tuning import storage
 
@@ -116,3 +121,45 @@ def trial_folder() -> Path:
     if getattr(st.storage_filesystem, "type_name", "") == "local":
         return Path(st.trial_fs_path)
     return Path(st.trial_working_directory)
+
+
+def last_trial_error(trial: Any) -> BaseException | None:
+    """The exception of the trial's latest failure, as Ray Tune pickled it (``Trial.handle_error``
+    writes ``error.pkl`` into the trial's driver-side folder, ``Trial.pickled_error_file``, before
+    it calls ``on_trial_recover`` / ``on_trial_error``); None when there is none or it cannot be read."""
+    from ray import cloudpickle
+
+    try:
+        path = trial.pickled_error_file
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            exc = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - missing or unreadable: the caller reports what it knows
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+@contextlib.contextmanager
+def driver_error_messages(handle: Callable[[str], None]) -> Iterator[None]:
+    """While active, each error message the GCS publishes to this driver is passed to
+    ``handle(message)`` instead of being printed. Ray's driver prints them from its
+    ``listen_error_messages`` thread through the module-level ``print_to_stdstream`` of
+    ``ray._private.worker`` (as ``{"lines": [message], "pid": "raylet", "is_err": False}``);
+    anything else it prints passes through unchanged."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+
+    def route(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet" and not data.get("is_err"):
+            for message in data.get("lines") or []:
+                handle(str(message))
+            return
+        original(data, ignore_prefix)
+
+    ray_worker.print_to_stdstream = route
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original

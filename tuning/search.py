@@ -18,6 +18,7 @@ import signal
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -41,7 +42,7 @@ from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSO
 from search_spaces.space import SearchSpace, load_space, space_from_dict
 from search_spaces.trials import define_by_run, paper_enqueue
 from tuning import internals, storage
-from tuning.progress import TrialProgress
+from tuning.progress import RAY_LOG, TrialProgress, ray_log_to
 from tuning.repair import repair_checkpoint_refs
 from tuning.schedulers import PaperASHA
 from tuning.trainable import train_trial, trial_dirname
@@ -209,7 +210,7 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
         f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
         + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else ""))
     t0 = time.time()
-    results = _fit(tuner)
+    results = _fit(tuner, exp_dir)
     return _finish(exp_dir, meta, results, time.time() - t0)
 
 
@@ -270,7 +271,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                 raise UserError(f"{exp_dir}/{internals.TUNER_PKL}: cannot restore the search from it "
                                 f"({exc.__class__.__name__}: {msg}); Ray Tune's saved state is damaged") from None
             t0 = time.time()
-            results = _fit(tuner)
+            results = _fit(tuner, exp_dir)
             meta.setdefault("resumed", []).append(_now())
             return _finish(exp_dir, meta, results, time.time() - t0)
         finally:
@@ -432,20 +433,7 @@ def _init_ray(address: str | None, connect_timeout: float = 30.0) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         _probe(address, connect_timeout)
-        # Something listens there. ray.init has no timeout of its own and retries for minutes when
-        # the listener is not a Ray head (or hangs); it cannot be interrupted while it waits, so
-        # past the deadline the process ends with the one error line.
-        watchdog = threading.Timer(connect_timeout, _connect_timed_out, args=(address, connect_timeout))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env=_runtime_env())
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            msg = cut(" ".join(str(exc).split()), 300)
-            raise UserError(f"--address {address}: cannot connect to a Ray cluster ({msg})") from None
-        finally:
-            watchdog.cancel()
+        _join(address, connect_timeout)
     else:
         # address="local" always starts a new instance, even where a killed cluster left its
         # address file behind. Its token-authentication notice is for clusters people join; this
@@ -482,20 +470,76 @@ def _probe(address: str, timeout: float) -> None:
                         "(ray start --head)?") from None
 
 
-def _connect_timed_out(address: str, timeout: float) -> None:
-    print(f"error: --address {address}: something listens there but no Ray cluster answered within {timeout:g} s "
-          "(--connect-timeout); check that it is a Ray head node's address and port", file=sys.stderr, flush=True)
-    os._exit(2)
+AUTH_HINT = ("a cluster with token authentication needs RAY_AUTH_MODE=token and its token here too "
+             "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)")
+
+
+def _join(address: str, timeout: float) -> None:
+    """``ray.init(address)`` bounded by ``timeout``. Something listens there (``_probe``), but
+    ray.init has no timeout of its own, retries for minutes when the listener is not a Ray head
+    or refuses this driver's token, and cannot be interrupted while it waits: a watchdog ends the
+    process with one error line past the deadline, or as soon as Ray's client reports a refused
+    token. Ray's client prints its retries on the process's stderr (below Python), so stderr goes
+    to a scratch file meanwhile; it is replayed when the connection succeeds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    captured = tempfile.TemporaryFile()
+    real_stderr = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    done = threading.Event()
+
+    def said() -> str:
+        return os.pread(captured.fileno(), 1 << 20, 0).decode("utf-8", "replace")
+
+    def fail(reason: str) -> None:
+        os.write(real_stderr, f"error: --address {address}: {reason}\n".encode())
+        os._exit(2)
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.25):
+            if "InvalidAuthToken" in said():
+                fail(f"the cluster refused this driver's authentication token; {AUTH_HINT}")
+            if time.monotonic() > deadline:
+                fail(f"something listens there but no Ray cluster answered within {timeout:g} s "
+                     f"(--connect-timeout); check that it is a Ray head node's address and port; {AUTH_HINT}")
+
+    watchdog = threading.Thread(target=watch, name="connect-watchdog", daemon=True)
+    watchdog.start()
+    error: str | None = None
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env())
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        error = cut(" ".join(str(exc).split()), 300)
+    finally:
+        done.set()
+        watchdog.join()
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)
+        os.close(real_stderr)
+    text = said()
+    captured.close()
+    if error is not None:
+        if "InvalidAuthToken" in text or "AuthenticationError" in error:
+            raise UserError(f"--address {address}: the cluster refused this driver's authentication token; "
+                            f"{AUTH_HINT}")
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({error})")
+    if text.strip():
+        sys.stderr.write(text)
+
+
+# The packages a trial imports (tuning.trainable and what it imports): the code a cluster's workers
+# need; nothing else of the checkout (data, results, tests) is shipped.
+TRIAL_PACKAGES = ("layerout", "search_spaces", "tuning")
 
 
 def _runtime_env() -> dict[str, Any] | None:
-    """Ship this project's code to the cluster's workers unless they already have it
-    (LAYEROUT_TUNE_SHIP_CODE=0 for clusters where every node has the package installed)."""
+    """Ship the packages trials import to the cluster's workers (Ray ``py_modules``) unless they
+    already have them (LAYEROUT_TUNE_SHIP_CODE=0 for clusters where every node has the package
+    installed)."""
     if os.environ.get("LAYEROUT_TUNE_SHIP_CODE", "1") == "0":
         return None
-    return {"working_dir": str(ROOT),
-            "excludes": [".venv/", ".git/", "results/", "**/__pycache__/", "*.egg-info/", "out/",
-                         ".pytest_cache/", ".hypothesis/", "benchmarks/", "docs/", "*.pt", "*.db"]}
+    return {"py_modules": [str(ROOT / pkg) for pkg in TRIAL_PACKAGES]}
 
 
 def _check_resources(cpus: float, gpus: float, local: bool) -> None:
@@ -524,11 +568,18 @@ class _TuneMessages(logging.Filter):
         return "has been interrupted" not in msg and "Tuner.restore(" not in msg
 
 
-def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+def _fit(tuner: tune.Tuner, exp_dir: str) -> tune.ResultGrid:
     """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray Tune stops the running trials and
     saves the search state, the tables and analysis of what finished are written, and
-    ``--resume`` continues from there."""
+    ``--resume`` continues from there. Ray's warnings and errors go to the experiment's ray.log
+    (local storage), the console gets one line per event (``tuning.progress``)."""
     logging.getLogger("ray.tune.tune").addFilter(_TuneMessages())
+    log = storage.local_path(f"{exp_dir}/{RAY_LOG}") if storage.is_local(exp_dir) else None
+    with ray_log_to(log):
+        return _fit_signals(tuner)
+
+
+def _fit_signals(tuner: tune.Tuner) -> tune.ResultGrid:
     try:
         old = signal.signal(signal.SIGTERM, lambda sig, frame: os.kill(os.getpid(), signal.SIGINT))
     except ValueError:  # not the main thread: leave signals alone

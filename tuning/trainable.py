@@ -19,6 +19,7 @@ from ray import tune
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
 from tuning import internals
+from tuning.progress import NODE_ID
 from tuning.repair import RAY_SEEN_MARKER
 
 SCRATCH = "scratch"  # in the trial's folder: the trainer's out_dir while the trial runs
@@ -67,9 +68,12 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None) -> N
         # steps per epoch it was bound to (FreezeOut's step-wise masks depend on it).
         m["policy"] = json.dumps(trainer.schedule.to_dict(), sort_keys=True)
         m["steps_per_epoch"] = int(trainer.steps_per_epoch)
+        m[NODE_ID] = node_id  # which node ran it, for the driver's line when a node is lost
         # report() copies out_dir (checkpoint.pt of this epoch) to the trial's storage before
         # returning, so the trainer may overwrite it next epoch.
         tune.report(m, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+    node_id = ray.get_runtime_context().get_node_id()
 
     try:
         ckpt = tune.get_checkpoint()
