@@ -266,6 +266,16 @@ def test_cluster_of_two_nodes_with_token_auth_survives_a_node_death(tmp_path, pr
     try:
         nodes.start("head", head=True)
         nodes.start("worker", head=False)
+        # a driver with another token: one line at once (Ray's client would retry for minutes)
+        wrong = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--preset", "demo", "--address",
+                                nodes.address, "--storage", str(tmp_path / "other")], cwd=tmp_path,
+                               capture_output=True, text=True, env={**nodes.env, "RAY_AUTH_TOKEN": "0" * 32},
+                               timeout=120)
+        from helpers import assert_one_line_error
+
+        assert_one_line_error(wrong, f"error: --address {nodes.address}: the cluster refused this driver's "
+                                     "authentication token; a cluster with token authentication needs "
+                                     "RAY_AUTH_MODE=token and its token here too")
         cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(tmp_path / "clu.yaml"), "--storage",
                str(tmp_path / "res"), "--name", "clu", "--address", nodes.address, "--num-samples", "4",
                "--max-concurrent", "2", "--scheduler", "none", "--no-analysis"]
