@@ -502,8 +502,10 @@ def test_unwritable_storage_is_one_line_and_starts_nothing(tmp_path):
     assert tree(ro) == {}
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
-    proc = run_module("tune_main", ["--preset", "demo", "--storage", a_file, "--name", "x"], cwd=tmp_path, timeout=120)
-    assert_one_line_error(proc, f"--storage {a_file}: cannot write there (")
+    from layerout.errors import UserError
+
+    with pytest.raises(UserError, match=rf"^--storage {re.escape(str(a_file))}: cannot write there \("):
+        tune_main.main(["--preset", "demo", "--storage", str(a_file), "--name", "x"])
     assert a_file.read_text() == "keep me"
 
 
@@ -539,8 +541,10 @@ def test_resume_of_a_search_ray_never_saved_starts_it_afresh(tmp_path, monkeypat
     exp = tmp_path / "res" / "fresh"
     assert (exp / "experiment.json").is_file() and not (exp / "tuner.pkl").exists()
     meta_before = json.loads((exp / "experiment.json").read_text())
-    out = _cli(*args, cwd=tmp_path)
-    assert out.returncode == 2 and "already exists; continue it with --resume" in out.stderr
+    from layerout.errors import UserError
+
+    with pytest.raises(UserError, match="already exists; continue it with --resume"):
+        tune_main.main(args)
     space.write_text("this file changed since; the stored settings count\n")
     res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
                          cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
@@ -634,10 +638,12 @@ def test_address_where_no_cluster_answers_is_one_line(tmp_path):
     assert_one_line_error(out, f"error: --address {address}: something listens there but no Ray cluster answered "
                                "within 3 s (--connect-timeout)")
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
-    out = _cli("--preset", "demo", "--address", "127.0.0.1:1", "--connect-timeout", "0", cwd=tmp_path)
-    assert_one_line_error(out, "--connect-timeout: must be a number of seconds > 0, got 0.0")
-    out = _cli("--preset", "demo", "--address", "nohost", cwd=tmp_path)
-    assert_one_line_error(out, "--address nohost: expected auto, HOST:PORT or ray://HOST:PORT")
+    from layerout.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--connect-timeout: must be a number of seconds > 0, got 0.0$"):
+        tune_main.main(["--preset", "demo", "--address", "127.0.0.1:1", "--connect-timeout", "0"])
+    with pytest.raises(UserError, match=r"^--address nohost: expected auto, HOST:PORT or ray://HOST:PORT$"):
+        tune_main.main(["--preset", "demo", "--address", "nohost", "--storage", str(tmp_path / "res")])
 
 
 def test_only_the_packages_trials_import_are_shipped(monkeypatch):
