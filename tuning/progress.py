@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ POLL_S = 2.0  # how often the driver reads Ray's node table
 GROUP_S = 3.0  # trials that lose their workers within this long are reported on one line per node
 RAYLET_DEATHS: list[float] = []  # when the cluster announced a raylet's death (ray_log_to), this driver
 RAYLET_DEATH_WINDOW_S = 30.0  # a lost worker this close to such an announcement: its node died
+DEAD_NODES: set[str] = set()  # node ids the cluster announced as marked dead (ray_log_to)
+# the cluster's messages about a node's death: one console line from TrialProgress says it all
+_RAYLET_DIED = "Raylet is terminated"
+_NODE_MARKED_DEAD = re.compile(r"node id: ([0-9a-f]+)\b.*has been marked dead", re.S)
 
 
 def _pct(x: Any, digits: int = 1) -> str:
@@ -129,7 +134,7 @@ class TrialProgress(Callback):
             by_node.setdefault(node, []).append((when, trial))
         for node, lost in by_node.items():
             # a raylet's death is announced by the cluster (ray_log_to) before the node table shows it
-            died = (node and node in nodes and node not in alive) or any(
+            died = (node and (node in DEAD_NODES or node in nodes and node not in alive)) or any(
                 abs(when - t) <= RAYLET_DEATH_WINDOW_S for when, _ in lost for t in RAYLET_DEATHS)
             if died:
                 reported.add(node)
@@ -221,8 +226,11 @@ def ray_log_to(path: Path | None) -> Iterator[None]:
 
     def gcs_message(message: str) -> None:
         gcs_logger.error("message from the Ray cluster:\n%s", message)
-        if message.startswith("Raylet is terminated"):  # a dead node: TrialProgress says which, in one line
+        dead = _NODE_MARKED_DEAD.search(message)
+        if message.startswith(_RAYLET_DIED):  # a dead node: TrialProgress says which, in one line
             RAYLET_DEATHS.append(time.time())
+        elif dead:
+            DEAD_NODES.add(dead.group(1))
         else:
             first = message.strip().splitlines()[0] if message.strip() else ""
             print(f"ray: {cut(first, 160)} (details in {path})", file=sys.stdout, flush=True)
