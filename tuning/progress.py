@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import ray
-from ray.exceptions import LocalRayletDiedError, NodeDiedError, OwnerDiedError, RayActorError, WorkerCrashedError
+from ray.exceptions import (LocalRayletDiedError, NodeDiedError, OwnerDiedError, RayActorError, RayTaskError,
+                            WorkerCrashedError)
 from ray.tune import Callback
 
 from layerout.checks import cut
@@ -102,9 +103,10 @@ class TrialProgress(Callback):
             self._lost.append((time.time(), node, trial))
             return
         if recovers:
-            what = f"{exc.__class__.__name__}" if exc is not None else "an error"
+            cause = getattr(exc, "cause", None) or exc if isinstance(exc, RayTaskError) else exc
+            what = f"{type(cause).__name__}: {cut(' '.join(str(cause).split()), 80)}" if cause is not None else "an error"
             res = trial.last_result or {}
-            self._print(f"trial {trial.trial_id} failed ({what}, details in {_log_hint(trial)}); it restarts from "
+            self._print(f"trial {trial.trial_id} failed ({what}; details in {_log_hint(trial)}); it restarts from "
                         f"its last checkpoint (epoch {res.get('epoch') or 0}), attempt {trial.num_failures + 1}")
 
     def _watch_nodes(self, trials: list, force: bool = False) -> None:
