@@ -34,7 +34,8 @@ from tuning import SearchOptions, SearchResult, resume_search, run_search
 from tuning.search import SAMPLERS, SCHEDULERS
 from tuning.storage import is_local, local_path
 
-RESUME_FLAGS = ("--resume", "--address", "--cpus-per-trial", "--gpus-per-trial", "--no-analysis")
+RESUME_FLAGS = ("--resume", "--address", "--connect-timeout", "--cpus-per-trial", "--gpus-per-trial",
+                "--no-analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a journal file path (*.log / *.journal)")
     p.add_argument("--address",
                    help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: start a local Ray)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="with --address: how long to wait for the cluster to answer (default 30)")
     p.add_argument("--storage", default="./results", help="where experiments live: a shared path or a URI "
                                                              "(s3://..., gs://...) (default: ./results)")
     p.add_argument("--name", help="experiment name (default: <space name>-YYYYmmdd-HHMMSS)")
@@ -74,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> SearchOptions:
     return SearchOptions(num_samples=args.num_samples, max_concurrent=args.max_concurrent, sampler=args.sampler,
                          scheduler=args.scheduler, seed=args.seed, optuna_storage=args.optuna_storage,
-                         address=args.address, storage=args.storage, name=args.name,
+                         address=args.address, connect_timeout=args.connect_timeout, storage=args.storage,
+                         name=args.name,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                          max_failures=args.max_failures, data_dir=args.data_dir, download=not args.no_download)
 
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"be changed (allowed with --resume: {', '.join(RESUME_FLAGS[1:])})")
         result = resume_search(args.resume, address=args.address,
                                cpus_per_trial=args.cpus_per_trial if "--cpus-per-trial" in given else None,
-                               gpus_per_trial=args.gpus_per_trial if "--gpus-per-trial" in given else None)
+                               gpus_per_trial=args.gpus_per_trial if "--gpus-per-trial" in given else None,
+                               connect_timeout=args.connect_timeout)
     else:
         options = _options(args)
         options.check()  # before loading the space: a bad flag is reported first

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from analysis._cli import ArgumentParser, run_cli
 from analysis.run import run_analysis
+from layerout.errors import UserError
+from layerout.files import WriteError
 
 
 def _parser() -> ArgumentParser:
@@ -26,8 +28,13 @@ def _parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    run_analysis(args.experiment_dir, include_stopped=args.include_stopped, out_dir=args.out,
-                 compare=args.compare, write_policies=not args.no_policies)
+    try:
+        run_analysis(args.experiment_dir, include_stopped=args.include_stopped, out_dir=args.out,
+                     compare=args.compare, write_policies=not args.no_policies)
+    except WriteError as exc:
+        if args.out is not None:
+            raise
+        raise UserError(f"{exc}; write the analysis elsewhere with --out DIR") from None
     return 0
 
 

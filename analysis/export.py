@@ -30,11 +30,15 @@ from analysis._cli import ArgumentParser, run_cli
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.experiment import POLICIES_DIR
+from layerout.files import WriteError
+from layerout.freezer import resolve_bn_frozen
 from layerout.policy import FORMAT as POLICY_FORMAT
 from layerout.policy import VERSION as POLICY_VERSION
 from layerout.policy import Policy, save_policy
+from layerout.schedules import SCHEDULES
 from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
@@ -61,14 +65,14 @@ def parse_accuracy(value: Any) -> float:
         x = float(text)
     except ValueError:
         raise UserError(
-            f"--min-accuracy {value!r}: not a number; give a fraction (0.95) or a percent (95 or 95%)"
+            f"--min-accuracy {short(value)}: not a number; give a fraction (0.95) or a percent (95 or 95%)"
         ) from None
     if math.isnan(x) or x < 0:
-        raise UserError(f"--min-accuracy {value!r}: must be between 0 and 1 (fraction) or 0 and 100 (percent)")
+        raise UserError(f"--min-accuracy {short(value)}: must be between 0 and 1 (fraction) or 0 and 100 (percent)")
     if percent or x > 1:
         x /= 100.0
     if x > 1:
-        raise UserError(f"--min-accuracy {value!r}: above 100%; give a fraction (0.95) or a percent (95)")
+        raise UserError(f"--min-accuracy {short(value)}: above 100%; give a fraction (0.95) or a percent (95)")
     return x
 
 
@@ -194,6 +198,9 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     measured["epochs"] = _json_safe(row.get("epochs_done"))
     meta = exp.meta
     recipe = train_recipe(exp, row)
+    kind = schedule.get("kind")
+    if recipe.get("bn_frozen") == "auto" and kind in SCHEDULES:  # the value the trial ran with
+        recipe["bn_frozen"] = resolve_bn_frozen("auto", SCHEDULES[kind])
     provenance = {
         "model": str(model),
         "dataset": exp.dataset,
@@ -302,7 +309,7 @@ def export_policy(
     overrides it: the most compute-saving front policy with val_accuracy >= min_accuracy.
     """
     if pick not in PICKS:
-        raise UserError(f"--pick {pick!r}: allowed: {', '.join(PICKS)}")
+        raise UserError(f"--pick {short(pick)}: allowed: {', '.join(PICKS)}")
     exp = load_experiment(exp_dir)
     fr = compute_front(exp, include_stopped=include_stopped)
     thr = parse_accuracy(min_accuracy) if min_accuracy is not None else None
@@ -364,8 +371,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export_one(args: argparse.Namespace) -> None:
     """The single policy that -o / --pick / --min-accuracy ask for, and how to train with it."""
-    path = export_policy(args.experiment_dir, pick=args.pick or "knee", min_accuracy=args.min_accuracy,
-                         out=args.output, include_stopped=args.include_stopped)
+    try:
+        path = export_policy(args.experiment_dir, pick=args.pick or "knee", min_accuracy=args.min_accuracy,
+                             out=args.output, include_stopped=args.include_stopped)
+    except WriteError as exc:
+        if args.output is not None:
+            raise
+        raise UserError(f"{exc}; write the policy elsewhere with -o FILE") from None
     doc = json.loads(Path(path).read_text())
     m, prov = doc.get("measured", {}), doc.get("provenance", {})
 

@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.front import Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
 from analysis.results import Experiment
+from layerout.files import atomic_write
 
 DPI = 130
 FAMILY_COLORS = {
@@ -44,12 +45,7 @@ def _new_figure(w: float, h: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, bbox_inches="tight", format="png"))
 
 
 def _pct(s: pd.Series | np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from analysis.front import Front
 from analysis.policies import parse_schedule, schedule_summary
 from analysis.results import SYNTHETIC_NOTE, Experiment, finished_mask, stopped_mask
+from layerout.files import atomic_write
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
@@ -214,10 +215,5 @@ def build_report(
 
 def write_report(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     """``build_report(*args, **kwargs)`` written to ``path`` (atomically)."""
-    path = Path(path)
-    text = build_report(*args, **kwargs)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(Path(path), build_report(*args, **kwargs))
 

@@ -23,8 +23,8 @@ import pandas as pd
 
 from layerout.errors import UserError
 from layerout.experiment import (EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, POLICIES_DIR, RESULT_JSON,
-                                 TRIALS_CSV, VERSION, TrialRecord, build_tables, parse_meta, parse_result_lines,
-                                 read_table)
+                                 TRIALS_CSV, VERSION, TrialRecord, build_tables, is_cut_short, parse_meta,
+                                 parse_result_lines, read_table)
 from layerout.metrics import DEFAULT_OBJECTIVES, METRICS
 
 _RAY_SKIP_DIRS = {POLICIES_DIR, "__pycache__", ".git"}
@@ -126,8 +126,19 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
 
     ray_trials: pd.DataFrame | None = None
     ray_epochs: pd.DataFrame | None = None
-    if not trials_file.exists() or not epochs_file.exists():
-        result_files = _find_ray_results(path)
+    have_trials, have_epochs = trials_file.exists(), epochs_file.exists()
+    cut = [f for f in (trials_file, epochs_file) if f.exists() and is_cut_short(f)]
+    result_files = _find_ray_results(path) if cut or not (have_trials and have_epochs) else []
+    if cut:
+        names = " and ".join(f.name for f in cut)
+        if result_files:  # Ray's own results are whole: rebuild both tables from them
+            warnings.warn(f"{path}: {names} cut short mid-line; the tables were rebuilt from Ray's result.json "
+                          f"files ({len(result_files)} trials)", UserWarning, stacklevel=2)
+            have_trials = have_epochs = False
+        else:
+            warnings.warn(f"{path}: {names} cut short mid-line and no Ray result.json files to rebuild from; "
+                          "its last, partial row is left out", UserWarning, stacklevel=2)
+    if not (have_trials and have_epochs):
         if result_files:
             ray_trials, ray_epochs = _rebuild_from_ray(result_files, meta)
         elif meta is None:
@@ -140,16 +151,16 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
         meta = {"name": path.name, "format": FORMAT, "version": VERSION,
                 "note": "experiment.json missing; rebuilt from Ray Tune's result.json files"}
     sources = []
-    if trials_file.exists():
-        trials = read_table(trials_file, required=["trial_id"])
+    if have_trials:
+        trials = read_table(trials_file, required=["trial_id"], drop_partial_line=trials_file in cut)
         sources.append("csv")
     elif ray_trials is not None:
         trials = ray_trials
         sources.append("ray")
     else:
         raise UserError(f"{path}: experiment has no trials yet (no trials.csv and no Ray result.json files)")
-    if epochs_file.exists():
-        epochs = read_table(epochs_file, required=["trial_id"])
+    if have_epochs:
+        epochs = read_table(epochs_file, required=["trial_id"], drop_partial_line=epochs_file in cut)
         if "csv" not in sources:
             sources.append("csv")
     elif ray_epochs is not None:
@@ -163,10 +174,10 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
         guess = _guess_epoch_budget(trials, epochs)
         if guess:
             meta = {**meta, "epochs": guess, "epochs_inferred": True}
-    trials = _normalize_trials(trials, meta, epochs, trials_file if trials_file.exists() else path)
+    trials = _normalize_trials(trials, meta, epochs, trials_file if have_trials else path)
     epochs = _normalize_epochs(epochs)
     if trials.empty:
-        raise UserError(f"{trials_file if trials_file.exists() else path}: experiment has no trials yet")
+        raise UserError(f"{trials_file if have_trials else path}: experiment has no trials yet")
     return Experiment(meta=meta, trials=trials, epochs=epochs, path=path, source="+".join(sources))
 
 

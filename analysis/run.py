@@ -16,7 +16,7 @@ from analysis.report import write_report
 from analysis.results import SYNTHETIC_NOTE, Experiment, load_experiment
 from layerout.errors import UserError
 from layerout.experiment import PARETO_CSV, POLICIES_DIR
-from layerout.files import atomic_write
+from layerout.files import WriteError, atomic_write, write_reason
 
 FRONT_COLUMNS = [
     "rank", "knee", "trial_id", "family", "paper_config", "stopped", "val_accuracy", "compute_saved_frac",
@@ -134,7 +134,10 @@ def run_analysis(
         e = load_experiment(d)
         others.append((e, compute_front(e, include_stopped=include_stopped)))
     out = Path(out_dir) if out_dir is not None else exp.path
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(out, write_reason(exc)) from exc
     res = AnalysisResult(experiment=exp, result=fr, out_dir=out, compare=[e for e, _ in others])
 
     res.files[PARETO_CSV] = atomic_write(out / PARETO_CSV, pareto_csv_frame(fr).to_csv(index=False))

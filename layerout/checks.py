@@ -2,14 +2,39 @@
 
 The training recipe (``TrainConfig``), the schedules and the search-space validator all check
 their fields here, so a user meets the same message whether the value came from a YAML space, a
-policy file or the command line.
+policy file or the command line. A value quoted in an error goes through ``short``: cut to
+``SHORT_CHARS`` characters, with bounded work however large or deeply nested the value is.
 """
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from layerout.errors import UserError
+
+SHORT_CHARS = 80  # the longest value an error message quotes
+
+_repr = reprlib.Repr()  # bounded: at most 6 items per container, 3 levels deep, 60 characters per string
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 3, 60, 60, 40
+for _name in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_repr, _name, 6)
+
+
+def cut(text: str, limit: int = SHORT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (ending in ``...`` when cut)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short(val: Any) -> str:
+    """``repr(val)`` for an error message: nested containers and long strings abbreviated, the
+    whole cut to ``SHORT_CHARS`` characters. Never expands more than a few dozen items, so a huge
+    value (a YAML alias bomb, a 5000-digit integer) costs nothing to quote."""
+    try:
+        text = _repr.repr(val)
+    except ValueError:  # an int too long to print (Python's digit limit)
+        text = f"<an integer of {val.bit_length()} bits>" if isinstance(val, int) else f"<{type(val).__name__}>"
+    return cut(text)
 
 
 def fail(field: str, msg: str) -> UserError:
@@ -27,7 +52,7 @@ def is_number(val: Any) -> bool:
 def check_int(field: str, val: Any, low: int, high: int | None = None, what: str = "") -> int:
     if not is_int(val) or val < low or (high is not None and val > high):
         rng = f">= {low}" if high is None else f"within [{low}, {high}]{what}"
-        raise fail(field, f"must be an integer {rng}, got {val!r}")
+        raise fail(field, f"must be an integer {rng}, got {short(val)}")
     return val
 
 
@@ -35,17 +60,17 @@ def check_number(field: str, val: Any, low: float, high: float, low_open: bool =
     ok = is_number(val) and (val > low if low_open else val >= low) and val <= high
     if not ok:
         lb = "(" if low_open else "["
-        raise fail(field, f"must be a number within {lb}{low:g}, {high:g}]{what}, got {val!r}")
+        raise fail(field, f"must be a number within {lb}{low:g}, {high:g}]{what}, got {short(val)}")
     return float(val)
 
 
 def check_bool(field: str, val: Any) -> bool:
     if not isinstance(val, bool):
-        raise fail(field, f"must be true or false, got {val!r}")
+        raise fail(field, f"must be true or false, got {short(val)}")
     return val
 
 
 def check_choice(field: str, val: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(val, str) or val not in allowed:
-        raise fail(field, f"must be one of {', '.join(allowed)}, got {val!r}")
+        raise fail(field, f"must be one of {', '.join(allowed)}, got {short(val)}")
     return val

@@ -34,9 +34,21 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 
 from layerout import userland
 from layerout.augment import AugmentConfig, augment_batch
+from layerout.checks import short
 from layerout.errors import UserError
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
+# datasets read from files (a data folder, downloaded there if allowed); the others need none:
+# digits is bundled with scikit-learn, synthetic is generated
+FILE_DATASETS = ("mnist", "cifar10", "cifar100")
+
+
+def data_dir_note(dataset: str, data_dir: str | None) -> str | None:
+    """The one-line note for a data folder given with a dataset that reads no files, else None."""
+    if not data_dir or dataset in FILE_DATASETS or dataset not in DATASETS:
+        return None
+    what = "is bundled with scikit-learn" if dataset == "digits" else "is generated"
+    return f"note: --data-dir {data_dir} is not used: the {dataset} dataset {what}, no files are read"
 DEFAULT_DATA_DIR = "~/.cache/layerout-tune/data"
 IMAGEFOLDER = "imagefolder:"  # imagefolder:PATH, a folder in torchvision's ImageFolder layout
 DEFAULT_IMAGE_SIZE = 64  # imagefolder images are resized and center-cropped to this size unless told
@@ -129,7 +141,7 @@ def load_data(
         return as_splits(userland.call_data_function(name), name, device=device, val_frac=val_frac, seed=seed,
                          workers=workers)
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, or an "
+        raise UserError(f"unknown dataset {short(name)}; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, or an "
                         "import path to your own data function like my_pkg.data:load")
     if name == "synthetic":
         return _synthetic(device, val_frac, seed, synthetic_shape, synthetic_size or 4096)

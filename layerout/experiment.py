@@ -17,6 +17,7 @@ describes every field.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.files import atomic_write
-from layerout.metrics import EXTRA_METRICS, METRICS, TRIAL_METRICS
+from layerout.metrics import EXTRA_METRICS, METRICS, OBJECTIVE_METRICS, REPORT_ONLY, TRIAL_METRICS
 
 FORMAT = "layerout-experiment"
 VERSION = 1
@@ -58,9 +60,16 @@ def check_meta(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format", FORMAT) != FORMAT:
-        raise UserError(f"{where}: field 'format' is {doc.get('format')!r}; allowed: {FORMAT!r}")
+        raise UserError(f"{where}: field 'format' is {short(doc.get('format'))}; allowed: {short(FORMAT)}")
     if doc.get("version", VERSION) != VERSION:
-        raise UserError(f"{where}: field 'version' is {doc.get('version')!r}; this tool reads version {VERSION}")
+        raise UserError(f"{where}: field 'version' is {short(doc.get('version'))}; this tool reads version {VERSION}")
+    objectives = doc.get("objectives")
+    if isinstance(objectives, list):
+        named = [o[0] for o in objectives if isinstance(o, (list, tuple)) and o and isinstance(o[0], str)]
+        never = [n for n in named if n in REPORT_ONLY]
+        if never:
+            raise UserError(f"{where}: field 'objectives' names {never[0]}, which is only reported, never used to "
+                            f"select; allowed: {', '.join(OBJECTIVE_METRICS)}")
     return doc
 
 
@@ -262,10 +271,30 @@ def write_tables(exp_dir: str | Path, trials: pd.DataFrame, epochs: pd.DataFrame
     atomic_write(Path(exp_dir) / EPOCHS_CSV, epochs_text)
 
 
-def read_table(path: Path, required: list[str]) -> pd.DataFrame:
-    """trials.csv or epochs.csv, with the text columns read as text."""
+def is_cut_short(path: Path) -> bool:
+    """True when a table file does not end with a complete line (a copy or write cut off mid-row:
+    ``tables_csv`` always ends with a newline, and pandas would silently read the partial row)."""
     try:
-        df = pd.read_csv(path, dtype={c: str for c in STR_COLUMNS}, keep_default_na=True)
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+def read_table(path: Path, required: list[str], drop_partial_line: bool = False) -> pd.DataFrame:
+    """trials.csv or epochs.csv, with the text columns read as text (``drop_partial_line``: without
+    a last line cut off mid-row)."""
+    try:
+        if drop_partial_line:
+            text = path.read_text()
+            source: Any = io.StringIO(text[: text.rfind("\n") + 1])
+        else:
+            source = path
+        df = pd.read_csv(source, dtype={c: str for c in STR_COLUMNS}, keep_default_na=True)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=required)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:

@@ -1,14 +1,33 @@
 """Atomic file writes: a reader (or a crash) never sees half a file, and a failed write leaves
 nothing behind. Every file the project writes (checkpoints, epochs.csv, summary.json, policies,
-the experiment's tables) goes through ``atomic_write``."""
+the experiment's tables, plots, the report) goes through ``atomic_write``."""
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
 from typing import IO, Callable, Union
 
+from layerout.errors import UserError
+
 Payload = Union[str, bytes, Callable[[IO[bytes]], None]]
+
+
+class WriteError(UserError):
+    """A file that could not be written (no permission, a folder in the way, a read-only or full
+    disk): one line naming it and why. ``path`` is the file; the OSError is the ``__cause__``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: cannot write ({reason})")
+
+
+def write_reason(exc: OSError) -> str:
+    """Why a write failed, in a few words: 'permission denied', 'read-only file system', ..."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return (exc.strerror or exc.__class__.__name__).lower()
 
 
 def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
@@ -16,13 +35,22 @@ def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
 
     The bytes go to a temporary file in the same folder, which then replaces ``path`` in one
     step (``os.replace``). If anything fails, the temporary file is removed and ``path`` is left
-    as it was; the exception propagates.
+    as it was; an OSError (no permission, a folder at ``path``, a full disk) becomes a
+    :class:`WriteError` naming ``path``, anything else propagates.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise WriteError(path, "it is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path, f"cannot create its folder {path.parent}: {write_reason(exc)}") from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666: the file gets the umask's permissions, like any other file we write
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        # os.open with 0o666: the file gets the umask's permissions, like any other file we write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise WriteError(path, write_reason(exc)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -30,10 +58,12 @@ def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
             else:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise WriteError(path, write_reason(exc)) from exc
         raise
     return path

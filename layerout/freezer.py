@@ -27,24 +27,32 @@ from layerout.schedules import FreezeState, Schedule
 from layerout.units import Unit, unit_modules, unit_parameters
 
 BN_MODES = ("train", "eval")
+BN_CHOICES = ("auto", *BN_MODES)  # auto: the schedule family's choice (``Schedule.bn_frozen``)
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def resolve_bn_frozen(bn_frozen: str, schedule: Schedule | type[Schedule]) -> str:
+    """``"train"`` or ``"eval"``: ``bn_frozen`` itself, or for ``"auto"`` the schedule family's
+    choice (FreezeOut: eval, as its authors run it; the others: train)."""
+    if bn_frozen not in BN_CHOICES:
+        raise ValueError(f"bn_frozen must be one of {BN_CHOICES}, got {bn_frozen!r}")
+    return schedule.bn_frozen if bn_frozen == "auto" else bn_frozen
 
 
 class Freezer:
     """Applies masks (and per-unit lr factors) from ``schedule`` to ``model`` and ``optimizer``.
 
     ``bn_frozen``: ``"train"`` keeps updating a frozen unit's BatchNorm running statistics (the
-    LayerOut paper: the forward pass is unchanged), ``"eval"`` puts it in eval mode (FreezeOut).
+    LayerOut paper: the forward pass is unchanged), ``"eval"`` puts it in eval mode (FreezeOut's
+    authors), ``"auto"`` (default) takes the schedule family's choice (``Schedule.bn_frozen``).
     Call ``model.train()`` before ``on_epoch_start`` each epoch; the Freezer then switches the
     frozen units' BatchNorm layers back to eval where asked.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, units: list[Unit],
-                 schedule: Schedule, bn_frozen: Literal["train", "eval"] = "train") -> None:
-        if bn_frozen not in BN_MODES:
-            raise ValueError(f"bn_frozen must be one of {BN_MODES}, got {bn_frozen!r}")
+                 schedule: Schedule, bn_frozen: Literal["auto", "train", "eval"] = "auto") -> None:
         self.model, self.optimizer, self.units, self.schedule = model, optimizer, units, schedule
-        self.bn_frozen = bn_frozen
+        self.bn_frozen = resolve_bn_frozen(bn_frozen, schedule)
         self.params = unit_parameters(model, units)
         self.bn_modules = [[m for m in mods if isinstance(m, _BN_TYPES)] for mods in unit_modules(model, units)]
         self.epoch = 0

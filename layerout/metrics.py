@@ -23,6 +23,11 @@ EXTRA_METRICS: tuple[str, ...] = ("lr", "frozen_units", "synthetic")
 # Per trial, reported by the search (trials.csv only): what replaying its policy needs.
 TRIAL_METRICS: tuple[str, ...] = ("steps_per_epoch",)
 
+# Reported, never used to select: the test split may not be an objective (a space, experiment.json)
+# nor rank a trial anywhere.
+REPORT_ONLY: tuple[str, ...] = ("test_accuracy",)
+# What a search may optimize.
+OBJECTIVE_METRICS: tuple[str, ...] = tuple(m for m in METRICS if m not in REPORT_ONLY)
 # The search's two objectives. test_accuracy is never one.
 DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
 OBJECTIVE_MODES = ("max", "min")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerout import userland
+from layerout.checks import short
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.units import Unit, unit_origin, unit_param_counts, units_of
 
@@ -63,7 +64,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
         return MODELS[name].constructor(num_classes=num_classes, in_channels=in_channels)
     if is_user_model(name):
         return userland.model_from(userland.resolve(name, "model"), name, num_classes, in_channels)
-    raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}, or an import path to your own "
+    raise UserError(f"unknown model {short(name)}; allowed: {', '.join(MODELS)}, or an import path to your own "
                     "like my_pkg.nets:build")
 
 

@@ -27,9 +27,10 @@ from typing import Any
 
 from torch import nn
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.files import atomic_write
-from layerout.freezer import Freezer
+from layerout.freezer import BN_CHOICES, Freezer
 from layerout.schedules import Schedule, schedule_from_dict
 from layerout.units import Unit, units_of
 
@@ -73,10 +74,10 @@ class Policy:
             return UserError(f"{source}: {fld}: {msg}")
 
         if not isinstance(self.model, str) or not self.model:
-            raise err("model", f"must be a model name (string), got {self.model!r}")
+            raise err("model", f"must be a model name (string), got {short(self.model)}")
         if (not isinstance(self.units, list) or not self.units
                 or not all(isinstance(u, str) and u for u in self.units)):
-            raise err("units", f"must be a non-empty list of unit names, got {self.units!r}")
+            raise err("units", f"must be a non-empty list of unit names, got {short(self.units)}")
         dup = sorted({u for u in self.units if self.units.count(u) > 1})
         if dup:
             raise err("units", f"duplicate unit names {dup}")
@@ -102,7 +103,7 @@ class Policy:
         """Raise UserError saying exactly how ``names`` (the target model's units) differ."""
         source = source or self.source
         if model is not None and model != self.model:
-            raise UserError(f"{source}: model: the policy is for {self.model!r}, not {model!r} "
+            raise UserError(f"{source}: model: the policy is for {short(self.model)}, not {short(model)} "
                             f"(its units: {', '.join(self.units)})")
         if list(names) == list(self.units):
             return
@@ -110,21 +111,23 @@ class Policy:
             what = f"has {len(self.units)} units but the model has {len(names)}"
         else:
             i = next(i for i, (a, b) in enumerate(zip(self.units, names)) if a != b)
-            what = f"unit {i} is {self.units[i]!r} in the policy but {names[i]!r} in the model"
+            what = f"unit {i} is {short(self.units[i])} in the policy but {short(names[i])} in the model"
         raise UserError(f"{source}: units: {what} (policy: {', '.join(self.units)}; "
                         f"model: {', '.join(names)})")
 
     # ------------------------------------------------------------------ use
     def attach(self, model: nn.Module, optimizer: Any, units: list[Unit] | list[str] | None = None,
                epochs: int | None = None, steps_per_epoch: int | None = None, seed: int | None = None,
-               bn_frozen: str = "train") -> Freezer:
+               bn_frozen: str | None = None) -> Freezer:
         """A Freezer applying this policy to ``model``/``optimizer`` in your own loop.
 
         ``units``: the model's units, or a list of module-name prefixes; by default the units
         the policy's run used (``provenance.train.units``, as a search on your own model pins
         them), else the ones the model declares, else automatic ones (``layerout.units``). ``epochs`` and
         ``steps_per_epoch`` default to the run the policy came from; step-wise schedules
-        (FreezeOut) and warm-ups need them to match your loop.
+        (FreezeOut) and warm-ups need them to match your loop. ``bn_frozen`` (frozen units'
+        BatchNorm: train, eval or auto) defaults to the run's (``provenance.train.bn_frozen``),
+        else the schedule family's choice.
         """
         if units is None:  # the units the policy's run used when its recipe names them, else the model's
             train = self.provenance.get("train")
@@ -143,6 +146,10 @@ class Policy:
         if sched.stepwise and not (e and s):
             raise UserError(f"{self.source}: the {sched.kind!r} schedule changes within epochs; pass epochs= and "
                             "steps_per_epoch=")
+        if bn_frozen is None:
+            train = self.provenance.get("train")
+            recorded = train.get("bn_frozen") if isinstance(train, dict) else None
+            bn_frozen = recorded if recorded in BN_CHOICES else "auto"
         return Freezer(model, optimizer, unit_list, sched, bn_frozen=bn_frozen)
 
     # ------------------------------------------------------------------ (de)serialization
@@ -156,9 +163,9 @@ class Policy:
         if not isinstance(d, dict):
             raise UserError(f"{source}: must be a JSON object with keys {', '.join(KEYS)}")
         if d.get("format") != FORMAT:
-            raise UserError(f"{source}: format: expected {FORMAT!r}, got {d.get('format')!r}")
+            raise UserError(f"{source}: format: expected {short(FORMAT)}, got {short(d.get('format'))}")
         if d.get("version") != VERSION:
-            raise UserError(f"{source}: version: this layerout reads version {VERSION}, got {d.get('version')!r}")
+            raise UserError(f"{source}: version: this layerout reads version {VERSION}, got {short(d.get('version'))}")
         for k in ("model", "units", "schedule"):
             if k not in d:
                 raise UserError(f"{source}: {k}: missing")

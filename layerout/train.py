@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from layerout import userland
-from layerout.data import IMAGEFOLDER
+from layerout.checks import short
+from layerout.data import DATASETS, IMAGEFOLDER, data_dir_note
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.fastpath import FAST_PATHS
+from layerout.freezer import BN_CHOICES
 from layerout.models import MODELS
 from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
 
@@ -30,7 +32,7 @@ def parse_ints(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"{flag}: expected comma-separated integers like 150,225, got {text!r}") from None
+        raise UserError(f"{flag}: expected comma-separated integers like 150,225, got {short(text)}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr-gamma", type=float, default=None)
     tr.add_argument("--lr-warmup", default=None, metavar="EPOCHS:LR",
                     help="warm start, e.g. 4:0.01 (the paper's ResNet-110 recipe)")
-    tr.add_argument("--bn-frozen", choices=("train", "eval"), default=None,
-                    help="frozen units' BatchNorm: keep updating statistics (train, paper) or eval (FreezeOut)")
+    tr.add_argument("--bn-frozen", choices=BN_CHOICES, default=None,
+                    help="frozen units' BatchNorm: keep updating statistics (train, LayerOut), eval (FreezeOut's "
+                         "authors), or auto (default): the schedule family's choice (eval for freezeout, else train)")
     tr.add_argument("--no-augment", action="store_true", help="turn off crop/flip augmentation")
     tr.add_argument("--random-erasing", action="store_true")
     tr.add_argument("--val-frac", type=float, default=None, help="validation share of the training set (0.1)")
@@ -103,17 +106,18 @@ def add_schedule_flags(ap: argparse.ArgumentParser) -> None:
             added.add(f.dest)
             shared = owners[f.dest]
             text = f.help + (f" ({', '.join(shared)})" if len(shared) > 1 else "")
-            if f.switch:
-                group.add_argument(f.option, dest=f.dest, action="store_true", help=text)
+            if f.switch:  # --name / --no-name; not given: the schedule's default
+                group.add_argument(f.option, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
+                                   help=text)
             else:
                 group.add_argument(f.option, dest=f.dest, type=f.type, choices=f.choices, default=None,
                                    metavar=f.metavar, help=text)
 
 
 def _given(args: argparse.Namespace) -> set[str]:
-    """The schedule flags (dests) the user typed: not None, not a switch left off."""
+    """The schedule flags (dests) the user typed (every flag left out is None)."""
     dests = {f.dest for flags in family_flags().values() for f in flags}
-    return {d for d in dests if getattr(args, d, None) not in (None, False)}
+    return {d for d in dests if getattr(args, d, None) is not None}
 
 
 def _option(dest: str) -> str:
@@ -140,7 +144,7 @@ def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[st
     allowed = {f.dest for f in families[kind]}
     stray = sorted(given - allowed)
     if stray:
-        raise UserError(f"{', '.join(_option(d) for d in stray)}: not used by the {kind!r} schedule (its flags: "
+        raise UserError(f"{', '.join(_option(d) for d in stray)}: not used by the {short(kind)} schedule (its flags: "
                         f"{', '.join(_option(d) for d in sorted(allowed)) or 'none'})")
     return SCHEDULES[kind].dict_from_flags({d: getattr(args, d) for d in sorted(given)}, num_units)
 
@@ -163,7 +167,7 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
             e, v = args.lr_warmup.split(":")
             cfg["lr_warmup_epochs"], cfg["lr_warmup_value"] = int(e), float(v)
         except ValueError:
-            raise UserError(f"--lr-warmup: expected EPOCHS:LR like 4:0.01, got {args.lr_warmup!r}") from None
+            raise UserError(f"--lr-warmup: expected EPOCHS:LR like 4:0.01, got {short(args.lr_warmup)}") from None
     if args.no_augment:
         cfg["augment"] = False
     if args.random_erasing:
@@ -206,20 +210,24 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(paths, list):  # where the search found the code: after the current directory
             userland.add_code_paths([os.getcwd(), *[p for p in paths if isinstance(p, str)]])
         if args.model and args.model != policy.model:
-            raise UserError(f"{args.policy}: model: the policy is for {policy.model!r}, not --model {args.model!r} "
+            raise UserError(f"{args.policy}: model: the policy is for {short(policy.model)}, not --model {short(args.model)} "
                             f"(its units: {', '.join(policy.units)})")
     prov_dataset = policy.provenance.get("dataset") if policy is not None else None
     dataset = args.dataset or (prov_dataset if isinstance(prov_dataset, str) and prov_dataset else None) or (
         MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
     model = args.model or (policy.model if policy else DEFAULT_MODEL_FOR.get(dataset or ""))
     if not dataset:
-        raise UserError("--dataset: required; allowed: digits, mnist, cifar10, cifar100, synthetic, "
+        raise UserError(f"--dataset: required; allowed: {', '.join(DATASETS)}, "
+                        f"{IMAGEFOLDER}PATH, or an import path to your own data function like my_pkg.data:load")
+    if dataset not in DATASETS and not dataset.startswith(IMAGEFOLDER) and not userland.is_import_path(dataset):
+        where = "--dataset" if args.dataset else f"{args.policy}: provenance.dataset"
+        raise UserError(f"{where}: unknown dataset {short(dataset)}; allowed: {', '.join(DATASETS)}, "
                         f"{IMAGEFOLDER}PATH, or an import path to your own data function like my_pkg.data:load")
     if not model:
-        raise UserError(f"--model: required with --dataset {dataset}: a built-in model ({', '.join(MODELS)}) "
+        raise UserError(f"--model: required with --dataset {short(dataset)}: a built-in model ({', '.join(MODELS)}) "
                         "or an import path to your own like my_pkg.nets:build")
     if model not in MODELS and not userland.is_import_path(model):
-        raise UserError(f"--model: unknown model {model!r}; allowed: {', '.join(MODELS)}, or an import path to "
+        raise UserError(f"--model: unknown model {short(model)}; allowed: {', '.join(MODELS)}, or an import path to "
                         "your own like my_pkg.nets:build")
     if dataset.startswith(IMAGEFOLDER) and args.dataset:  # absolute, as it is stored in the run's config
         dataset = IMAGEFOLDER + str(Path(os.path.expanduser(dataset[len(IMAGEFOLDER):])).resolve())
@@ -227,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if policy is not None:  # replay the run the policy came from; flags given here win
         cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}
     cfg = TrainConfig.from_dict(cfg_dict)
+    note = data_dir_note(dataset, args.data_dir)
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
     from layerout.preflight import check_model_and_data
 

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,13 +30,13 @@ from torch import nn
 
 from layerout import userland
 from layerout.augment import augment_batch
-from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int
+from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int, short
 from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
 from layerout.data import DataSplits, DatasetSplits, as_splits, is_user_dataset, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner
 from layerout.files import atomic_write
-from layerout.freezer import BN_MODES, Freezer
+from layerout.freezer import BN_CHOICES, Freezer, resolve_bn_frozen
 from layerout.metrics import EXTRA_METRICS, METRICS
 from layerout.models import MODELS, build_model, count_params, is_user_model
 from layerout.policy import Policy, provenance
@@ -73,7 +73,9 @@ class TrainConfig:
     val_frac: float = 0.1
     augment: bool = True
     random_erasing: bool = False
-    bn_frozen: str = "train"  # frozen units' BatchNorm: keep updating statistics (paper) or eval (FreezeOut)
+    # frozen units' BatchNorm: train (keep updating statistics, LayerOut), eval (FreezeOut's authors), or
+    # auto: the schedule family's choice; a Trainer records the resolved value in its config
+    bn_frozen: str = "auto"
     data_dir: str | None = None
     download: bool = True
     test_every_epoch: bool = False
@@ -106,7 +108,7 @@ class TrainConfig:
         self.weight_decay = check_number("train.weight_decay", self.weight_decay, 0.0, 1.0)
         ms = self.lr_milestones  # a milestone past the end is allowed: a policy replayed for fewer epochs
         if not isinstance(ms, list) or not all(is_int(m) and m >= 1 for m in ms) or ms != sorted(set(ms)):
-            raise fail("train.lr_milestones", f"must be an increasing list of integer epochs >= 1, got {ms!r}")
+            raise fail("train.lr_milestones", f"must be an increasing list of integer epochs >= 1, got {short(ms)}")
         self.lr_gamma = check_number("train.lr_gamma", self.lr_gamma, 0.0, 1e3, low_open=True)
         check_int("train.lr_warmup_epochs", self.lr_warmup_epochs, 0, epochs - 1, f" (0 .. epochs-1, epochs = {epochs})")
         if self.lr_warmup_value is not None:
@@ -115,11 +117,11 @@ class TrainConfig:
         check_int("train.seed", self.seed, 0, 2**31 - 1)
         if not (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda")
                                                   or self.device.startswith("cuda:"))):
-            raise fail("train.device", f"must be one of auto, cpu, cuda, got {self.device!r}")
+            raise fail("train.device", f"must be one of auto, cpu, cuda, got {short(self.device)}")
         self.val_frac = check_number("train.val_frac", self.val_frac, 0.0, 0.5, low_open=True)
         for name in ("augment", "random_erasing", "download", "test_every_epoch"):
             check_bool(f"train.{name}", getattr(self, name))
-        check_choice("train.bn_frozen", self.bn_frozen, BN_MODES)
+        check_choice("train.bn_frozen", self.bn_frozen, BN_CHOICES)
         check_choice("train.fast_path", self.fast_path, FAST_PATHS)
         for name in ("max_train_batches", "synthetic_size", "image_size"):
             if getattr(self, name) is not None:
@@ -128,7 +130,7 @@ class TrainConfig:
         if self.units is not None:
             self.units = check_unit_spec(self.units)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise fail("train.data_dir", f"must be a folder path or null, got {self.data_dir!r}")
+            raise fail("train.data_dir", f"must be a folder path or null, got {short(self.data_dir)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -178,9 +180,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device: unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
+        raise UserError(f"device: unknown device {short(name)}; allowed: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device: {name!r} asked for but no CUDA GPU is available; use --device cpu")
+        raise UserError(f"device: {short(name)} asked for but no CUDA GPU is available; use --device cpu")
     return dev
 
 
@@ -194,6 +196,9 @@ class Trainer:
         it accepts) instead of loading ``cfg.dataset``. ``model``: your own model (an ``nn.Module``,
         trained in place) or what builds it (a class or a callable taking ``num_classes`` and/or
         ``in_channels``) instead of building ``cfg.model``; ``cfg.model`` then only names it."""
+        # bn_frozen "auto" becomes the schedule's choice here, so that checkpoints, summaries and
+        # policies record what ran
+        cfg = replace(cfg, bn_frozen=resolve_bn_frozen(cfg.bn_frozen, schedule))
         self.cfg, self.schedule = cfg, schedule
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks or [])

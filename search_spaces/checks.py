@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from layerout import checks
+from layerout.checks import short
 from layerout.errors import UserError
 
 
@@ -35,11 +36,12 @@ class Checker:
         if val is None:
             return {}
         if not isinstance(val, dict):
-            raise self.err(fld, f"must be a mapping with keys {', '.join(allowed) or '(none)'}, got {val!r}")
+            raise self.err(fld, f"must be a mapping with keys {', '.join(allowed) or '(none)'}, got {short(val)}")
         for k in val:
             if k not in allowed:
                 ok = ", ".join(allowed) if allowed else "(no keys)"
-                raise self.err(f"{fld}.{k}" if fld else str(k), f"unknown key; allowed: {ok}")
+                key = checks.cut(str(k), 40)
+                raise self.err(f"{fld}.{key}" if fld else key, f"unknown key; allowed: {ok}")
         return val
 
     def int_(self, fld: str, val: Any, low: int, high: int | None = None, what: str = "") -> int:
@@ -57,7 +59,7 @@ class Checker:
         ok = (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(checks.is_int(x) for x in pair)
               and low <= pair[0] <= pair[1] <= high)
         if not ok:
-            raise self.err(fld, f"must be a [low, high] pair of integers within [{low}, {high}]{what}, got {val!r}")
+            raise self.err(fld, f"must be a [low, high] pair of integers within [{low}, {high}]{what}, got {short(val)}")
         return int(pair[0]), int(pair[1])
 
     def num_range(self, fld: str, val: Any, low: float, high: float, low_open: bool = False,
@@ -69,7 +71,7 @@ class Checker:
         if not ok:
             lb = "(" if low_open else "["
             raise self.err(fld, f"must be a [low, high] pair of numbers within {lb}{low:g}, {high:g}]{what}, "
-                                f"got {val!r}")
+                                f"got {short(val)}")
         return float(pair[0]), float(pair[1])
 
     def choices(self, fld: str, val: Any, allowed: tuple) -> list:
@@ -78,5 +80,5 @@ class Checker:
         ok = bool(vals) and all(any(v == a and type(v) is type(a) for a in allowed) for v in vals)
         if not ok:
             shown = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
-            raise self.err(fld, f"must be one of {shown} or a list of them, got {val!r}")
+            raise self.err(fld, f"must be one of {shown} or a list of them, got {short(val)}")
         return list(dict.fromkeys(vals))

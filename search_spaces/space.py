@@ -57,9 +57,10 @@ from typing import Any
 import yaml
 
 from layerout import userland
+from layerout.checks import cut, short
 from layerout.data import DATASETS, IMAGEFOLDER
 from layerout.errors import UserError
-from layerout.metrics import DEFAULT_OBJECTIVES, METRICS, OBJECTIVE_MODES
+from layerout.metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, OBJECTIVE_MODES, REPORT_ONLY
 from layerout.models import MODELS
 from layerout.preflight import check_model_and_data
 from layerout.schedules import SCHEDULES
@@ -70,6 +71,9 @@ from search_spaces.checks import Checker
 from search_spaces.families import FAMILY_SPACES, FamilySpace, SpaceContext
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+# A search space is a page of YAML: refuse files (and anchor/alias expansions) far beyond that
+MAX_SPACE_BYTES = 1 << 20
+MAX_SPACE_VALUES = 100_000
 
 # moasha: Pareto-aware successive halving, the default with two or more objectives; asha: on the first
 # (accuracy) alone, the default with one; none: every trial trains its whole budget
@@ -113,6 +117,9 @@ class SearchSpace:
     num_samples: int = 24
     max_concurrent: int = 0  # 0: as many as resources allow
     seed: int = 0
+    # the document it was validated from (the parsed YAML), kept so that experiment.json can
+    # rebuild the space (``space_from_dict``); None for a space built in code
+    document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_units(self) -> int:
@@ -129,6 +136,7 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain JSON-able data (experiment.json's ``space``)."""
         d = asdict(self)
+        d.pop("document", None)
         d["objectives"] = [list(o) for o in self.objectives]
         return _jsonable(d)
 
@@ -159,7 +167,7 @@ def preset_path(name: str) -> Path:
     p = PRESET_DIR / f"{name}.yaml"
     if not p.is_file() or "/" in name or name.startswith("."):
         names = ", ".join(n for n, _ in list_presets())
-        raise UserError(f"unknown preset {name!r}; available: {names} (python tune_main.py --list-presets)")
+        raise UserError(f"unknown preset {short(name)}; available: {names} (python tune_main.py --list-presets)")
     return p
 
 
@@ -190,17 +198,41 @@ def read_space(path_or_preset: str | os.PathLike) -> tuple[Any, str, str, Path]:
         p = preset_path(s)
         where, folder = _display(p), Path.cwd()
     try:
+        size = p.stat().st_size
+        if size > MAX_SPACE_BYTES:
+            raise UserError(f"{where}: {size:,} bytes; a search space may be at most {MAX_SPACE_BYTES:,} bytes "
+                            "(1 MiB)")
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot read ({exc.__class__.__name__}: {exc})") from None
+        raise UserError(f"{where}: cannot read ({exc.__class__.__name__}: {cut(str(exc))})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise UserError(f"{where}: not valid YAML: {' '.join(str(problem).split())}{at}") from None
+        raise UserError(f"{where}: not valid YAML: {cut(' '.join(str(problem).split()))}{at}") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply to read (thousands of levels of [ or {{)") from None
+    if _expanded_size(data, MAX_SPACE_VALUES) > MAX_SPACE_VALUES:
+        raise UserError(f"{where}: expands to more than {MAX_SPACE_VALUES:,} values (YAML anchors and aliases "
+                        "repeat what they name); a search space needs far fewer: write its values out")
     return data, where, p.stem, folder
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with every alias expanded, counting only up to just past
+    ``limit`` (a YAML alias bomb, or a document that refers to itself, stops the count early)."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        x = stack.pop()
+        count += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return count
 
 
 # ------------------------------------------------------------------------------ validation
@@ -219,10 +251,10 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     check.mapping("", data, TOP_KEYS)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        raise check.err("name", f"must be a non-empty string without spaces or slashes, got {name!r}")
+        raise check.err("name", f"must be a non-empty string without spaces or slashes, got {short(name)}")
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise check.err("description", f"must be a string, got {description!r}")
+        raise check.err("description", f"must be a string, got {short(description)}")
     if "model" not in data:
         raise check.err("model", "missing; name a built-in model (python -m layerout.models lists them) or "
                                  "your own as an import path like my_pkg.nets:build")
@@ -233,15 +265,15 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     dataset = data["dataset"]
     if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.startswith(IMAGEFOLDER)
                                             or names_user_code(dataset)):
-        raise check.err("dataset", f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, "
-                                   "or an import path to your own data function like my_pkg.data:load")
+        raise check.err("dataset", f"unknown dataset {short(dataset)}; allowed: {', '.join(DATASETS)}, "
+                                   f"{IMAGEFOLDER}PATH, or an import path to your own data function like my_pkg.data:load")
     if dataset.startswith(IMAGEFOLDER):  # trials run elsewhere (Ray changes their directory): make it absolute
         dataset = IMAGEFOLDER + str(folder / os.path.expanduser(dataset[len(IMAGEFOLDER):]))
     model = data["model"]
     if not isinstance(model, str):
-        raise check.err("model", f"must be a model name or an import path, got {model!r}")
+        raise check.err("model", f"must be a model name or an import path, got {short(model)}")
     if model not in MODELS and not names_user_code(model):
-        raise check.err("model", f"unknown model {model!r}; allowed: {', '.join(MODELS)}, or an import path to "
+        raise check.err("model", f"unknown model {short(model)}; allowed: {', '.join(MODELS)}, or an import path to "
                                  "your own like my_pkg.nets:build")
     unit_spec = None
     if data.get("units") is not None:
@@ -274,7 +306,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     es = check.mapping("early_stopping", data.get("early_stopping"), ("scheduler", "grace_period", "reduction_factor"))
     scheduler = es.get("scheduler", "moasha" if len(objectives) >= 2 else "asha")
     if scheduler not in SCHEDULERS:
-        raise check.err("early_stopping.scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+        raise check.err("early_stopping.scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {short(scheduler)}")
     early = EarlyStopping(
         scheduler=scheduler,
         grace_period=check.int_("early_stopping.grace_period", es.get("grace_period", 1), 1, epochs,
@@ -291,7 +323,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
                        description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,
                        code_paths=code, notes=checked.notes, objectives=objectives, early_stopping=early,
                        paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
-                       max_concurrent=max_conc, seed=seed)
+                       max_concurrent=max_conc, seed=seed, document=_jsonable(data))
 
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:
@@ -304,7 +336,7 @@ def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dic
     epochs, ms = cfg.epochs, cfg.lr_milestones
     if any(m >= epochs for m in ms):  # in a space, a milestone that training never reaches is a mistake
         raise check.err("train.lr_milestones", f"must be an increasing list of integer epochs within "
-                                               f"[1, {epochs - 1}] (epochs = {epochs}), got {ms!r}")
+                                               f"[1, {epochs - 1}] (epochs = {epochs}), got {short(ms)}")
     resolved = asdict(cfg)
     return {k: resolved[k] for k in TRAIN_FIELDS}
 
@@ -314,14 +346,14 @@ def _families(check: Checker, raw: Any, ctx: SpaceContext) -> dict[str, FamilySp
         raw = {"layerout": {}}
     kinds = ", ".join(FAMILY_SPACES)
     if not isinstance(raw, dict) or not raw:
-        raise check.err("families", f"must be a mapping of one or more of {kinds} to their ranges, got {raw!r}")
+        raise check.err("families", f"must be a mapping of one or more of {kinds} to their ranges, got {short(raw)}")
     out: dict[str, FamilySpace] = {}
     for kind, spec in raw.items():
         fld = f"families.{kind}"
         if kind not in FAMILY_SPACES:
             raise check.err(fld, f"unknown family; allowed: {kinds}")
         if kind not in SCHEDULES:
-            raise check.err(fld, f"this version of layerout has no {kind!r} schedule (layerout.schedules knows: "
+            raise check.err(fld, f"this version of layerout has no {short(kind)} schedule (layerout.schedules knows: "
                                  f"{', '.join(sorted(SCHEDULES))}); remove it from the space")
         family = FAMILY_SPACES[kind]
         out[kind] = family.parse(check, fld, check.mapping(fld, spec, family.keys), ctx)
@@ -332,12 +364,15 @@ def _objectives(check: Checker, raw: Any) -> list[tuple[str, str]]:
     if raw is None:
         return list(DEFAULT_OBJECTIVES)
     bad = check.err("objectives", f"must be a list of [metric, max|min] pairs with metrics from "
-                                  f"{', '.join(METRICS)}, got {raw!r}")
+                                  f"{', '.join(OBJECTIVE_METRICS)}, got {short(raw)}")
     if not isinstance(raw, list) or not raw:
         raise bad
     out = []
     for o in raw:
-        if not (isinstance(o, list) and len(o) == 2 and o[0] in METRICS and o[1] in OBJECTIVE_MODES):
+        if isinstance(o, list) and o and isinstance(o[0], str) and o[0] in REPORT_ONLY:
+            raise check.err("objectives", f"{o[0]} is only reported, never used to select (the test split must "
+                                          f"not choose a policy); allowed metrics: {', '.join(OBJECTIVE_METRICS)}")
+        if not (isinstance(o, list) and len(o) == 2 and o[0] in OBJECTIVE_METRICS and o[1] in OBJECTIVE_MODES):
             raise bad
         out.append((o[0], o[1]))
     if len({n for n, _ in out}) != len(out):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.schedules import paper_vectors, schedule_from_dict
 from search_spaces.families import FAMILY_SPACES, LayerOutSpace
@@ -45,7 +46,7 @@ def trial_to_config(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any
     """
     fam = params.get("family")
     if fam not in FAMILY_SPACES:
-        raise UserError(f"trial parameters: family: unknown family {fam!r}; allowed: {', '.join(FAMILY_SPACES)}")
+        raise UserError(f"trial parameters: family: unknown family {short(fam)}; allowed: {', '.join(FAMILY_SPACES)}")
     ctx = space.context
     chosen = FAMILY_SPACES[fam].schedule(params, ctx, space.families.get(fam))
     schedule = schedule_from_dict(chosen)

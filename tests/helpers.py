@@ -21,6 +21,30 @@ METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "test_accur
                   "train_time_s"]
 TIMING = {"train_time_s", "time_saved_frac"}
 DIGITS_UNITS = ["conv1", "conv2", "head"]
+# digits_cnn's forward FLOPs per sample, by hand (2 per multiply-add; bias, BatchNorm, ReLU uncounted):
+# conv1 3x3, 1 -> 32 channels at 8x8: 2 * 32*8*8 * 1*9; conv2 3x3 stride 2, 32 -> 64 at 4x4: 2 * 64*4*4 * 32*9;
+# head 1024 -> 10: 2 * 1024*10
+DIGITS_FWD = [2 * 32 * 8 * 8 * 9, 2 * 64 * 4 * 4 * 32 * 9, 2 * 1024 * 10]
+
+
+def hand_step_flops(mask, fwd=DIGITS_FWD):
+    """Per-sample FLOPs of one training step of a chain of units with forward costs ``fwd``: every
+    forward, the weight gradient of each trainable unit (one forward's cost), and the input gradient
+    of each unit that has a trainable unit before it (unit 0's input, the data, never needs one)."""
+    total = sum(fwd)
+    for i, frozen in enumerate(mask):
+        if not frozen:
+            total += fwd[i]
+        if i > 0 and not all(mask[:i]):
+            total += fwd[i]
+    return total
+
+
+def hand_saved_frac(step_masks, fwd=DIGITS_FWD):
+    """compute_saved_frac of a run whose steps (all of one batch size) had these masks ("010" or bools)."""
+    masks = [tuple(c == "1" for c in m) if isinstance(m, str) else tuple(m) for m in step_masks]
+    unfrozen = hand_step_flops((False,) * len(fwd), fwd)
+    return 1 - sum(hand_step_flops(m, fwd) for m in masks) / (len(masks) * unfrozen)
 
 
 class MaskList(Schedule):
@@ -99,14 +123,87 @@ def read_csv(path):
 def cli_env():
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # subprocesses run side by side on 2 cores
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")  # this checkout's code, from any cwd
     env.pop("PYTHONWARNINGS", None)
     return env
 
 
-def run_module(module: str, args, timeout=240, cwd=REPO):
-    """``python -m module args`` in a subprocess (one thread: several run side by side on 2 cores)."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+# Run a module with some folders read-only, as root too (root ignores permission bits): every write
+# Python makes inside them (os.open, open, mkdir, rename, unlink) fails with EACCES, as it would for a
+# user without write permission. argv: the folders (os.pathsep-separated), the module, its arguments.
+_READ_ONLY_BOOT = r"""
+import builtins, errno, io, os, runpy, sys
+_ro = [os.path.realpath(p) for p in sys.argv[1].split(os.pathsep)]
+def _inside(path):
+    try:
+        p = os.path.realpath(os.fsdecode(path))
+    except TypeError:
+        return False
+    return any(p == r or p.startswith(r + os.sep) for r in _ro)
+def _deny(path):
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+def _guard(fn, *checked):
+    def wrapper(*a, **k):
+        for i in checked:
+            if i < len(a) and _inside(a[i]):
+                _deny(a[i])
+        return fn(*a, **k)
+    return wrapper
+_os_open, _open = os.open, builtins.open
+_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+def _os_open_ro(path, flags, *a, **k):
+    if flags & _WRITE and _inside(path):
+        _deny(path)
+    return _os_open(path, flags, *a, **k)
+def _open_ro(file, mode="r", *a, **k):
+    if not isinstance(file, int) and any(c in mode for c in "wax+") and _inside(file):
+        _deny(file)
+    return _open(file, mode, *a, **k)
+os.open, builtins.open, io.open = _os_open_ro, _open_ro, _open_ro
+os.mkdir, os.rmdir, os.unlink, os.remove = (_guard(os.mkdir, 0), _guard(os.rmdir, 0), _guard(os.unlink, 0),
+                                           _guard(os.remove, 0))
+os.rename, os.replace = _guard(os.rename, 0, 1), _guard(os.replace, 0, 1)
+sys.argv = sys.argv[2:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _without_write_bits(paths):
+    """Remove every write permission bit under ``paths``; returns what to restore."""
+    saved = []
+    for top in paths:
+        for p in [Path(top), *Path(top).rglob("*")]:
+            mode = p.stat().st_mode
+            saved.append((p, mode))
+    for p, mode in saved:
+        os.chmod(p, mode & ~0o222)
+    return saved
+
+
+def run_module(module: str, args, timeout=240, cwd=REPO, read_only=()):
+    """``python -m module args`` in a subprocess (one thread: several run side by side on 2 cores).
+    ``read_only``: folders the command may read but not write (permission bits removed for the
+    run; for root, which ignores them, Python's writes into them fail as they would)."""
+    args = [str(a) for a in args]
+    if not read_only:
+        cmd = [sys.executable, "-m", module, *args]
+    elif os.geteuid() == 0:
+        cmd = [sys.executable, "-c", _READ_ONLY_BOOT, os.pathsep.join(map(str, read_only)), module, *args]
+    else:
+        saved = _without_write_bits(read_only)
+        try:
+            return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(),
+                                  capture_output=True, text=True, timeout=timeout)
+        finally:
+            for p, mode in reversed(saved):
+                os.chmod(p, mode)
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def tree(path):
+    """Every file and folder under ``path`` with each file's bytes: to check that nothing changed."""
+    path = Path(path)
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
 
 
 def run_cli(args, timeout=240):

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import helpers
+from analysis.export import build_policy
 from analysis.front import compute_front
 from analysis.pareto import hypervolume_2d, knee_point, pareto_front
 from analysis.results import load_experiment, select_trials
@@ -540,3 +541,104 @@ def test_synthetic_experiments_are_marked_in_table_plot_titles_and_report(exp_di
     res = run_analysis(d, quiet=True, write_policies=False)
     assert res.table.splitlines()[0] == SYNTHETIC_NOTE
     assert SYNTHETIC_NOTE in (d / "report.html").read_text()
+def test_exported_policy_records_the_batchnorm_mode_the_trial_ran_with(tmp_path):
+    """A search's recipe says bn_frozen: auto; the trial ran with its family's choice, and the
+    exported policy says which (FreezeOut: eval, as its authors run it; the others: train)."""
+    d = write_experiment(tmp_path)
+    t = pd.read_csv(d / "trials.csv")
+    t["config/train/bn_frozen"] = "auto"
+    t.to_csv(d / "trials.csv", index=False)
+    e = load_experiment(d)
+    rows = e.trials.set_index("trial_id", drop=False)
+    got = {tid: build_policy(e, rows.loc[tid], "test")["provenance"]["train"]["bn_frozen"]
+           for tid in ("t_fo", "t_prefix", "t_efreeze")}
+    assert got == {"t_fo": "eval", "t_prefix": "train", "t_efreeze": "train"}
+
+
+def test_an_experiment_that_selects_on_the_test_split_is_refused(tmp_path):
+    d = write_experiment(tmp_path)
+    meta = json.loads((d / "experiment.json").read_text())
+    meta["objectives"] = [["test_accuracy", "max"], ["compute_saved_frac", "max"]]
+    (d / "experiment.json").write_text(json.dumps(meta))
+    before = sorted(p.name for p in d.iterdir())
+    for module, args in (("analysis", [d]), ("analysis.export", [d, "-o", tmp_path / "p.json"])):
+        proc = helpers.run_module(module, args)
+        assert_one_line_error(proc, f"{d / 'experiment.json'}: field 'objectives' names test_accuracy, which is "
+                                    "only reported, never used to select; allowed: epoch, train_loss, val_loss, "
+                                    "val_accuracy, params_frozen_frac")
+    assert sorted(p.name for p in d.iterdir()) == before and not (tmp_path / "p.json").exists()
+
+
+def test_read_only_experiment_is_one_line_that_suggests_out(tmp_path):
+    """An experiment on read-only storage: the analysis and the export say what they cannot write
+    and how to write elsewhere; nothing in the experiment changes."""
+    d = write_experiment(tmp_path)
+    before = helpers.tree(d)
+    proc = helpers.run_module("analysis", [d], read_only=[d])
+    assert_one_line_error(proc, f"error: {d / 'pareto.csv'}: cannot write (permission denied); write the analysis "
+                                "elsewhere with --out DIR")
+    proc = helpers.run_module("analysis.export", [d, "--pick", "knee"], read_only=[d])
+    assert_one_line_error(proc, f"error: {d / 'policies' / 'knee.json'}: cannot write (cannot create its folder "
+                                f"{d / 'policies'}: permission denied); write the policy elsewhere with -o FILE")
+    assert helpers.tree(d) == before
+    # elsewhere works
+    out = tmp_path / "elsewhere"
+    proc = helpers.run_module("analysis", [d, "--out", out], read_only=[d])
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "pareto.csv").is_file() and (out / "report.html").is_file() and (out / "policies").is_dir()
+    proc = helpers.run_module("analysis.export", [d, "--pick", "knee", "-o", tmp_path / "knee.json"], read_only=[d])
+    assert proc.returncode == 0, proc.stderr
+    assert load_policy(tmp_path / "knee.json").provenance["trial_id"]
+    assert helpers.tree(d) == before
+    # --out itself unwritable: the plain line, no hint
+    proc = helpers.run_module("analysis", [d, "--out", d / "sub"], read_only=[d])
+    assert_one_line_error(proc, f"error: {d / 'sub'}: cannot write (permission denied)")
+    assert helpers.tree(d) == before
+
+
+def test_export_to_a_folder_is_one_line_and_leaves_nothing(tmp_path):
+    d = write_experiment(tmp_path)
+    target = tmp_path / "some_folder"
+    target.mkdir()
+    before = helpers.tree(tmp_path)
+    proc = helpers.run_module("analysis.export", [d, "-o", target])
+    assert_one_line_error(proc, f"error: {target}: cannot write (it is a folder; give a file name)")
+    assert helpers.tree(tmp_path) == before
+
+
+def test_trials_csv_cut_mid_line_is_rebuilt_from_ray_results(tmp_path):
+    exp = tmp_path / "cut"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"format": "layerout-experiment", "version": 1, "name": "cut",
+                                                     "epochs": 3, "units": UNITS, "model": "digits_cnn",
+                                                     "dataset": "digits"}))
+    sched = {"kind": "layerout", "v": [0.5, 0.5, 0.5, 0.0], "v_mode": "manual", "warmup_epochs": 0}
+    accs = {"aaa": 0.9, "bbb": 0.85, "ccc": 0.8, "ddd": 0.95}
+    for tid, acc in accs.items():
+        write_ray_trial(exp, tid, ray_config("layerout", sched), [0.5, 0.6, acc], 0.3, policy=sched)
+    whole = load_experiment(exp)
+    whole.trials.to_csv(exp / "trials.csv", index=False)
+    whole.epochs.to_csv(exp / "epochs.csv", index=False)
+    text = (exp / "trials.csv").read_text()
+    (exp / "trials.csv").write_text(text[: len(text) - 25])  # a copy cut off in the last row
+    with pytest.warns(UserWarning, match=r"trials.csv cut short mid-line; the tables were rebuilt from Ray's "
+                                         r"result.json files \(4 trials\)"):
+        e = load_experiment(exp)
+    assert e.source == "ray"
+    assert dict(zip(e.trials["trial_id"], e.trials["val_accuracy"])) == pytest.approx(accs)
+    proc = run_module("analysis", exp)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "cut short" in ln] == [
+        f"warning: {exp}: trials.csv cut short mid-line; the tables were rebuilt from Ray's result.json files "
+        "(4 trials)"]
+    assert "Pareto front of cut: 1 of 4 finished trials" in proc.stdout  # all 4 trials considered
+
+
+def test_tables_cut_mid_line_without_ray_results_drop_the_partial_row(tmp_path):
+    d = write_experiment(tmp_path)
+    text = (d / "trials.csv").read_text()
+    (d / "trials.csv").write_text(text[: len(text) - 10])
+    with pytest.warns(UserWarning, match=r"trials.csv cut short mid-line and no Ray result.json files to rebuild "
+                                         r"from; its last, partial row is left out"):
+        e = load_experiment(d)
+    assert list(e.trials["trial_id"]) == [t[0] for t in TRIALS[:-1]]

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import run_cli, state_dicts_equal
+from helpers import hand_saved_frac, run_cli, state_dicts_equal
 from layerout.compute import step_flops
-from layerout.models import MODELS, ModelSpec
+from layerout.models import MODELS, ModelSpec, build_model
 from layerout.policy import load_policy
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
@@ -96,10 +96,11 @@ def test_freezeout_in_trainer_matches_formulas(digits, stack_model, scale_lr):
 
     t = [t_formula(i) for i in range(K)]
     assert t[:2] == pytest.approx([0.512, 0.614125])
-    # freeze step of every unit: the first iteration at or past t_i * T (to the nearest step)
+    # freeze step of every unit: the authors' code trains unit i at iteration j while j <= t_i * T
     first_frozen = [next((s for s, r in enumerate(rec) if not r["trainable"][i]), None) for i in range(K)]
+    assert first_frozen[:-1] == [21, 25, 30, 35]  # t_i * T = 20.48, 24.565, 29.16, 34.295
     for i in range(K - 1):
-        assert first_frozen[i] == math.floor(t[i] * T_STEPS + 0.5), (i, first_frozen, t[i] * T_STEPS)
+        assert first_frozen[i] == math.floor(t[i] * T_STEPS) + 1, (i, first_frozen, t[i] * T_STEPS)
         assert all(not r["trainable"][i] for r in rec[first_frozen[i]:]), f"unit {i} thawed"
     assert first_frozen[-1] is None  # the last unit trains to the end
     assert first_frozen[:-1] == sorted(first_frozen[:-1])  # progressive: a growing prefix
@@ -141,6 +142,46 @@ def test_freezeout_in_trainer_matches_formulas(digits, stack_model, scale_lr):
     c_f_steps = (T_STEPS * sum(f) + sum(fi * si for fi, si in zip(f, s))
                  + sum(f[i] * s[i - 1] for i in range(1, K)))
     assert saved == pytest.approx(1 - c_f_steps / (T_STEPS * c_full), rel=1e-9)
+
+
+@pytest.mark.parametrize("bn_frozen, want", [("auto", "eval"), ("eval", "eval"), ("train", "train")])
+def test_freezeout_batchnorm_of_frozen_units_is_eval_by_default(tmp_path, digits, bn_frozen, want):
+    """FreezeOut's authors put a frozen layer in eval mode: bn_frozen auto (the default) resolves to
+    eval for freezeout, and the run records the resolved value (summary config and policy)."""
+    epochs, spe = 3, 4  # T = 12; t = 0.5, 0.75 (linear, K = 3): unit 0 trains while j <= 6, unit 1 while j <= 9
+    cfg = TrainConfig(model="digits_cnn", dataset="digits", epochs=epochs, max_train_batches=spe, augment=False,
+                      bn_frozen=bn_frozen)
+    sched = schedule_from_dict({"kind": "freezeout", "t0": 0.5, "scale": "linear"})
+    trainer = Trainer(cfg, sched, out_dir=tmp_path, verbose=False, data=digits)
+    assert trainer.cfg.bn_frozen == want and trainer.freezer.bn_frozen == want
+    bns = [trainer.model.conv1[1], trainer.model.conv2[1]]
+    seen = []  # per step: (each BN's mode during the step, its running mean after it)
+    opt, orig = trainer.optimizer, trainer.optimizer.step
+
+    def step(*a, **k):
+        out = orig(*a, **k)
+        seen.append([(bn.training, bn.running_mean.clone()) for bn in bns])
+        return out
+
+    opt.step = step
+    trainer.fit()
+    assert len(seen) == epochs * spe
+    for i, first in enumerate((7, 10)):
+        modes = [s[i][0] for s in seen]
+        moved = [not torch.equal(seen[j][i][1], seen[j - 1][i][1]) for j in range(1, len(seen))]
+        assert modes[:first] == [True] * first and all(moved[:first - 1]), i
+        if want == "eval":
+            assert modes[first:] == [False] * (len(seen) - first), (i, modes)
+            assert not any(moved[first - 1:]), f"unit {i}'s BatchNorm statistics moved after it froze"
+        else:
+            assert all(modes) and all(moved), i
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["bn_frozen"] == want
+    assert summary["policy"]["provenance"]["train"]["bn_frozen"] == want
+    # a user's loop with the policy gets the recorded mode
+    model = build_model("digits_cnn", in_channels=1)
+    freezer = load_policy(tmp_path / "summary.json").attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert freezer.bn_frozen == want
 
 
 def test_freezeout_resume_is_bit_identical(tmp_path, stack_model):
@@ -275,13 +316,15 @@ def family_runs(tmp_path_factory):
 
 
 FAMILY_EXPECT = {
-    # name: (out dir, schedule in the policy, frozen_units per epoch)
-    "freezeout": ("fo", {"kind": "freezeout", "t0": 0.8, "scale": "cubic", "scale_lr": False, "warmup_epochs": 0},
-                  # K=3, T=9: t = 0.512, 0.729 -> freeze steps 5, 7; the mask reported is the epoch's last
-                  ["000", "100", "110"]),
-    "prefix": ("pf", {"kind": "prefix", "k": 2, "start_epoch": 1}, ["000", "110", "110"]),
+    # name: (out dir, schedule in the policy, frozen_units per epoch, the mask of each of the 9 steps)
+    "freezeout": ("fo", {"kind": "freezeout", "t0": 0.8, "scale": "cubic", "scale_lr": True, "warmup_epochs": 0},
+                  # K=3, T=9: t_i * T = 4.608, 6.561 -> first frozen steps 5, 7; the mask reported is the epoch's last
+                  ["000", "100", "110"], ["000"] * 5 + ["100"] * 2 + ["110"] * 2),
+    "prefix": ("pf", {"kind": "prefix", "k": 2, "start_epoch": 1}, ["000", "110", "110"],
+               ["000"] * 3 + ["110"] * 6),
     "adaptive": ("ad", {"kind": "adaptive", "check_every": 1, "threshold_mode": "absolute", "threshold": 1e6,
-                        "min_trainable_units": 1, "freeze_epochs": [2, 2, None]}, ["000", "000", "110"]),
+                        "min_trainable_units": 1, "freeze_epochs": [2, 2, None]}, ["000", "000", "110"],
+                 ["000"] * 6 + ["110"] * 3),
 }
 
 
@@ -290,7 +333,7 @@ def test_cli_family_writes_files_and_policy(family_runs, family):
     root, procs = family_runs
     proc = procs[family]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sub, schedule, masks = FAMILY_EXPECT[family]
+    sub, schedule, masks, step_masks = FAMILY_EXPECT[family]
     out = root / sub
     for name in ("epochs.csv", "summary.json", "checkpoint.pt"):
         assert (out / name).is_file(), name
@@ -300,7 +343,13 @@ def test_cli_family_writes_files_and_policy(family_runs, family):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"]["schedule"] == schedule
     assert load_policy(out / "summary.json").schedule == schedule
-    assert summary["metrics"]["compute_saved_frac"] > 0
+    # digits_cnn, 3 x 3 steps of 64 samples: 1 - FLOPs of the steps' masks / 9 unfrozen steps (by hand)
+    want = {"freezeout": 1 - (5 * 1904640 + 2 * 1277952 + 2 * 667648) / (9 * 1904640),
+            "prefix": 1 - (3 * 1904640 + 6 * 667648) / (9 * 1904640),
+            "adaptive": 1 - (6 * 1904640 + 3 * 667648) / (9 * 1904640)}[family]
+    assert hand_saved_frac(step_masks) == pytest.approx(want, rel=1e-15)
+    assert summary["metrics"]["compute_saved_frac"] == pytest.approx(want, rel=1e-12)
+    assert summary["config"]["bn_frozen"] == ("eval" if family == "freezeout" else "train")
     ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 3 and ck["schedule"]["kind"] == family
 

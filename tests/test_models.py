@@ -46,10 +46,12 @@ def test_resnet110_units_and_params():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
-@pytest.mark.parametrize("name,units", [("resnet20", 11), ("resnet56", 29)])
-def test_small_resnets(name, units):
+@pytest.mark.parametrize("name,units,params", [("resnet20", 11, 269_722), ("resnet56", 29, 853_018)])
+def test_small_resnets(name, units, params):
     m = build_model(name)
+    assert count_params(m) == params  # README's figures (He et al. 2016 say 0.27 M and 0.85 M)
     assert len(units_of(m)) == units
+    assert sum(unit_param_counts(m, units_of(m))) == params
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 

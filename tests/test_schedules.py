@@ -13,6 +13,7 @@ from layerout.schedules import (
     AdaptiveSchedule,
     FreezeOutSchedule,
     LayerOutSchedule,
+    SCHEDULES,
     PrefixSchedule,
     schedule_from_dict,
 )
@@ -75,13 +76,9 @@ def _t_i(i: int, k: int, t0: float, power: int) -> float:
     return 1.0 if i == k - 1 else (t0 + (1 - t0) * i / (k - 1)) ** power
 
 
-@pytest.mark.parametrize("warmup", [0, 2])
-def test_freezeout_freeze_steps_match_formula(warmup):
-    k, epochs, spe = 5, 12, 7
-    s = FreezeOutSchedule(t0=0.8, scale="cubic", warmup_epochs=warmup).bind(k, epochs, spe)
-    total = (epochs - warmup) * spe
-    expected = [math.floor(_t_i(i, k, 0.8, 3) * total + 0.5) for i in range(k)]
-    assert expected[0] == math.floor(0.512 * total + 0.5)
+def _first_frozen(s, k, epochs, spe, warmup):
+    """Per unit, the first post-warm-up iteration at which the schedule freezes it (None: never);
+    checks on the way that a frozen unit never thaws and that some unit always trains."""
     first_frozen = [None] * k
     for epoch in range(epochs):
         for step in range(spe):
@@ -93,9 +90,72 @@ def test_freezeout_freeze_steps_match_formula(warmup):
                     first_frozen[i] = t
                 if first_frozen[i] is not None:
                     assert f, f"unit {i} thawed at iteration {t}"
-    assert first_frozen[:-1] == expected[:-1]
-    assert first_frozen[-1] is None  # the last unit trains to the end
-    assert [s.freeze_step(i) for i in range(k)] == expected
+    return first_frozen
+
+
+# Worked by hand from the authors' rule (a unit trains at iteration j while j <= t_i * T):
+#   cubic, t0 = 0.8, K = 5: t = 0.512, 0.614125, 0.729, 0.857375 (, 1)
+#     T = 84 (12 epochs x 7 steps): t_i * T = 43.008, 51.5865, 61.236, 72.0195 -> first frozen 44, 52, 62, 73
+#     T = 70 (warm-up 2 of 12 epochs): 35.84, 42.98875, 51.03, 60.01625     -> first frozen 36, 43, 52, 61
+#   linear, t0 = 0.5, K = 4, T = 70: t_i * T = 35 (exactly), 46.67, 58.33  -> first frozen 36, 47, 59
+# (rounding t_i * T to the nearest step instead freezes 43, 61, 72 / 60 / 35, 58: one step early)
+@pytest.mark.parametrize("k, t0, scale, warmup, expected", [
+    (5, 0.8, "cubic", 0, [44, 52, 62, 73]),
+    (5, 0.8, "cubic", 2, [36, 43, 52, 61]),
+    (4, 0.5, "linear", 0, [36, 47, 59]),
+])
+def test_freezeout_freeze_steps_worked_by_hand(k, t0, scale, warmup, expected):
+    epochs, spe = (12, 7) if k == 5 else (10, 7)
+    s = FreezeOutSchedule(t0=t0, scale=scale, warmup_epochs=warmup).bind(k, epochs, spe)
+    assert _first_frozen(s, k, epochs, spe, warmup) == [*expected, None]  # the last unit trains to the end
+    assert [s.freeze_step(i) for i in range(k - 1)] == expected
+
+
+def _reference_run(k, t0, how, total, scale_lr):
+    """The authors' iteration loop, transcribed from github.com/ajbrock/FreezeOut (densenet.py: the
+    layer's lr_ratio and max_j, then update_lr before every training step; base lr 0.1). Returns,
+    per iteration j, each layer's (active, lr) as the step at j runs."""
+    scale_fn = {"linear": lambda x: x, "squared": lambda x: x ** 2, "cubic": lambda x: x ** 3}[how]
+    layers = []
+    for index in range(k):  # layer_index / self.layer_index, with the last layer at index k - 1
+        lr_ratio = scale_fn(t0 + (1 - t0) * float(index) / (k - 1))
+        layers.append({"active": True, "lr_ratio": lr_ratio, "max_j": total * lr_ratio, "lr": None})
+    out = []
+    for j in range(total):
+        for m in layers:
+            if m["active"]:
+                if j > m["max_j"]:
+                    m["active"] = False
+                else:
+                    m["lr"] = ((0.05 / m["lr_ratio"]) * (1 + np.cos(np.pi * j / m["max_j"])) if scale_lr
+                               else 0.05 * (1 + np.cos(np.pi * j / m["max_j"])))
+        out.append([(m["active"], m["lr"] if m["active"] else 0.0) for m in layers])
+    return out
+
+
+@pytest.mark.parametrize("k, t0, scale, epochs, spe, scale_lr", [
+    (5, 0.8, "cubic", 12, 7, True), (4, 0.5, "linear", 10, 7, False), (7, 0.3, "squared", 9, 13, True),
+    (29, 0.8, "cubic", 20, 19, True), (3, 1.0, "linear", 4, 5, True),
+])
+def test_freezeout_matches_the_authors_loop(k, t0, scale, epochs, spe, scale_lr):
+    s = FreezeOutSchedule(t0=t0, scale=scale, scale_lr=scale_lr).bind(k, epochs, spe)
+    ref = _reference_run(k, t0, scale, epochs * spe, scale_lr)
+    for j, layers in enumerate(ref):
+        st = s.state(j // spe, j % spe)
+        assert st.frozen == tuple(not active for active, _ in layers), j
+        for i, (active, lr) in enumerate(layers):
+            assert 0.1 * st.lr_factor[i] == pytest.approx(lr, rel=1e-12, abs=1e-15), (j, i)
+
+
+def test_freezeout_defaults_are_the_authors():
+    s = FreezeOutSchedule()
+    assert (s.t0, s.scale, s.scale_lr, s.warmup_epochs) == (0.8, "cubic", True, 0)
+    assert FreezeOutSchedule.bn_frozen == "eval"
+    assert schedule_from_dict({"kind": "freezeout"}).to_dict() == {
+        "kind": "freezeout", "t0": 0.8, "scale": "cubic", "scale_lr": True, "warmup_epochs": 0}
+    # every other family keeps frozen units' BatchNorm statistics updating (LayerOut's choice)
+    assert {kind: cls.bn_frozen for kind, cls in SCHEDULES.items()} == {
+        "none": "train", "layerout": "train", "freezeout": "eval", "prefix": "train", "adaptive": "train"}
 
 
 @pytest.mark.parametrize("scale_lr", [False, True])

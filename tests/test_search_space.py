@@ -109,8 +109,13 @@ def _error(d) -> str:
      "search_spaces/x.yaml: train.fast_path: must be one of auto, off, cudagraph, got 'graphs'"),
     ({"objectives": [["val_accuracy", "up"]]},
      "search_spaces/x.yaml: objectives: must be a list of [metric, max|min] pairs with metrics from epoch, "
-     "train_loss, val_loss, val_accuracy, test_accuracy, params_frozen_frac, compute_saved_frac, "
-     "planned_compute_saved_frac, compute_spent_gflop, time_saved_frac, train_time_s, got [['val_accuracy', 'up']]"),
+     "train_loss, val_loss, val_accuracy, params_frozen_frac, compute_saved_frac, planned_compute_saved_frac, "
+     "compute_spent_gflop, time_saved_frac, train_time_s, got [['val_accuracy', 'up']]"),
+    # the test split only reports: it never selects
+    ({"objectives": [["test_accuracy", "max"], ["compute_saved_frac", "max"]]},
+     "search_spaces/x.yaml: objectives: test_accuracy is only reported, never used to select (the test split must "
+     "not choose a policy); allowed metrics: epoch, train_loss, val_loss, val_accuracy, params_frozen_frac, "
+     "compute_saved_frac, planned_compute_saved_frac, compute_spent_gflop, time_saved_frac, train_time_s"),
     ({"early_stopping": {"scheduler": "hyperband"}},
      "search_spaces/x.yaml: early_stopping.scheduler: must be one of moasha, asha, none, got 'hyperband'"),
     ({"early_stopping": {"grace_period": 9}},
@@ -133,6 +138,56 @@ def test_validation_errors(changes, expected):
         assert msg.startswith(WHERE + ": ")
         key = next(iter(changes)).split("__")
         assert ".".join(key) in msg or key[-1] in msg
+
+
+def test_quoted_values_are_cut_short():
+    """An error quotes at most 80 characters of the offending value, however large it is."""
+    huge = ["x" * 5000] * 2000  # 10 MB as text
+    msg = _error(_space(train__lr_milestones=huge))
+    assert msg.startswith("search_spaces/x.yaml: train.lr_milestones: must be an increasing list of integer epochs "
+                          ">= 1, got ['xxxx")
+    assert msg.endswith("...") and len(msg) < 200, len(msg)
+    nested = [[[[[[1] * 1000] * 1000] * 1000]]]  # 10^9 values when expanded; quoted without expanding
+    msg = _error(_space(families={"layerout": {"vector": nested}}))
+    assert msg.startswith("search_spaces/x.yaml: families.layerout.vector: must be one of per_unit, ramp, per_stage, "
+                          "got [[[[...]]]]") and len(msg) < 250, msg
+    msg = _error(_space(**{"train__" + "k" * 3000: 1}))
+    assert msg.startswith("search_spaces/x.yaml: train.kkkk") and "unknown key" in msg and len(msg) < 600
+    big_int = -10 ** 5000  # more digits than Python prints
+    assert _error(_space(train__epochs=big_int)) == ("search_spaces/x.yaml: train.epochs: must be an integer >= 1, "
+                                                     "got <an integer of 16610 bits>")
+
+
+def _alias_bomb(depth: int = 9) -> str:
+    """train.lr_milestones as nested anchors: 10 aliases per level, 10^depth values when expanded,
+    about 70 bytes per level as text."""
+    levels = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, depth)]
+    return ("model: digits_cnn\ndataset: digits\ntrain:\n  epochs: 3\n  lr_milestones: [\n"
+            + "".join(f"    {lv},\n" for lv in levels) + "  ]\n")
+
+
+def test_space_file_limits(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb())
+    assert bomb.stat().st_size < 1700
+    with pytest.raises(UserError) as info:
+        load_space(str(bomb))
+    assert str(info.value) == (f"{bomb}: expands to more than 100,000 values (YAML anchors and aliases repeat what "
+                               "they name); a search space needs far fewer: write its values out")
+    ok = tmp_path / "few_aliases.yaml"  # aliases themselves are fine
+    ok.write_text("model: digits_cnn\ndataset: digits\ntrain: {epochs: 4}\n"
+                  "families: {prefix: {start_epoch: &w [0, 2]}, layerout: {warmup_epochs: *w}}\n")
+    assert load_space(str(ok)).families["layerout"].warmup_epochs == (0, 2)
+    big = tmp_path / "big.yaml"
+    big.write_text("model: digits_cnn\ndataset: digits\n" + "# padding\n" * 200_000)
+    with pytest.raises(UserError, match=r"big.yaml: 2,000,0\d\d bytes; a search space may be at most 1,048,576 "
+                                        r"bytes \(1 MiB\)$"):
+        load_space(str(big))
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model: digits_cnn\ndataset: digits\ntrain: {lr: " + "[" * 20000 + "]" * 20000 + "}\n")
+    with pytest.raises(UserError, match=r"deep.yaml: nested too deeply to read"):
+        load_space(str(deep))
 
 
 def test_unknown_model_lists_models():

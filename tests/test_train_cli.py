@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from helpers import (BAD, DIGITS_UNITS, METRIC_COLUMNS, assert_one_line_error, good_policy, read_csv, run_cli, run_cli_many,
-                     state_dicts_equal)
+from helpers import (BAD, DIGITS_UNITS, METRIC_COLUMNS, assert_one_line_error, good_policy, hand_step_flops, read_csv,
+                     run_cli, run_cli_many, state_dicts_equal)
 from layerout.models import build_model
 from layerout.policy import Policy, load_policy
 
@@ -59,6 +59,10 @@ def cli_errors(tmp_path_factory):
                                 "--out", root / "out_mnist"]
     meta["missing_dataset"] = (root / "out_mnist", ["mnist", str(empty.resolve()), "MNIST/raw",
                                                     "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+    # an unknown dataset is named as such (not as a missing model)
+    cases["unknown_dataset"] = ["--dataset", "nope", "--quiet", "--out", root / "out_nope"]
+    meta["unknown_dataset"] = (root / "out_nope", ["error: --dataset: unknown dataset 'nope'; allowed: digits, mnist, "
+                                                   "cifar10, cifar100, synthetic"])
     # a resume of a folder that holds no run
     cases["resume_not_a_run"] = ["--resume", empty, "--quiet"]
     meta["resume_not_a_run"] = (root / "never_created", [str(empty), "checkpoint.pt"])
@@ -67,7 +71,7 @@ def cli_errors(tmp_path_factory):
 
 
 CLI_CASES = list(BAD) + ["warmup_vs_cli_epochs", "other_model", "flag_wrong_length", "flag_outside_01",
-                         "flag_warmup", "flag_bad_choice", "missing_dataset", "resume_not_a_run"]
+                         "flag_warmup", "flag_bad_choice", "missing_dataset", "unknown_dataset", "resume_not_a_run"]
 
 
 @pytest.mark.parametrize("name", CLI_CASES)
@@ -76,6 +80,16 @@ def test_cli_bad_input_is_one_line_exit_2(cli_errors, name):
     proc, out, needles = results[name]
     assert_one_line_error(proc, *needles)
     assert not out.exists(), "a failed run must not create its output folder"
+
+
+def test_cli_data_dir_with_a_bundled_dataset_is_a_note(tmp_path):
+    data = tmp_path / "data"
+    proc = run_cli(["--dataset", "digits", "--data-dir", data, "--epochs", "1", "--max-train-batches", "1", "--quiet",
+                    "--out", tmp_path / "run"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"note: --data-dir {data} is not used: the digits dataset is bundled with "
+                                        "scikit-learn, no files are read"]
+    assert not data.exists()
 
 
 def test_cli_missing_dataset_leaves_data_dir_alone(cli_errors):
@@ -106,8 +120,17 @@ def test_cli_writes_epochs_summary_checkpoint(cli_run):
     assert {"metrics", "config", "policy"} <= set(summary)
     m = summary["metrics"]
     assert all(k in m for k in METRIC_COLUMNS) and m["epoch"] == 3
-    assert m["compute_saved_frac"] > 0
-    assert float(rows[-1]["compute_saved_frac"]) == pytest.approx(m["compute_saved_frac"])
+    # exactly what the epochs' masks cost, counted by hand (every epoch: 21 steps, the last one short, so
+    # weigh by samples: 1294 training images, batch 64)
+    masks = [r["frozen_units"] for r in rows]
+    assert any("1" in mk for mk in masks), masks
+    unfrozen = hand_step_flops((False, False, False))
+    spent = sum(1294 * hand_step_flops(tuple(c == "1" for c in mk)) for mk in masks)
+    assert m["compute_saved_frac"] == pytest.approx(1 - spent / (3 * 1294 * unfrozen), rel=1e-12)
+    for e in range(3):  # and per epoch, cumulatively
+        spent_e = sum(1294 * hand_step_flops(tuple(c == "1" for c in mk)) for mk in masks[:e + 1])
+        assert float(rows[e]["compute_saved_frac"]) == pytest.approx(1 - spent_e / ((e + 1) * 1294 * unfrozen),
+                                                                     rel=1e-9)
     assert summary["config"]["model"] == "digits_cnn" and summary["config"]["epochs"] == 3
     pol = Policy.from_dict(summary["policy"])  # valid per the policy format
     assert pol.model == "digits_cnn" and pol.units == DIGITS_UNITS
@@ -152,3 +175,20 @@ def test_cli_policy_replays_the_run(cli_followups):
     assert sb["config"] == sa["config"]
     ck = torch.load(root / "replay" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state_dicts_equal(before["model"], ck["model"])  # same recipe, seed and masks: same weights
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--schedule", "freezeout"], {"kind": "freezeout"}),  # the schedule's defaults: scale_lr on
+    (["--t0", "0.7", "--no-scale-lr"], {"kind": "freezeout", "t0": 0.7, "scale_lr": False}),
+    (["--t0", "0.7", "--scale-lr"], {"kind": "freezeout", "t0": 0.7, "scale_lr": True}),
+    (["--freeze-prob", "0.5,0.5,0.5", "--no-keep-last-trainable"],
+     {"kind": "layerout", "v_mode": "manual", "v": [0.5, 0.5, 0.5], "warmup_epochs": 0, "keep_last_trainable": False}),
+])
+def test_on_off_schedule_flags(argv, want):
+    from layerout.schedules import schedule_from_dict
+    from layerout.train import build_parser, schedule_dict_from_args
+
+    d = schedule_dict_from_args(build_parser().parse_args(argv), 3)
+    assert d == want
+    if d["kind"] == "freezeout":
+        assert schedule_from_dict(d).scale_lr is want.get("scale_lr", True)

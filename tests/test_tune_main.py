@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,13 +143,17 @@ def test_search_writes_experiment_trials_and_epochs(tmp_path, capsys):
     assert summary["metrics"]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=0.03)
 
 
-def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path):
+def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path, capsys):
     # After the paper's configurations, every trial freezes (almost) every unit from epoch 0 on.
     high = "  layerout: {vector: per_unit, v: [0.97, 1.0], warmup_epochs: 0, v_mode: manual}"
     space = _space(tmp_path, "asha", high, extra="")
     rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "asha",
-                         "--num-samples", "7", "--max-concurrent", "1", "--no-analysis"])
+                         "--num-samples", "7", "--max-concurrent", "1", "--no-analysis", "--data-dir", "unused"])
     assert rc == 0
+    # digits is bundled: --data-dir is said to be unused, once
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note:")]
+    assert notes == ["note: --data-dir unused is not used: the digits dataset is bundled with scikit-learn, "
+                     "no files are read"]
     trials, epochs, _ = _read(tmp_path / "res" / "asha")
     assert len(trials) == 7
     stopped = trials[trials["stopped_early"]]
@@ -162,22 +167,155 @@ def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path):
     assert len(paper) == 5 and not paper["stopped_early"].any() and (paper["epochs_done"] == EPOCHS).all()
 
 
-def test_cluster_mode_with_address(tmp_path):
-    from ray.cluster_utils import Cluster
+def _free_ports(n: int) -> list[int]:
+    import socket
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    address = cluster.address
-    assert address.startswith("127.0.0.1:")
+    socks = [socket.socket() for _ in range(n)]
+    for sk in socks:
+        sk.bind(("", 0))
+    ports = [sk.getsockname()[1] for sk in socks]
+    for sk in socks:
+        sk.close()
+    return ports
+
+
+class RayNodes:
+    """A Ray cluster of this machine's nodes, started the way the README's cluster section says
+    (``ray start``, token authentication), each node in its own process group so that it can be
+    killed alone (a node that dies) and every process is ended at the close."""
+
+    def __init__(self, tmp: Path):
+        import secrets
+
+        self.tmp, self.groups = tmp, {}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), TMPDIR=str(tmp),
+                        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        self.port = _free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self, name: str, head: bool) -> None:
+        ray = str(Path(sys.executable).with_name("ray"))
+        p = _free_ports(8)
+        cmd = [ray, "start", "--num-cpus=1", f"--temp-dir={self.tmp / 'ray'}", "--block", "--disable-usage-stats",
+               f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
+               f"--dashboard-agent-grpc-port={p[3]}", f"--metrics-export-port={p[4]}",
+               f"--runtime-env-agent-port={p[5]}"]
+        cmd += (["--head", f"--port={self.port}", "--include-dashboard=false"]
+                if head else [f"--address={self.address}"])
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.groups[name] = proc
+        deadline = time.time() + 120
+        while "Ray runtime started" not in (self.tmp / f"{name}.log").read_text():
+            assert proc.poll() is None and time.time() < deadline, (self.tmp / f"{name}.log").read_text()[-3000:]
+            time.sleep(0.3)
+
+    def kill(self, name: str) -> None:
+        proc = self.groups.pop(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def in_node(self, name: str, pid: int) -> bool:
+        """Whether process ``pid`` descends from the node's ``ray start`` (Linux: /proc)."""
+        top = self.groups[name].pid if name in self.groups else None
+        while pid > 1:
+            if pid == top:
+                return True
+            try:
+                stat_line = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            pid = int(stat_line.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        return False
+
+    def kill_raylet(self, name: str) -> None:
+        """Kill the node's raylet alone (the node dies; Ray's other processes notice)."""
+        raylets = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and b"raylet/raylet" in _read_bytes(p / "cmdline") and self.in_node(name, int(p.name))]
+        assert len(raylets) == 1, raylets
+        os.kill(raylets[0], signal.SIGKILL)
+
+    def close(self) -> None:
+        for name in list(self.groups):
+            self.kill(name)
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        space = _space(tmp_path, "clu", MIXED)
-        rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "clu",
-                             "--address", address, "--num-samples", "2", "--no-analysis"])
-        assert rc == 0
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Ray supports clusters of several nodes on Linux only")
+def test_cluster_of_two_nodes_with_token_auth_survives_a_node_death(tmp_path, private_tmp):
+    """The README's cluster commands: a head and a worker node with ray start and token
+    authentication, the search joined with --address. The worker node dies mid-search: its trial
+    restarts from its checkpoint on the head; the console gets one line naming the node and the
+    trial, the details go to the experiment's log file. Only the packages trials import are
+    shipped to the workers."""
+    nodes = RayNodes(private_tmp)
+    space = _space(tmp_path, "clu", "  prefix: {k: [1, 2], start_epoch: [0, 1]}",
+                   extra="").read_text().replace(f"epochs: {EPOCHS},", "epochs: 40,")
+    (tmp_path / "clu.yaml").write_text(space.replace("paper_configs: true", "paper_configs: false"))
+    exp = tmp_path / "res" / "clu"
+    try:
+        nodes.start("head", head=True)
+        nodes.start("worker", head=False)
+        # a driver with another token: one line at once (Ray's client would retry for minutes)
+        wrong = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--preset", "demo", "--address",
+                                nodes.address, "--storage", str(tmp_path / "other")], cwd=tmp_path,
+                               capture_output=True, text=True, env={**nodes.env, "RAY_AUTH_TOKEN": "0" * 32},
+                               timeout=120)
+        from helpers import assert_one_line_error
+
+        assert_one_line_error(wrong, f"error: --address {nodes.address}: the cluster refused this driver's "
+                                     "authentication token; a cluster with token authentication needs "
+                                     "RAY_AUTH_MODE=token and its token here too")
+        cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(tmp_path / "clu.yaml"), "--storage",
+               str(tmp_path / "res"), "--name", "clu", "--address", nodes.address, "--num-samples", "4",
+               "--max-concurrent", "2", "--scheduler", "none", "--no-analysis"]
+        out_log = open(tmp_path / "driver.out", "w")
+        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=out_log, stderr=subprocess.STDOUT, env=nodes.env,
+                                  start_new_session=True)
+        victim, deadline = None, time.time() + 240
+        while victim is None and driver.poll() is None and time.time() < deadline:
+            for d in exp.glob("trial_*"):
+                lines = _result_lines(d)
+                if lines and lines[-1].get("epoch", 0) >= 3 and nodes.in_node("worker", lines[-1]["pid"]):
+                    victim = d.name.removeprefix("trial_")
+            time.sleep(0.2)
+        assert victim, (tmp_path / "driver.out").read_text()[-3000:]
+        nodes.kill_raylet("worker")
+        driver.wait(timeout=400)
+        out_log.close()
     finally:
-        cluster.shutdown()
-    trials, _, meta = _read(tmp_path / "res" / "clu")
-    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
-    assert meta["options"]["address"] == address
+        if "driver" in locals() and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        nodes.close()
+    out = (tmp_path / "driver.out").read_text()
+    assert driver.returncode == 0, out[-5000:]
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == 40).all()
+    assert len(epochs) == 4 * 40 and meta["options"]["address"] == nodes.address
+    lines = _result_lines(exp / f"trial_{victim}")
+    assert [r["epoch"] for r in lines if r["epoch"] == 1] == [1], "the trial was trained from scratch again"
+    # the console: one line for the node's death, naming the trial; no traceback, no Ray state dumps
+    node_lines = [ln for ln in out.splitlines() if ln.startswith(("node ", f"trial {victim} failed", "ray: "))]
+    assert len(node_lines) == 1, out[-5000:]
+    assert re.fullmatch(rf"node \S+ \([0-9a-f]{{8}}\) died: trial {victim} ran there; it restarts from its last "
+                        rf"checkpoint \(details in {re.escape(str(exp / 'ray.log'))}\)", node_lines[0]), node_lines[0]
+    assert "Traceback" not in out and "[state-dump]" not in out and "(raylet)" not in out, out[-5000:]
+    log = (exp / "ray.log").read_text()
+    assert f"Trial task failed for trial train_trial_{victim}" in log and "Raylet is terminated" in log
+    # what was shipped to the workers: the three packages trials import, nothing else of the checkout
+    shipped = sorted({p.name for p in private_tmp.glob("ray/session_*/runtime_resources/py_modules_files/*/*")})
+    assert shipped == ["layerout", "search_spaces", "tuning"], shipped
+    assert not list(private_tmp.glob("ray/session_*/runtime_resources/working_dir_files/*"))
 
 
 def _env() -> dict[str, str]:
@@ -204,7 +342,24 @@ def _midway_trials(exp: Path) -> set[str]:
     return out
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
+@pytest.fixture
+def private_tmp():
+    """A temp folder of its own for the driver and its Ray (TMPDIR; short, for Ray's socket paths)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="lt13-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _scratch_in_temp(tmp: Path) -> list[str]:
+    """Trial scratch folders left in a temp folder (where trials kept their checkpoints before)."""
+    return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_dir() and p.name == "layerout-tune-trials"
+                  and any(p.iterdir()))
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, private_tmp):
     n = 12  # warm digits trials take about a second: enough of them that the kill lands mid-search
     space = _space(tmp_path, "res", MIXED)
     exp = tmp_path / "res" / "killed"
@@ -212,7 +367,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
            "--name", "killed", "--num-samples", str(n), "--max-concurrent", "1", "--scheduler", "none",
            "--no-analysis"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=_env(),
+    env = {**_env(), "TMPDIR": str(private_tmp)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     try:
         deadline = time.time() + 150
@@ -233,10 +389,14 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         log.close()
     assert len(finished_before) < n
     assert not (exp / "trials.csv").exists()
+    # the killed trial's scratch (a checkpoint) is in its own folder, not in the system's temp folder
+    assert _scratch_in_temp(private_tmp) == []
 
     out = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
-                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert _scratch_in_temp(private_tmp) == []
+    assert sorted(exp.glob("trial_*/scratch")) == []  # every trial ended and cleared its scratch
     trials, epochs, meta = _read(exp)
     assert len(trials) == n and trials["trial_id"].is_unique
     assert (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()
@@ -353,3 +513,175 @@ def test_existing_experiment_is_not_overwritten(tmp_path):
     out = _cli("--preset", "demo", "--storage", str(tmp_path / "res"), "--name", "taken", cwd=tmp_path)
     assert out.returncode == 2 and "already exists" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert (exp / "experiment.json").read_text() == "{}"
+
+
+def test_unwritable_storage_is_one_line_and_starts_nothing(tmp_path):
+    from helpers import assert_one_line_error, run_module, tree
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = run_module("tune_main", ["--preset", "demo", "--storage", ro / "results", "--name", "x"], read_only=[ro],
+                      cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, f"error: --storage {ro / 'results'}: cannot write there (permission denied); use a "
+                                "folder you can write")
+    assert tree(ro) == {}
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    from layerout.errors import UserError
+
+    with pytest.raises(UserError, match=rf"^--storage {re.escape(str(a_file))}: cannot write there \("):
+        tune_main.main(["--preset", "demo", "--storage", str(a_file), "--name", "x"])
+    assert a_file.read_text() == "keep me"
+
+
+def test_alias_bomb_space_is_one_short_line(tmp_path):
+    from helpers import assert_one_line_error, run_module
+
+    levels = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("model: digits_cnn\ndataset: digits\ntrain:\n  epochs: 3\n  lr_milestones: [\n"
+                    + "".join(f"    {lv},\n" for lv in levels) + "  ]\n")
+    proc = run_module("tune_main", ["--space", bomb, "--storage", tmp_path / "res"], cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, f"error: {bomb}: expands to more than 100,000 values")
+    assert len(proc.stderr) < 400 and not (tmp_path / "res").exists()
+
+
+def test_resume_of_a_search_ray_never_saved_starts_it_afresh(tmp_path, monkeypatch, capsys):
+    """The driver died after writing experiment.json, before Ray Tune saved anything: --resume starts
+    the search afresh from experiment.json's settings (the same --name still refuses)."""
+    import tuning.search
+
+    space = _space(tmp_path, "fresh", MIXED)
+
+    def driver_dies(*args, **kwargs):
+        raise RuntimeError("the driver dies here")
+
+    monkeypatch.setattr(tuning.search, "_searcher", driver_dies)
+    args = ["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "fresh", "--num-samples", "3",
+            "--scheduler", "none", "--no-analysis"]
+    with pytest.raises(RuntimeError, match="the driver dies here"):
+        tune_main.main(args)
+    monkeypatch.undo()
+    exp = tmp_path / "res" / "fresh"
+    assert (exp / "experiment.json").is_file() and not (exp / "tuner.pkl").exists()
+    meta_before = json.loads((exp / "experiment.json").read_text())
+    from layerout.errors import UserError
+
+    with pytest.raises(UserError, match="already exists; continue it with --resume"):
+        tune_main.main(args)
+    space.write_text("this file changed since; the stored settings count\n")
+    res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
+                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Ray Tune saved no state before the search stopped: starting it afresh with the settings in " \
+           "experiment.json" in res.stdout
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 3 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == EPOCHS).all()
+    assert trials["paper_config"].fillna("").tolist() == ["baseline", "since_start", "warmup_random"]
+    assert meta["finished"] and len(meta["restarted"]) == 1
+    assert meta["created"] == meta_before["created"] and meta["space"] == meta_before["space"]
+
+
+@pytest.fixture(scope="module")
+def small_search(tmp_path_factory):
+    """A finished 2-trial search, run with umask 002 (group-writable files by default)."""
+    root = tmp_path_factory.mktemp("small")
+    space = _space(root, "small", MIXED)
+    old = os.umask(0o002)
+    try:
+        rc = tune_main.main(["--space", str(space), "--storage", str(root / "res"), "--name", "small",
+                             "--num-samples", "2", "--scheduler", "none", "--no-analysis"])
+    finally:
+        os.umask(old)
+    assert rc == 0
+    return root / "res" / "small"
+
+
+def test_search_files_are_not_writable_by_others_and_resume_trusts_them(small_search, tmp_path):
+    exp = small_search
+    for p in [exp, *exp.rglob("*")]:
+        assert not p.stat().st_mode & 0o022, f"{p} is writable by group or others"
+    res = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--resume", str(exp), "--no-analysis"],
+                         cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "2 of 2 trials" in res.stdout
+
+
+@pytest.mark.parametrize("target, mode, who", [(".", 0o775, "its group"), ("tuner.pkl", 0o646, "others")])
+def test_resume_refuses_what_other_users_can_write(small_search, tmp_path, target, mode, who):
+    from helpers import assert_one_line_error, tree
+
+    exp = small_search
+    path = exp / target
+    old = path.stat().st_mode
+    before = tree(exp)
+    os.chmod(path, mode)
+    try:
+        out = _cli("--resume", str(exp), cwd=tmp_path)
+    finally:
+        os.chmod(path, old)
+    assert_one_line_error(out, f"error: --resume {exp}: {path.resolve() if target == '.' else path} can be written "
+                               f"by {who} (mode ", "resuming runs code stored there",
+                          f"(if you trust it: chmod -R go-w {exp})")
+    assert tree(exp) == before
+
+
+def test_resume_with_a_damaged_tuner_pkl_is_one_line(small_search, tmp_path):
+    import shutil
+
+    from helpers import assert_one_line_error, tree
+
+    exp = tmp_path / "copy"
+    shutil.copytree(small_search, exp)
+    (exp / "tuner.pkl").write_bytes(b"\x80\x05 not a pickle at all")
+    before = tree(exp)
+    out = _cli("--resume", str(exp), cwd=tmp_path)
+    assert_one_line_error(out, f"error: {exp}/tuner.pkl: cannot restore the search from it (",
+                          "Ray Tune's saved state is damaged")
+    assert tree(exp) == before
+
+
+def test_address_where_no_cluster_answers_is_one_line(tmp_path):
+    import socket
+
+    from helpers import assert_one_line_error
+
+    out = _cli("--preset", "demo", "--address", "127.0.0.1:1", "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    assert_one_line_error(out, "error: --address 127.0.0.1:1: cannot connect (connection refused); is a Ray head "
+                               "node running there (ray start --head)?")
+    # something listens but never answers as a Ray head: bounded by --connect-timeout
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        out = _cli("--preset", "demo", "--address", address, "--connect-timeout", "3",
+                   "--storage", str(tmp_path / "res"), cwd=tmp_path)
+    finally:
+        listener.close()
+    assert_one_line_error(out, f"error: --address {address}: something listens there but no Ray cluster answered "
+                               "within 3 s (--connect-timeout)")
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
+    from layerout.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--connect-timeout: must be a number of seconds > 0, got 0.0$"):
+        tune_main.main(["--preset", "demo", "--address", "127.0.0.1:1", "--connect-timeout", "0"])
+    with pytest.raises(UserError, match=r"^--address nohost: expected auto, HOST:PORT or ray://HOST:PORT$"):
+        tune_main.main(["--preset", "demo", "--address", "nohost", "--storage", str(tmp_path / "res")])
+
+
+def test_only_the_packages_trials_import_are_shipped(monkeypatch):
+    from tuning.search import _runtime_env
+
+    code = ("import sys, tuning.trainable\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'layerout', 'search_spaces', 'tuning', 'analysis', 'tune_main', 'benchmarks', 'tests'})))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),
+                          timeout=120)
+    imported = proc.stdout.split()
+    assert imported == ["layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
+    monkeypatch.delenv("LAYEROUT_TUNE_SHIP_CODE", raising=False)
+    assert _runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
+    monkeypatch.setenv("LAYEROUT_TUNE_SHIP_CODE", "0")
+    assert _runtime_env() is None

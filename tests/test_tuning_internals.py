@@ -8,6 +8,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import ray  # noqa: E402
@@ -26,6 +27,22 @@ def _reports_three_epochs(config):
         with tempfile.TemporaryDirectory() as d:
             Path(d, "state.txt").write_text(str(epoch))
             tune.report({"epoch": epoch, "score": config["x"] * epoch}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _reports_its_folder(config):
+    tune.report({"epoch": 1, "folder": str(internals.trial_folder())})
+
+
+def test_trial_folder_is_the_trials_folder_in_the_experiment(tmp_path):
+    _init_ray(None)
+    try:
+        results = tune.Tuner(_reports_its_folder, param_space={"x": tune.grid_search([1, 2])},
+                             run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    folders = sorted(r.metrics["folder"] for r in results)
+    assert folders == sorted(str(r.path) for r in results)
+    assert all(Path(f).parent == tmp_path / "exp" and Path(f).is_dir() for f in folders)
 
 
 def test_the_installed_ray_is_the_one_the_internals_were_checked_with():
@@ -52,6 +69,15 @@ def test_saved_trial_states_and_checkpoint_names_of_a_real_run(tmp_path):
         trial_dir = next(Path(exp).glob(f"*{s.trial_id}*"))
         on_disk = sorted(d.name for d in trial_dir.glob("checkpoint_*"))
         assert s.checkpoint_names == on_disk == ["checkpoint_000002"]  # num_to_keep=1: the third report's
+    # what --resume needs (and unpickles): the pickled Tuner and the saved experiment state
+    assert internals.has_saved_state(exp)
+    names = internals.restore_files(exp)
+    assert "tuner.pkl" in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+    assert set(names) <= {p.name for p in Path(exp).iterdir()}
+    only_tuner = tmp_path / "only_tuner"
+    only_tuner.mkdir()
+    (only_tuner / "tuner.pkl").write_bytes((Path(exp) / "tuner.pkl").read_bytes())
+    assert not internals.has_saved_state(str(only_tuner))  # killed before Ray's first save
 
 
 def test_asha_fields():
@@ -92,3 +118,51 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
         assert len(again._ot_study.trials) == 2
     finally:
         ray.shutdown()
+
+
+def test_driver_error_messages_reach_the_handler_not_the_console(capsys):
+    from ray._private.utils import publish_error_to_driver
+
+    got: list[str] = []
+    _init_ray(None)
+    try:
+        with internals.driver_error_messages(got.append):
+            publish_error_to_driver("layerout_test", "a message for the driver",
+                                    gcs_client=ray._private.worker.global_worker.gcs_client)
+            for _ in range(200):  # the driver's listener thread delivers it
+                if got:
+                    break
+                time.sleep(0.05)
+    finally:
+        ray.shutdown()
+    assert got == ["a message for the driver"]
+    assert "a message for the driver" not in capsys.readouterr().out
+
+
+_ERRORS: list = []
+
+
+class _RecordErrors(tune.Callback):
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        _ERRORS.append(internals.last_trial_error(trial))
+
+
+def _fails_once(config):
+    if tune.get_checkpoint() is None and not Path(config["marker"]).exists():
+        Path(config["marker"]).write_text("failed once")
+        raise ValueError("first attempt fails")
+    tune.report({"epoch": 1})
+
+
+def test_last_trial_error_is_the_exception_of_the_failed_attempt(tmp_path):
+    _ERRORS.clear()
+    _init_ray(None)
+    try:
+        tune.Tuner(_fails_once, param_space={"marker": str(tmp_path / "marker")},
+                   run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                             failure_config=tune.FailureConfig(max_failures=1),
+                                             callbacks=[_RecordErrors()])).fit()
+    finally:
+        ray.shutdown()
+    assert len(_ERRORS) == 1 and isinstance(_ERRORS[0], ray.exceptions.RayTaskError)
+    assert isinstance(_ERRORS[0].as_instanceof_cause(), ValueError) and "first attempt fails" in str(_ERRORS[0])

@@ -15,18 +15,32 @@ records the version it was written for (``CHECKED_WITH``):
   new Tuner they are the objects passed in; after ``Tuner.restore`` they are the ones unpickled
   from ``tuner.pkl`` (the searcher then restored from ``searcher-state-*.pkl``, the scheduler's
   state by ``tuning.schedulers.SchedulerState``), which only the Tuner holds.
+- ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
+  continue from, and the files in the experiment folder it unpickles when it does;
+- ``last_trial_error``: in the driver, the exception of a trial's latest failed attempt (Ray
+  pickles it into the trial's driver-side folder before it calls the callbacks);
+- ``driver_error_messages``: the error messages Ray's GCS publishes to the driver (a raylet that
+  died, with the tail of its log) go to a function instead of the console while it is active;
+- ``trial_folder``: inside a running trial, its own folder (``trial_<id>/`` in the experiment
+  directory when the storage is a local file system, else Ray's per-trial working directory).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from tuning import storage
 
 CHECKED_WITH = {"ray": "2.60.0"}
 _CHECKPOINT_NAME = re.compile(r"checkpoint_\d{6}")
+TUNER_PKL = "tuner.pkl"  # the Tuner (its searcher, scheduler, callbacks), pickled when the search starts
+# what a restore reads that holds pickles: the Tuner, the experiment state (each trial's pickled
+# checkpoint manager, hex-encoded), the searcher's and the callbacks' states
+_RESTORE_FILE = re.compile(r"tuner\.pkl|experiment_state-.*\.json|searcher-state-.*\.pkl|callback-states-.*\.pkl")
 
 
 @dataclass
@@ -35,6 +49,19 @@ class SavedTrial:
     status: str
     last_result: dict[str, Any]
     checkpoint_names: list[str]
+
+
+def has_saved_state(exp_dir: str) -> bool:
+    """True when ``Tuner.restore`` has something to continue: the pickled Tuner and at least one
+    saved experiment state. A driver killed before Ray's first save leaves neither, or only the
+    Tuner."""
+    names = storage.list_names(exp_dir)
+    return TUNER_PKL in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+
+
+def restore_files(exp_dir: str) -> list[str]:
+    """Names of the files in ``exp_dir`` that a restore unpickles (directly or inside JSON)."""
+    return [n for n in storage.list_names(exp_dir) if _RESTORE_FILE.fullmatch(n)]
 
 
 def _newest_state(exp_dir: str) -> dict[str, Any] | None:
@@ -103,3 +130,57 @@ def tuner_searcher(tuner: Any) -> Any:
 def tuner_scheduler(tuner: Any) -> Any:
     """The trial scheduler a Tuner runs with."""
     return _tune_config(tuner).scheduler
+
+
+def trial_folder() -> Path:
+    """Inside a running trial: the trial's folder in the experiment directory (``trial_fs_path`` of
+    the trial's StorageContext, a Ray DeveloperAPI) when the storage is a local (or mounted)
+    file system, else the trial's working directory in Ray's session folder on this node."""
+    from ray import tune
+
+    st = tune.get_context().get_storage()
+    if getattr(st.storage_filesystem, "type_name", "") == "local":
+        return Path(st.trial_fs_path)
+    return Path(st.trial_working_directory)
+
+
+def last_trial_error(trial: Any) -> BaseException | None:
+    """The exception of the trial's latest failure, as Ray Tune pickled it (``Trial.handle_error``
+    writes ``error.pkl`` into the trial's driver-side folder, ``Trial.pickled_error_file``, before
+    it calls ``on_trial_recover`` / ``on_trial_error``); None when there is none or it cannot be read."""
+    from ray import cloudpickle
+
+    try:
+        path = trial.pickled_error_file
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            exc = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - missing or unreadable: the caller reports what it knows
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+@contextlib.contextmanager
+def driver_error_messages(handle: Callable[[str], None]) -> Iterator[None]:
+    """While active, each error message the GCS publishes to this driver is passed to
+    ``handle(message)`` instead of being printed. Ray's driver prints them from its
+    ``listen_error_messages`` thread through the module-level ``print_to_stdstream`` of
+    ``ray._private.worker`` (as ``{"lines": [message], "pid": "raylet", "is_err": False}``);
+    anything else it prints passes through unchanged."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+
+    def route(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet" and not data.get("is_err"):
+            for message in data.get("lines") or []:
+                handle(str(message))
+            return
+        original(data, ignore_prefix)
+
+    ray_worker.print_to_stdstream = route
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original

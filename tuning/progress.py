@@ -1,16 +1,44 @@
 """The driver's console output during a search: one line per trial that ends (finished, stopped
-early or failed), one per proposed configuration that repeats a trial (not trained again), and a
-status line when nothing ended for a while, instead of Ray's tables."""
+early or failed), one per proposed configuration that repeats a trial (not trained again), one line
+when a node (or a trial's worker process) is lost, and a status line when nothing ended for a
+while, instead of Ray's tables and tracebacks.
+
+``ray_log_to(path)`` sends Ray's own warnings and errors of the search (tracebacks of failed trial
+tasks included) to a log file in the experiment directory while it runs; the console keeps one
+line per event (``TrialProgress``).
+"""
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import re
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
+import ray
+from ray.exceptions import (LocalRayletDiedError, NodeDiedError, OwnerDiedError, RayActorError, RayTaskError,
+                            WorkerCrashedError)
 from ray.tune import Callback
 
+from layerout.checks import cut
 from layerout.experiment import USER_ERROR
+from tuning import internals
+
+RAY_LOG = "ray.log"  # in the experiment directory: Ray's warnings and errors during the search
+NODE_ID = "node_id"  # reported by every trial (tuning.trainable): the Ray node it runs on
+# errors that mean a trial's worker process, or the node it ran on, is gone (not the trial's code)
+LOST_WORKER = (RayActorError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError, OwnerDiedError)
+POLL_S = 2.0  # how often the driver reads Ray's node table
+GROUP_S = 3.0  # trials that lose their workers within this long are reported on one line per node
+RAYLET_DEATHS: list[float] = []  # when the cluster announced a raylet's death (ray_log_to), this driver
+RAYLET_DEATH_WINDOW_S = 30.0  # a lost worker this close to such an announcement: its node died
+DEAD_NODES: set[str] = set()  # node ids the cluster announced as marked dead (ray_log_to)
+# the cluster's messages about a node's death: one console line from TrialProgress says it all
+_RAYLET_DIED = "Raylet is terminated"
+_NODE_MARKED_DEAD = re.compile(r"node id: ([0-9a-f]+)\b.*has been marked dead", re.S)
 
 
 def _pct(x: Any, digits: int = 1) -> str:
@@ -35,8 +63,9 @@ def exhausted_line(streak: int, distinct: int) -> str:
 
 
 class TrialProgress(Callback):
-    """One console line per trial that ends; a status line after ``quiet_s`` without one.
-    ``scheduler``: the early-stopping scheduler's name, for trials it stopped."""
+    """One console line per trial that ends; one per node whose trials lost their workers (with
+    their ids); a status line after ``quiet_s`` without one. ``scheduler``: the early-stopping
+    scheduler's name, for trials it stopped."""
 
     def __init__(self, num_samples: int, epochs: int, quiet_s: float = 120.0, scheduler: str = "the scheduler"):
         self.num_samples = int(num_samples)
@@ -45,11 +74,13 @@ class TrialProgress(Callback):
         self.quiet_s = float(quiet_s)
         self._last_print = time.time()
         self._printed: set[str] = set()
+        self._lost: list[tuple[float, str, Any]] = []  # (time, node id, trial) waiting to be reported
 
     def __setstate__(self, state: dict) -> None:  # restored by --resume: a new clock
         self.__dict__.update(state)
         self.__dict__.setdefault("scheduler", "the scheduler")
         self._last_print = time.time()
+        self._lost = []
 
     def _print(self, line: str) -> None:
         print(line, file=sys.stdout, flush=True)
@@ -83,13 +114,71 @@ class TrialProgress(Callback):
                     f"time saved {_pct(res.get('time_saved_frac'))}"
                     + (f"  {secs:.0f} s" if isinstance(secs, (int, float)) else ""))
 
+    # ------------------------------------------------------------------ failures
+    def _failure(self, trial: Any, recovers: bool) -> None:
+        """A failed attempt: a lost worker is reported with its node (``_watch_nodes``); a failure
+        of the trial itself that will be retried gets its own line."""
+        exc = internals.last_trial_error(trial)
+        if isinstance(exc, LOST_WORKER):
+            node = str((trial.last_result or {}).get(NODE_ID) or "")
+            self._lost.append((time.time(), node, trial))
+            return
+        if recovers:
+            cause = getattr(exc, "cause", None) or exc if isinstance(exc, RayTaskError) else exc
+            what = f"{type(cause).__name__}: {cut(' '.join(str(cause).split()), 80)}" if cause is not None else "an error"
+            res = trial.last_result or {}
+            self._print(f"trial {trial.trial_id} failed ({what}; details in {_log_hint(trial)}); it restarts from "
+                        f"its last checkpoint (epoch {res.get('epoch') or 0}), attempt {trial.num_failures + 1}")
+
+    def _watch_nodes(self, trials: list, force: bool = False) -> None:
+        """One line per node that died, with the trials that ran there, and one per node whose
+        trials lost their worker processes while it stayed up. Lost workers are grouped for
+        ``GROUP_S``; Ray's node table is read at most every ``POLL_S``."""
+        now = time.time()
+        lost_due = bool(self._lost) and now - self._lost[0][0] >= GROUP_S
+        if not force and not lost_due and now - getattr(self, "_polled", 0.0) < POLL_S:
+            return
+        self._polled = now
+        nodes = _nodes()
+        alive = {n for n, info in nodes.items() if info.get("Alive")}
+        known, self._alive = getattr(self, "_alive", None), alive
+        reported = self.__dict__.setdefault("_reported", set())
+        for node in sorted((known or set()) - alive - reported):  # died since the last look
+            lost = [t for _, n, t in self._lost if n == node]
+            lost += [t for t in trials if t.status == "RUNNING" and t not in lost
+                     and (t.last_result or {}).get(NODE_ID) == node]
+            self._lost = [e for e in self._lost if e[1] != node]
+            reported.add(node)
+            self._print(_node_line(node, nodes.get(node, {}), "died", lost))
+        ready = [e for e in self._lost if force or now - e[0] >= GROUP_S]
+        self._lost = [e for e in self._lost if e not in ready]
+        by_node: dict[str, list[tuple[float, Any]]] = {}
+        for when, node, trial in ready:
+            by_node.setdefault(node, []).append((when, trial))
+        for node, lost in by_node.items():
+            # a raylet's death is announced by the cluster (ray_log_to) before the node table shows it
+            died = (node and (node in DEAD_NODES or node in nodes and node not in alive)) or any(
+                abs(when - t) <= RAYLET_DEATH_WINDOW_S for when, _ in lost for t in RAYLET_DEATHS)
+            if died:
+                reported.add(node)
+            self._print(_node_line(node, nodes.get(node, {}), "died" if died else "lost a worker process",
+                                   [t for _, t in lost]))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._failure(trial, recovers=True)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trials, trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._failure(trial, recovers=False)
         self._ended(trials, trial, error=True)
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._watch_nodes(trials, force=True)
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._watch_nodes(trials)
         if time.time() - self._last_print < self.quiet_s:
             return
         running = [t for t in trials if t.status == "RUNNING"]
@@ -100,3 +189,85 @@ class TrialProgress(Callback):
         epochs = sorted(int((t.last_result or {}).get("epoch") or 0) for t in running)
         self._print(f"... {done}/{self.num_samples} trials finished, {len(running)} running "
                     f"(epochs done: {', '.join(map(str, epochs[:8]))}{' ...' if len(epochs) > 8 else ''})")
+
+
+def _node_line(node: str, info: dict, state: str, lost: list) -> str:
+    """``node 10.0.0.5 (3f9a12cd) died: trial a (running there) restarts from its last checkpoint``."""
+    name = f"node {info.get('NodeManagerAddress', '?')} ({node[:8]})" if node else "a node"
+    if not lost:
+        return f"{name} {state}; no trial was running there"
+    ids = ", ".join(t.trial_id for t in lost)
+    failed = [t.trial_id for t in lost if t.status == "ERROR"]
+    one = len(lost) == 1
+    then = (f"{'it restarts' if one else 'they restart'} from {'its' if one else 'their'} last checkpoint"
+            f"{'' if one else 's'}" if not failed else f"failed for good: {', '.join(failed)}")
+    return f"{name} {state}: trial{'' if one else 's'} {ids} ran there; {then} (details in {_log_hint(lost[0])})"
+
+
+def _nodes() -> dict[str, dict]:
+    """Ray's node table by node id (empty when it cannot be read)."""
+    try:
+        return {n["NodeID"]: n for n in ray.nodes()}
+    except Exception:  # noqa: BLE001 - only for the wording of a console line
+        return {}
+
+
+def _log_hint(trial: Any) -> str:
+    """Where the details of a trial's failure are: the experiment's Ray log, else its error.txt."""
+    try:
+        exp = Path(trial.path).parent
+    except (TypeError, AttributeError):
+        return "error.txt"
+    return str(exp / RAY_LOG) if (exp / RAY_LOG).is_file() else f"{trial.path}/error.txt"
+
+
+class _NotOnConsole(logging.Filter):
+    """Keeps Ray Tune's trial-failure tracebacks off the console (the log file has them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trial task failed for trial")
+
+
+@contextlib.contextmanager
+def ray_log_to(path: Path | None) -> Iterator[None]:
+    """While the search runs: Ray's warnings and errors, and the error messages its GCS sends the
+    driver (a raylet that died, with the tail of its log), go to ``path``; trial-failure tracebacks
+    and those messages leave the console (``TrialProgress`` prints one line per event; other GCS
+    messages get one line pointing at the file). ``None``: nothing changes."""
+    if path is None:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger = logging.getLogger("ray")
+    gcs_logger = logging.getLogger("tuning.ray_errors")  # outside "ray": never reaches Ray's console handler
+    gcs_logger.propagate = False
+    quiet = _NotOnConsole()
+    consoles = [h for h in ray_logger.handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+
+    def gcs_message(message: str) -> None:
+        gcs_logger.error("message from the Ray cluster:\n%s", message)
+        dead = _NODE_MARKED_DEAD.search(message)
+        if message.startswith(_RAYLET_DIED):  # a dead node: TrialProgress says which, in one line
+            RAYLET_DEATHS.append(time.time())
+        elif dead:
+            DEAD_NODES.add(dead.group(1))
+        else:
+            first = message.strip().splitlines()[0] if message.strip() else ""
+            print(f"ray: {cut(first, 160)} (details in {path})", file=sys.stdout, flush=True)
+
+    ray_logger.addHandler(handler)
+    gcs_logger.addHandler(handler)
+    for h in consoles:
+        h.addFilter(quiet)
+    try:
+        with internals.driver_error_messages(gcs_message):
+            yield
+    finally:
+        for h in consoles:
+            h.removeFilter(quiet)
+        ray_logger.removeHandler(handler)
+        gcs_logger.removeHandler(handler)
+        handler.close()

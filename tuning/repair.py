@@ -20,6 +20,7 @@ import json
 import re
 import shutil
 
+from layerout.files import atomic_write
 from tuning import internals, storage
 
 RAY_SEEN_MARKER = "ray_seen_epoch.json"  # in a repaired checkpoint: the last epoch Ray's state recorded
@@ -46,5 +47,5 @@ def repair_checkpoint_refs(exp_dir: str) -> list[str]:
             out.append(f"trial {trial.trial_id}: continues from {newer[-1]} (the saved state named "
                        f"{names[-1]}, deleted after it)")
         seen = trial.last_result.get("epoch")
-        (expected / RAY_SEEN_MARKER).write_text(json.dumps({"epoch": seen if isinstance(seen, int) else 0}))
+        atomic_write(expected / RAY_SEEN_MARKER, json.dumps({"epoch": seen if isinstance(seen, int) else 0}))
     return out

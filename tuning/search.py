@@ -10,19 +10,24 @@ reach the workers as ``tuning.usercode`` describes.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
 import os
 import platform
 import signal
+import socket
+import stat
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import pandas as pd
@@ -31,7 +36,8 @@ from ray import cloudpickle, tune
 from ray.tune.schedulers import FIFOScheduler
 
 from layerout import userland
-from layerout.data import DATASETS, load_data
+from layerout.checks import cut, short
+from layerout.data import FILE_DATASETS, data_dir_note, load_data
 from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, VERSION,
                                  TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines, rungs_csv,
@@ -39,7 +45,7 @@ from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSO
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
 from search_spaces.trials import define_by_run, paper_enqueue
 from tuning import internals, storage
-from tuning.progress import TrialProgress
+from tuning.progress import RAY_LOG, TrialProgress, ray_log_to
 from tuning.repair import repair_checkpoint_refs
 from tuning.schedulers import MOASHA, PaperASHA, SchedulerState
 from tuning.searcher import TruthfulOptunaSearch
@@ -78,6 +84,10 @@ class SearchOptions:
     max_failures: int = 2
     data_dir: str | None = None
     download: bool = True
+    # seconds to wait for the cluster at ``address``: nothing listening there is an error at once; a
+    # listener that does not answer as a Ray head ends the process with exit status 2 after this
+    # long (ray.init cannot be interrupted once it waits inside Ray's client)
+    connect_timeout: float = 30.0
 
     def check(self) -> None:
         """One UserError naming the option for the first bad value."""
@@ -86,22 +96,25 @@ class SearchOptions:
         if self.max_concurrent is not None and self.max_concurrent < 0:
             raise UserError(f"--max-concurrent: must be >= 0, got {self.max_concurrent}")
         if self.sampler not in SAMPLERS:
-            raise UserError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+            raise UserError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {short(self.sampler)}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise UserError(f"--scheduler: must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise UserError(f"--scheduler: must be one of {', '.join(SCHEDULERS)}, got {short(self.scheduler)}")
         if not self.cpus_per_trial > 0 or not math.isfinite(self.cpus_per_trial):
             raise UserError(f"--cpus-per-trial: must be > 0, got {self.cpus_per_trial:g}")
         if self.gpus_per_trial < 0 or not math.isfinite(self.gpus_per_trial):
             raise UserError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial:g}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise UserError(f"--gpus-per-trial: above 1 it must be a whole number, got {self.gpus_per_trial:g}")
+        if not (isinstance(self.connect_timeout, (int, float)) and math.isfinite(self.connect_timeout)
+                and self.connect_timeout > 0):
+            raise UserError(f"--connect-timeout: must be a number of seconds > 0, got {short(self.connect_timeout)}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
         if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
                                       or self.name.startswith(".")):
-            raise UserError(f"--name: must be a plain directory name, got {self.name!r}")
+            raise UserError(f"--name: must be a plain directory name, got {short(self.name)}")
 
 
 @dataclass
@@ -153,57 +166,77 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
     space = load_space(space) if isinstance(space, str) else space
     if options.seed is not None:
         space = replace(space, seed=options.seed)
-    num_samples = options.num_samples or space.num_samples
-    max_conc = space.max_concurrent if options.max_concurrent is None else options.max_concurrent
-    scheduler = options.scheduler or space.early_stopping.scheduler
     root = storage.storage_root(options.storage)
     name = options.name or f"{space.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = f"{root}/{name}"
     if storage.exists(exp_dir):
         raise UserError(f"{exp_dir}: already exists; continue it with --resume {exp_dir}, or choose another --name")
+    storage.check_writable(root, "--storage")
     ot_storage = _optuna_storage(options.optuna_storage)
-    data_dir = str(Path(os.path.expanduser(options.data_dir)).resolve()) if options.data_dir else None
-    if not options.address:
-        _check_dataset(space, data_dir, options.download)
-    resolved = replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
-                       seed=space.seed, storage=root, name=name, data_dir=data_dir)
+    resolved = _resolve(space, options, root, name)
     code = code_info(space.model, space.dataset, space.code_paths, objects)
     meta = {"format": FORMAT, "version": VERSION, "name": name, "space": space.to_dict(),
-            "space_file": space.source, "options": asdict(resolved),
+            "space_document": space.document, "space_file": space.source, "options": asdict(resolved),
             "versions": _versions(), "model": space.model, "dataset": space.dataset, "units": space.units,
             "epochs": space.epochs, "objectives": [list(o) for o in space.objectives], "created": _now(),
             "finished": None, "code": code}
+    with _private_files():
+        _init_ray(options.address, options.connect_timeout, code)
+        try:
+            _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
+            storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+            return _run_new(space, resolved, exp_dir, meta, ot_storage, code, log)
+        finally:
+            ray.shutdown()
 
-    _init_ray(options.address, code)
-    try:
-        _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
-        storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
-        searcher = _searcher(space, name, options.sampler, num_samples, ot_storage, exp_dir, log)
-        sched = _scheduler(space, scheduler)
-        callbacks: list[Any] = [TrialProgress(num_samples, space.epochs, scheduler=scheduler)]
-        if isinstance(sched, MOASHA):
-            callbacks.append(SchedulerState(sched))  # its rungs survive --resume
-        tuner = tune.Tuner(
-            _trainable(resolved, code, options.address),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
-                                        num_samples=num_samples, max_concurrent_trials=max_conc or None,
-                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=root, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=options.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=callbacks),
-        )
-        log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
-            f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
-            f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
-            + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
-            + _code_lines(space, code, options.address))
-        t0 = time.time()
-        results = _fit(tuner)
-        return _finish(exp_dir, meta, results, time.time() - t0, tuner)
-    finally:
-        ray.shutdown()
+
+def _resolve(space: SearchSpace, options: SearchOptions, root: str, name: str) -> SearchOptions:
+    """The options as the search runs them: the space's values where the options leave them open;
+    the dataset checked (downloaded once, here) unless it runs on a cluster."""
+    num_samples = options.num_samples or space.num_samples
+    max_conc = space.max_concurrent if options.max_concurrent is None else options.max_concurrent
+    scheduler = options.scheduler or space.early_stopping.scheduler
+    data_dir = str(Path(os.path.expanduser(options.data_dir)).resolve()) if options.data_dir else None
+    note = data_dir_note(space.dataset, options.data_dir)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    if not options.address:
+        _check_dataset(space, data_dir, options.download)
+    return replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
+                   seed=space.seed, storage=root, name=name, data_dir=data_dir)
+
+
+def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dict[str, Any], ot_storage: Any,
+             code: dict[str, Any], log: Log) -> SearchResult:
+    """Build the searcher, scheduler and Tuner of a new search and run it (Ray is up,
+    experiment.json written)."""
+    root, name = exp_dir.rsplit("/", 1)
+    num_samples = int(options.num_samples or space.num_samples)
+    scheduler = options.scheduler or space.early_stopping.scheduler
+    searcher = _searcher(space, name, options.sampler, num_samples, ot_storage, exp_dir, log)
+    sched = _scheduler(space, scheduler)
+    callbacks: list[Any] = [TrialProgress(num_samples, space.epochs, scheduler=scheduler)]
+    if isinstance(sched, MOASHA):
+        callbacks.append(SchedulerState(sched))  # its rungs survive --resume
+    tuner = tune.Tuner(
+        _trainable(options, code, options.address),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
+                                    num_samples=num_samples, max_concurrent_trials=options.max_concurrent or None,
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=root, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks),
+    )
+    log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
+        f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
+        f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
+        + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
+        + _code_lines(space, code, options.address))
+    t0 = time.time()
+    results = _fit(tuner, exp_dir)
+    return _finish(exp_dir, meta, results, time.time() - t0, tuner)
 
 
 def read_experiment(exp_dir: str) -> dict[str, Any]:
@@ -215,13 +248,27 @@ def read_experiment(exp_dir: str) -> dict[str, Any]:
 
 
 def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: float | None = None,
-                  gpus_per_trial: float | None = None, log: Log = _print, *, model: Any = None,
-                  dataset: Any = None) -> SearchResult:
+                  gpus_per_trial: float | None = None, log: Log = _print,
+                  connect_timeout: float | None = None, *, model: Any = None, dataset: Any = None) -> SearchResult:
     """Continue an interrupted search with its stored settings; only where it runs may change.
     A search given a model or data function by value (``run_search(..., model=obj)``) needs the
-    same objects again here."""
+    same objects again here.
+
+    When Ray Tune saved no state before the driver stopped (it was killed between writing
+    experiment.json and Ray's first save), the search starts afresh in the same directory from
+    experiment.json's settings. Restoring unpickles Ray's files in the directory: a local one that
+    other users can write is refused (``check_trusted``).
+    """
     exp_dir = storage.storage_root(exp_dir)
     meta = read_experiment(exp_dir)
+    saved = meta.get("options") or {}
+    known = {f for f in SearchOptions.__dataclass_fields__}
+    options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
+    options = replace(options, address=address,
+                      cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
+                      gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial,
+                      connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout)
+    options.check()
     code = meta.get("code") or {}
     for role, obj in (("model", model), ("dataset", dataset)):
         name = (code.get("objects") or {}).get(role)
@@ -231,30 +278,89 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
             raise UserError(f"{exp_dir}: its {role} {name} was a Python object given to run_search; resume it from "
                             f"Python with resume_search({exp_dir!r}, {role}=...) and the same object")
         userland.register_object(obj, name)
-    saved = meta.get("options") or {}
-    known = {f for f in SearchOptions.__dataclass_fields__}
-    options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
-    options = replace(options, address=address,
-                      cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
-                      gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial)
-    options.check()
-    _init_ray(address, code)
+    restore = internals.has_saved_state(exp_dir)
+    if restore:
+        check_trusted(exp_dir)
+    else:
+        space = _stored_space(meta, exp_dir)
+    storage.check_writable(exp_dir, "--resume")
+    with _private_files():
+        _init_ray(address, options.connect_timeout, code)
+        try:
+            _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not address)
+            if not restore:
+                log(f"resuming experiment: {exp_dir}\n  Ray Tune saved no state before the search stopped: "
+                    f"starting it afresh with the settings in {EXPERIMENT_JSON}")
+                root, name = exp_dir.rsplit("/", 1)
+                options = replace(_resolve(space, options, root, name), address=address)
+                meta.setdefault("restarted", []).append(_now())
+                storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+                return _run_new(space, options, exp_dir, meta, _optuna_storage(options.optuna_storage), code, log)
+            log(f"resuming experiment: {exp_dir}")
+            for line in repair_checkpoint_refs(exp_dir):
+                log(f"  {line}")
+            try:
+                tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options, code, address),
+                                           resume_unfinished=True, resume_errored=True)
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling a damaged file raises
+                msg = cut(" ".join(str(exc).split()), 120)
+                raise UserError(f"{exp_dir}/{internals.TUNER_PKL}: cannot restore the search from it "
+                                f"({exc.__class__.__name__}: {msg}); Ray Tune's saved state is damaged") from None
+            t0 = time.time()
+            results = _fit(tuner, exp_dir)
+            meta.setdefault("resumed", []).append(_now())
+            return _finish(exp_dir, meta, results, time.time() - t0, tuner)
+        finally:
+            ray.shutdown()
+
+
+def _stored_space(meta: dict[str, Any], exp_dir: str) -> SearchSpace:
+    """The search space experiment.json was started with (``space_document``), validated again."""
+    doc = meta.get("space_document")
+    where = f"{exp_dir}/{EXPERIMENT_JSON}"
+    if not isinstance(doc, dict):
+        raise UserError(f"{where}: Ray Tune saved no state to resume, and this experiment.json has no "
+                        "'space_document' to start the search afresh from; start a new search with --space")
+    paths = (meta.get("code") or {}).get("paths") or []  # where the search found the user's code
+    space = space_from_dict(doc, where=f"{where} (space_document)", default_name=str(meta.get("name") or "space"),
+                            folder=paths[0] if paths else None)
+    space = replace(space, source=str(meta.get("space_file") or space.source))
+    seed = (meta.get("options") or {}).get("seed")
+    return replace(space, seed=seed) if isinstance(seed, int) and not isinstance(seed, bool) else space
+
+
+def check_trusted(exp_dir: str) -> None:
+    """Refuse to restore a local experiment that users other than its owner could have changed.
+
+    Restoring unpickles Ray Tune's files (``tuner.pkl``, the saved states): whoever can write them
+    can make ``--resume`` run their code. Like ssh with key files, a directory or such a file that
+    is writable by its group or by others is refused; remote storage is trusted as configured.
+    """
+    if not storage.is_local(exp_dir):
+        return
+    base = storage.local_path(exp_dir)
+    for path in [base, *(base / n for n in internals.restore_files(exp_dir))]:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o022:
+            who = "its group and others" if mode & 0o022 == 0o022 else "its group" if mode & 0o020 else "others"
+            raise UserError(f"--resume {exp_dir}: {path} can be written by {who} (mode {stat.filemode(mode)}); "
+                            f"resuming runs code stored there, so only a directory only you can write is resumed "
+                            f"(if you trust it: chmod -R go-w {exp_dir})")
+
+
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """During a search, files and folders are created without write permission for group and
+    others (umask 022 added), so that ``--resume`` trusts the experiment it made (``check_trusted``)."""
+    old = os.umask(0o022)
+    os.umask(old | 0o022)
     try:
-        if not tune.Tuner.can_restore(exp_dir):
-            raise UserError(f"{exp_dir}: has {EXPERIMENT_JSON} but no Ray Tune state to resume "
-                            "(the search never started)")
-        _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not address)
-        log(f"resuming experiment: {exp_dir}")
-        for line in repair_checkpoint_refs(exp_dir):
-            log(f"  {line}")
-        tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options, code, address), resume_unfinished=True,
-                                   resume_errored=True)
-        t0 = time.time()
-        results = _fit(tuner)
-        meta.setdefault("resumed", []).append(_now())
-        return _finish(exp_dir, meta, results, time.time() - t0, tuner)
+        yield
     finally:
-        ray.shutdown()
+        os.umask(old)
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -284,7 +390,7 @@ def _optuna_storage(url: str | None) -> Any:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad --optuna-storage
         msg = " ".join(str(exc).split())[:200]
-        raise UserError(f"--optuna-storage {url!r}: cannot open ({exc.__class__.__name__}: {msg}); use "
+        raise UserError(f"--optuna-storage {short(url)}: cannot open ({exc.__class__.__name__}: {msg}); use "
                         "sqlite:///path/study.db or a journal file path") from None
 
 
@@ -325,8 +431,11 @@ def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_
     for key, value in (("model", space.model), ("dataset", space.dataset), ("epochs", space.epochs),
                        ("experiment_dir", exp_dir)):
         study.set_user_attr(key, value)
-    for fixed, attrs in paper_enqueue(space)[:num_samples]:  # the paper's five configurations go first
-        study.enqueue_trial(fixed, user_attrs=attrs)
+    # the paper's five configurations go first (a study restarted in --optuna-storage has them already)
+    queued = {t.user_attrs.get("paper_config") for t in study.get_trials(deepcopy=False)}
+    for fixed, attrs in paper_enqueue(space)[:num_samples]:
+        if attrs.get("paper_config") not in queued:
+            study.enqueue_trial(fixed, user_attrs=attrs)
     return TruthfulOptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
                                 mode=[m for _, m in objectives],
                                 sampler=_sampler(sampler, space.seed, num_samples, log),
@@ -404,7 +513,7 @@ def _code_lines(space: SearchSpace, code: dict[str, Any], address: str | None) -
 def _check_dataset(space: SearchSpace, data_dir: str | None, download: bool) -> None:
     """Make sure a real dataset is there (downloading it once, in the driver, not in every
     trial at the same time); a missing dataset offline is a UserError naming the files."""
-    if space.dataset in ("digits", "synthetic") or space.dataset not in DATASETS:  # the user's: loaded already
+    if space.dataset not in FILE_DATASETS:
         return
     load_data(space.dataset, device="cpu", val_frac=space.train["val_frac"], seed=space.seed,
               data_dir=data_dir, download=download)
@@ -417,9 +526,9 @@ def _is_loopback(address: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _init_ray(address: str | None, code: dict[str, Any] | None = None) -> None:
-    """Start the embedded local Ray (on loopback), or join the cluster at ``address`` (shipping this
-    project's code and the user's modules in ``code``)."""
+def _init_ray(address: str | None, connect_timeout: float = 30.0, code: dict[str, Any] | None = None) -> None:
+    """Start the embedded local Ray (on loopback), or join the cluster at ``address`` within
+    ``connect_timeout`` seconds (shipping the trials' packages and the user's modules in ``code``)."""
     if _is_loopback(address):
         # Ray otherwise advertises the machine's network address even for a local instance, and a
         # driver may then fail to reach its own head; loopback keeps a laptop run self-contained.
@@ -427,12 +536,8 @@ def _init_ray(address: str | None, code: dict[str, Any] | None = None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # legacy output: silent at verbose=0 (TrialProgress prints)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env=with_user_modules(_runtime_env(), code))
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            msg = " ".join(str(exc).split())[:300]
-            raise UserError(f"--address {address}: cannot connect to a Ray cluster ({msg})") from None
+        _probe(address, connect_timeout)
+        _join(address, connect_timeout, with_user_modules(_runtime_env(), code))
     else:
         # address="local" always starts a new instance, even where a killed cluster left its
         # address file behind. Its token-authentication notice is for clusters people join; this
@@ -442,14 +547,103 @@ def _init_ray(address: str | None, code: dict[str, Any] | None = None) -> None:
                  log_to_driver=False, logging_level=logging.WARNING)
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` (Ray finds it)."""
+    if address == "auto":
+        return None
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """One TCP connection to the cluster's port, so that a wrong address fails at once."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except socket.timeout:
+        raise UserError(f"--address {address}: nothing answered within {timeout:g} s (--connect-timeout); "
+                        "check the address and that the head node is reachable") from None
+    except OSError as exc:
+        reason = (exc.strerror or exc.__class__.__name__).lower()
+        raise UserError(f"--address {address}: cannot connect ({reason}); is a Ray head node running there "
+                        "(ray start --head)?") from None
+
+
+AUTH_HINT = ("a cluster with token authentication needs RAY_AUTH_MODE=token and its token here too "
+             "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)")
+
+
+def _join(address: str, timeout: float, runtime_env: dict[str, Any] | None) -> None:
+    """``ray.init(address)`` bounded by ``timeout``. Something listens there (``_probe``), but
+    ray.init has no timeout of its own, retries for minutes when the listener is not a Ray head
+    or refuses this driver's token, and cannot be interrupted while it waits: a watchdog ends the
+    process with one error line past the deadline, or as soon as Ray's client reports a refused
+    token. Ray's client prints its retries on the process's stderr (below Python), so stderr goes
+    to a scratch file meanwhile; it is replayed when the connection succeeds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    captured = tempfile.TemporaryFile()
+    real_stderr = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    done = threading.Event()
+
+    def said() -> str:
+        return os.pread(captured.fileno(), 1 << 20, 0).decode("utf-8", "replace")
+
+    def fail(reason: str) -> None:
+        os.write(real_stderr, f"error: --address {address}: {reason}\n".encode())
+        os._exit(2)
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.25):
+            if "InvalidAuthToken" in said():
+                fail(f"the cluster refused this driver's authentication token; {AUTH_HINT}")
+            if time.monotonic() > deadline:
+                fail(f"something listens there but no Ray cluster answered within {timeout:g} s "
+                     f"(--connect-timeout); check that it is a Ray head node's address and port; {AUTH_HINT}")
+
+    watchdog = threading.Thread(target=watch, name="connect-watchdog", daemon=True)
+    watchdog.start()
+    error: str | None = None
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        error = cut(" ".join(str(exc).split()), 300)
+    finally:
+        done.set()
+        watchdog.join()
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)
+        os.close(real_stderr)
+    text = said()
+    captured.close()
+    if error is not None:
+        if "InvalidAuthToken" in text or "AuthenticationError" in error:
+            raise UserError(f"--address {address}: the cluster refused this driver's authentication token; "
+                            f"{AUTH_HINT}")
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({error})")
+    if text.strip():
+        sys.stderr.write(text)
+
+
+# The packages a trial imports (tuning.trainable and what it imports): the code a cluster's workers
+# need; nothing else of the checkout (data, results, tests) is shipped.
+TRIAL_PACKAGES = ("layerout", "search_spaces", "tuning")
+
+
 def _runtime_env() -> dict[str, Any] | None:
-    """Ship this project's code to the cluster's workers unless they already have it
-    (LAYEROUT_TUNE_SHIP_CODE=0 for clusters where every node has the package installed)."""
+    """Ship the packages trials import to the cluster's workers (Ray ``py_modules``) unless they
+    already have them (LAYEROUT_TUNE_SHIP_CODE=0 for clusters where every node has the package
+    installed)."""
     if os.environ.get("LAYEROUT_TUNE_SHIP_CODE", "1") == "0":
         return None
-    return {"working_dir": str(ROOT),
-            "excludes": [".venv/", ".git/", "results/", "**/__pycache__/", "*.egg-info/", "out/",
-                         ".pytest_cache/", ".hypothesis/", "benchmarks/", "docs/", "*.pt", "*.db"]}
+    return {"py_modules": [str(ROOT / pkg) for pkg in TRIAL_PACKAGES]}
 
 
 def _check_resources(cpus: float, gpus: float, local: bool) -> None:
@@ -478,11 +672,18 @@ class _TuneMessages(logging.Filter):
         return "has been interrupted" not in msg and "Tuner.restore(" not in msg
 
 
-def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+def _fit(tuner: tune.Tuner, exp_dir: str) -> tune.ResultGrid:
     """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray Tune stops the running trials and
     saves the search state, the tables and analysis of what finished are written, and
-    ``--resume`` continues from there."""
+    ``--resume`` continues from there. Ray's warnings and errors go to the experiment's ray.log
+    (local storage), the console gets one line per event (``tuning.progress``)."""
     logging.getLogger("ray.tune.tune").addFilter(_TuneMessages())
+    log = storage.local_path(f"{exp_dir}/{RAY_LOG}") if storage.is_local(exp_dir) else None
+    with ray_log_to(log):
+        return _fit_signals(tuner)
+
+
+def _fit_signals(tuner: tune.Tuner) -> tune.ResultGrid:
     try:
         old = signal.signal(signal.SIGTERM, lambda sig, frame: os.kill(os.getpid(), signal.SIGINT))
     except ValueError:  # not the main thread: leave signals alone

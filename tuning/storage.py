@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from layerout.files import atomic_write
+from layerout.errors import UserError
+from layerout.files import WriteError, atomic_write, write_reason
 
 
 def is_local(path: str) -> bool:
@@ -50,22 +52,39 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def check_writable(folder: str, flag: str) -> None:
+    """A local folder that exists (created if missing) and takes new files; else one UserError
+    naming ``flag`` (``--storage``, ``--resume``). Remote storage is checked by its first write."""
+    if not is_local(folder):
+        return
+    p = local_path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p, prefix=".layerout-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {p}: cannot write there ({write_reason(exc)}); use a folder you can write") from None
+
+
 def write_text(path: str, text: str) -> None:
-    """Write a file so that readers never see a half-written one."""
+    """Write a file so that readers never see a half-written one (WriteError when it cannot be)."""
     if is_local(path):
         atomic_write(local_path(path), text)
         return
     fs, p = storage_fs(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    tmp = p + ".tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode("utf-8"))
     try:
-        fs.move(tmp, p)
-    except OSError:  # some object stores cannot rename: write in place
-        with fs.open_output_stream(p) as f:
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        tmp = p + ".tmp"
+        with fs.open_output_stream(tmp) as f:
             f.write(text.encode("utf-8"))
-        fs.delete_file(tmp)
+        try:
+            fs.move(tmp, p)
+        except OSError:  # some object stores cannot rename: write in place
+            with fs.open_output_stream(p) as f:
+                f.write(text.encode("utf-8"))
+            fs.delete_file(tmp)
+    except OSError as exc:
+        raise WriteError(path, " ".join(str(exc).split())[:200]) from exc
 
 
 def list_names(path: str) -> list[str]:

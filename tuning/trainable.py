@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -25,7 +23,11 @@ from layerout.experiment import USER_ERROR
 from layerout.metrics import METRICS
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
+from tuning import internals
+from tuning.progress import NODE_ID
 from tuning.repair import RAY_SEEN_MARKER
+
+SCRATCH = "scratch"  # in the trial's folder: the trainer's out_dir while the trial runs
 
 
 def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -78,9 +80,12 @@ def _train(config: dict[str, Any], opts: dict[str, Any]) -> None:
     if config["train"].get("device", "auto") == "auto":  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES), else CPU
         overrides["device"] = "cuda" if (ray.get_gpu_ids() and torch.cuda.is_available()) else "cpu"
 
-    root = Path(tempfile.gettempdir()) / "layerout-tune-trials"
-    root.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"{tune.get_context().get_trial_id()}-", dir=root))
+    # The trainer's own folder (checkpoint.pt, epochs.csv) is scratch space inside the trial's
+    # folder: a killed attempt leaves it there, not in the system's temp folder, and the next
+    # attempt of the trial (or --resume) starts by clearing it.
+    out_dir = internals.trial_folder() / SCRATCH
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
 
     def report(metrics: dict[str, Any], trainer: Trainer) -> None:
         m = _reportable(metrics)
@@ -89,9 +94,12 @@ def _train(config: dict[str, Any], opts: dict[str, Any]) -> None:
         # steps per epoch it was bound to (FreezeOut's step-wise masks depend on it).
         m["policy"] = json.dumps(trainer.schedule.to_dict(), sort_keys=True)
         m["steps_per_epoch"] = int(trainer.steps_per_epoch)
+        m[NODE_ID] = node_id  # which node ran it, for the driver's line when a node is lost
         # report() copies out_dir (checkpoint.pt of this epoch) to the trial's storage before
         # returning, so the trainer may overwrite it next epoch.
         tune.report(m, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+    node_id = ray.get_runtime_context().get_node_id()
 
     try:
         ckpt = tune.get_checkpoint()

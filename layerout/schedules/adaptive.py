@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from layerout.checks import short
 from layerout.schedules.base import FreezeState, Flag, Schedule, check_int, check_number, register_schedule, \
     schedule_error
 
@@ -57,19 +58,19 @@ class AdaptiveSchedule(Schedule):
                  threshold: float = 50.0, min_trainable_units: int = 1,
                  freeze_epochs: list[int | None] | None = None) -> None:
         if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-            raise schedule_error("check_every", f"must be an integer >= 1, got {check_every!r}")
+            raise schedule_error("check_every", f"must be an integer >= 1, got {short(check_every)}")
         if threshold_mode not in THRESHOLD_MODES:
-            raise schedule_error("threshold_mode", f"unknown mode {threshold_mode!r}; "
+            raise schedule_error("threshold_mode", f"unknown mode {short(threshold_mode)}; "
                                          f"allowed: {', '.join(THRESHOLD_MODES)}")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-            raise schedule_error("threshold", f"must be a number, got {threshold!r}")
+            raise schedule_error("threshold", f"must be a number, got {short(threshold)}")
         if threshold_mode == "percentile" and not 0.0 <= threshold <= 100.0:
-            raise schedule_error("threshold", f"a percentile must be in [0, 100], got {threshold!r}")
+            raise schedule_error("threshold", f"a percentile must be in [0, 100], got {short(threshold)}")
         if threshold_mode == "absolute" and threshold < 0.0:
-            raise schedule_error("threshold", f"an absolute threshold must be >= 0, got {threshold!r}")
+            raise schedule_error("threshold", f"an absolute threshold must be >= 0, got {short(threshold)}")
         if (isinstance(min_trainable_units, bool) or not isinstance(min_trainable_units, int)
                 or min_trainable_units < 1):
-            raise schedule_error("min_trainable_units", f"must be an integer >= 1, got {min_trainable_units!r}")
+            raise schedule_error("min_trainable_units", f"must be an integer >= 1, got {short(min_trainable_units)}")
         self.check_every = check_every
         self.threshold_mode = threshold_mode
         self.threshold = float(threshold)
@@ -187,10 +188,10 @@ class AdaptiveSchedule(Schedule):
 
 def _check_freeze_epochs(fe: Any) -> list[int | None]:
     if not isinstance(fe, (list, tuple)):
-        raise schedule_error("freeze_epochs", f"must be a list with one epoch (integer >= 0) or null per unit, got {fe!r}")
+        raise schedule_error("freeze_epochs", f"must be a list with one epoch (integer >= 0) or null per unit, got {short(fe)}")
     out: list[int | None] = []
     for i, e in enumerate(fe):
         if e is not None and (isinstance(e, bool) or not isinstance(e, int) or e < 0):
-            raise schedule_error(f"freeze_epochs[{i}]", f"must be an integer >= 0 or null, got {e!r}")
+            raise schedule_error(f"freeze_epochs[{i}]", f"must be an integer >= 0 or null, got {short(e)}")
         out.append(e)
     return out

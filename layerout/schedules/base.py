@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from layerout import checks
-from layerout.checks import fail
+from layerout.checks import fail, short
 from layerout.errors import UserError
 
 
@@ -67,7 +67,7 @@ def check_bool(d: dict, key: str, default: bool) -> bool:
 def check_number(d: dict, key: str, default: float) -> float:
     val = d.get(key, default)
     if not checks.is_number(val):
-        raise schedule_error(key, f"must be a number, got {val!r}")
+        raise schedule_error(key, f"must be a number, got {short(val)}")
     return float(val)
 
 
@@ -82,7 +82,7 @@ class Flag:
     help: str
     type: Callable[[str], Any] | None = None
     choices: tuple[str, ...] | None = None
-    switch: bool = False  # a store_true flag
+    switch: bool = False  # an on/off flag: --name turns it on, --no-name off (the default is the schedule's)
     metavar: str | None = None
 
     @property
@@ -102,6 +102,9 @@ class Schedule:
     uses_lr_factor: ClassVar[bool] = False  # True: states carry per-unit lr factors
     needs_grad_stats: ClassVar[bool] = False  # True: wants observe_epoch(grad norms)
     flags: ClassVar[tuple[Flag, ...]] = ()  # its python -m layerout.train flags
+    # frozen units' BatchNorm when the recipe says bn_frozen: auto ("train" keeps updating running
+    # statistics, "eval" freezes them too): the choice of the family's authors
+    bn_frozen: ClassVar[str] = "train"
     summary: ClassVar[str] = ""  # one line for --help and the docs
 
     num_units: int = 0
@@ -202,5 +205,5 @@ def schedule_from_dict(d: Any) -> Schedule:
         raise schedule_error("kind", f"the schedule must be an object with a 'kind', got {type(d).__name__}")
     kind = d.get("kind")
     if kind not in SCHEDULES:
-        raise schedule_error("kind", f"unknown kind {kind!r}; allowed: {', '.join(sorted(SCHEDULES))}")
+        raise schedule_error("kind", f"unknown kind {short(kind)}; allowed: {', '.join(sorted(SCHEDULES))}")
     return SCHEDULES[kind].from_dict(d)

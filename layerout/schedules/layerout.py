@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.schedules.base import FreezeState, Flag, Schedule, check_bool, check_int, register_schedule, \
     schedule_error
@@ -43,11 +44,11 @@ def paper_vectors(num_units: int) -> dict[str, list[float]]:
 
 def _check_vector(v: Any) -> list[float]:
     if not isinstance(v, (list, tuple)) or not v:
-        raise schedule_error("v", f"must be a non-empty list of numbers in [0, 1], got {v!r}")
+        raise schedule_error("v", f"must be a non-empty list of numbers in [0, 1], got {short(v)}")
     out = []
     for i, x in enumerate(v):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not (0.0 <= float(x) <= 1.0):
-            raise schedule_error(f"v[{i}]", f"{x!r} is outside [0, 1]")
+            raise schedule_error(f"v[{i}]", f"{short(x)} is outside [0, 1]")
         out.append(float(x))
     return out
 
@@ -56,7 +57,7 @@ def _parse_floats(text: str, flag: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"{flag}: expected comma-separated numbers like 0.9,0.5,0.1, got {text!r}") from None
+        raise UserError(f"{flag}: expected comma-separated numbers like 0.9,0.5,0.1, got {short(text)}") from None
 
 
 @register_schedule
@@ -82,13 +83,13 @@ class LayerOutSchedule(Schedule):
     def __init__(self, v: list[float] | None = None, v_mode: str = "manual", warmup_epochs: int = 0,
                  keep_last_trainable: bool = False, seed: int | None = None) -> None:
         if v_mode not in V_MODES:
-            raise schedule_error("v_mode", f"unknown mode {v_mode!r}; allowed: {', '.join(V_MODES)}")
+            raise schedule_error("v_mode", f"unknown mode {short(v_mode)}; allowed: {', '.join(V_MODES)}")
         if v_mode == "manual" and v is None:
             raise schedule_error("v", "a manual LayerOut schedule needs a freeze vector v")
         if v is not None:
             v = _check_vector(v)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise schedule_error("warmup_epochs", f"must be an integer >= 0, got {warmup_epochs!r}")
+            raise schedule_error("warmup_epochs", f"must be an integer >= 0, got {short(warmup_epochs)}")
         self.v = v
         self.v_mode = v_mode
         self.warmup_epochs = warmup_epochs
@@ -139,7 +140,7 @@ class LayerOutSchedule(Schedule):
     def from_dict(cls, d: dict[str, Any]) -> "LayerOutSchedule":
         seed = d.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise schedule_error("seed", f"must be an integer or null, got {seed!r}")
+            raise schedule_error("seed", f"must be an integer or null, got {short(seed)}")
         return cls(v=d.get("v"), v_mode=d.get("v_mode", "manual"), warmup_epochs=check_int(d, "warmup_epochs", 0),
                    keep_last_trainable=check_bool(d, "keep_last_trainable", False), seed=seed)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from layerout.checks import short
 from layerout.schedules.base import FreezeState, Flag, Schedule, check_int, register_schedule, schedule_error
 
 
@@ -19,9 +20,9 @@ class PrefixSchedule(Schedule):
 
     def __init__(self, k: int = 1, start_epoch: int = 0) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise schedule_error("k", f"must be an integer >= 1, got {k!r}")
+            raise schedule_error("k", f"must be an integer >= 1, got {short(k)}")
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise schedule_error("start_epoch", f"must be an integer >= 0, got {start_epoch!r}")
+            raise schedule_error("start_epoch", f"must be an integer >= 0, got {short(start_epoch)}")
         self.k = k
         self.start_epoch = start_epoch
 

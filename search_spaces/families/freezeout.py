@@ -1,4 +1,7 @@
-"""Searching ``freezeout`` schedules: t0, the scale of t_i over the units, lr scaling, warm-up."""
+"""Searching ``freezeout`` schedules: t0, the scale of t_i over the units, lr scaling, warm-up.
+
+Unset keys take the authors' values (``scale_lr: true``); a space may still search them
+(``scale_lr: [false, true]``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,14 +20,14 @@ class FreezeOutSpace(FamilySpace):
 
     t0: tuple[float, float] = (0.5, 1.0)
     scale: list[str] = field(default_factory=lambda: list(SCALES))
-    scale_lr: list[bool] = field(default_factory=lambda: [False])
+    scale_lr: list[bool] = field(default_factory=lambda: [True])
     warmup_epochs: tuple[int, int] = (0, 0)
 
     @classmethod
     def parse(cls, check: Checker, fld: str, raw: dict, ctx: SpaceContext) -> "FreezeOutSpace":
         return cls(t0=check.num_range(f"{fld}.t0", raw.get("t0", [0.5, 1.0]), 0.0, 1.0, low_open=True),
                    scale=check.choices(f"{fld}.scale", raw.get("scale", list(SCALES)), SCALES),
-                   scale_lr=check.choices(f"{fld}.scale_lr", raw.get("scale_lr", False), (False, True)),
+                   scale_lr=check.choices(f"{fld}.scale_lr", raw.get("scale_lr", True), (False, True)),
                    warmup_epochs=ctx.epoch_range(check, f"{fld}.warmup_epochs", raw.get("warmup_epochs", 0)))
 
     def suggest(self, trial: Any, ctx: SpaceContext) -> dict[str, Any]:

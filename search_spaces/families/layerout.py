@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerout.checks import short
 from layerout.errors import UserError
 from layerout.schedules.layerout import V_MODES, ramp_vector, stage_vector
 from search_spaces.checks import Checker
@@ -56,7 +57,7 @@ class LayerOutSpace(FamilySpace):
         k = ctx.num_units
         vec = raw.get("vector", "per_unit")
         if vec not in VECTOR_FORMS:
-            raise check.err(f"{fld}.vector", f"must be one of {', '.join(VECTOR_FORMS)}, got {vec!r}")
+            raise check.err(f"{fld}.vector", f"must be one of {', '.join(VECTOR_FORMS)}, got {short(vec)}")
         out = cls(vector=vec)
         if vec == "per_stage":
             out.stages = _parse_stages(check, f"{fld}.stages", raw.get("stages", "auto"), ctx.units)
@@ -154,4 +155,4 @@ def _parse_stages(check: Checker, fld: str, val: Any, units: tuple[str, ...]) ->
             and sum(val) == k):
         return [i for i, n in enumerate(val) for _ in range(n)]
     raise check.err(fld, f"must be auto, a number of stages within [1, {k}], or a list of stage "
-                         f"sizes (integers >= 1) summing to the model's {k} units, got {val!r}")
+                         f"sizes (integers >= 1) summing to the model's {k} units, got {short(val)}")
