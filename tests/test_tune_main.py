@@ -680,7 +680,7 @@ def test_only_the_packages_trials_import_are_shipped(monkeypatch):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),
                           timeout=120)
     imported = proc.stdout.split()
-    assert imported == ["layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
+    assert imported == ["analysis", "layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
     monkeypatch.delenv("LAYEROUT_TUNE_SHIP_CODE", raising=False)
     assert _runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
     monkeypatch.setenv("LAYEROUT_TUNE_SHIP_CODE", "0")
