@@ -41,6 +41,7 @@ of the run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections import OrderedDict
@@ -48,6 +49,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from layerout.progress import slow_notice
 
 FAST_PATHS = ("auto", "off", "cudagraph")  # TrainConfig.fast_path; auto: graphs where they can run
 
@@ -276,7 +279,10 @@ class StepRunner:
         if self.mode == "emulate":
             return mask  # "capture" records what replay will run
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # the first capture sets up the graph pool and the kernels' workspaces: say so if it is slow
+        first = slow_notice("capturing the training step as a CUDA graph (once per freezing mask)",
+                            say=self.log) if self.captures == 1 else contextlib.nullcontext()
+        with first, torch.cuda.graph(graph, pool=self._pool):
             self._graph_body(mask)
         if self._pool is None:
             self._pool = graph.pool()

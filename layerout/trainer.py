@@ -40,6 +40,7 @@ from layerout.freezer import BN_CHOICES, Freezer, resolve_bn_frozen
 from layerout.metrics import EXTRA_METRICS, METRICS
 from layerout.models import MODELS, build_model, count_params, is_user_model
 from layerout.policy import Policy, provenance
+from layerout.progress import JobProgress, format_seconds, is_terminal, slow_notice, step_bar
 from layerout.preflight import check_forward, is_user_code
 from layerout.schedules import Schedule, schedule_from_dict
 from layerout.units import unit_origin, unit_param_counts, units_of
@@ -191,11 +192,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, schedule: Schedule, out_dir: str | os.PathLike | None = None,
                  callbacks: list[Callback] | None = None, verbose: bool = True,
-                 data: Any = None, model: nn.Module | Callable[..., nn.Module] | None = None) -> None:
+                 data: Any = None, model: nn.Module | Callable[..., nn.Module] | None = None,
+                 progress_bar: bool | None = None) -> None:
         """``data``: splits already loaded, or your own data (a ``layerout.data.UserData`` or a tuple
         it accepts) instead of loading ``cfg.dataset``. ``model``: your own model (an ``nn.Module``,
         trained in place) or what builds it (a class or a callable taking ``num_classes`` and/or
-        ``in_channels``) instead of building ``cfg.model``; ``cfg.model`` then only names it."""
+        ``in_channels``) instead of building ``cfg.model``; ``cfg.model`` then only names it.
+        ``verbose``: one line per epoch (and a note when loading the data takes over a second);
+        ``progress_bar``: a bar over the steps of a long epoch (None: when verbose and stdout is a
+        terminal; the trials of a search are quiet)."""
         # bn_frozen "auto" becomes the schedule's choice here, so that checkpoints, summaries and
         # policies record what ran
         cfg = replace(cfg, bn_frozen=resolve_bn_frozen(cfg.bn_frozen, schedule))
@@ -203,15 +208,17 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks or [])
         self.verbose = verbose
+        self.progress_bar = verbose and is_terminal(sys.stdout) if progress_bar is None else bool(progress_bar)
         self.device = resolve_device(cfg.device)
         user_data = data is not None and not isinstance(data, (DataSplits, DatasetSplits))
         if data is None:
             spec = MODELS.get(cfg.model)
             shape = (spec.in_channels, spec.input_size, spec.input_size) if spec else (3, 32, 32)
-            data = load_data(
-                cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed, data_dir=cfg.data_dir,
-                download=cfg.download, synthetic_shape=shape, synthetic_size=cfg.synthetic_size,
-                random_erasing=cfg.random_erasing, image_size=cfg.image_size, workers=cfg.data_workers)
+            with slow_notice(f"loading dataset {cfg.dataset}", say=self._log if verbose else None):
+                data = load_data(
+                    cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed, data_dir=cfg.data_dir,
+                    download=cfg.download, synthetic_shape=shape, synthetic_size=cfg.synthetic_size,
+                    random_erasing=cfg.random_erasing, image_size=cfg.image_size, workers=cfg.data_workers)
         self.data = as_splits(data, cfg.dataset, device=self.device, val_frac=cfg.val_frac, seed=cfg.seed,
                               workers=cfg.data_workers)
         torch.manual_seed(cfg.seed)
@@ -255,7 +262,7 @@ class Trainer:
     @classmethod
     def resume(cls, out_dir: str | os.PathLike, callbacks: list[Callback] | None = None, verbose: bool = True,
                data: Any = None, model: nn.Module | Callable[..., nn.Module] | None = None,
-               **overrides: Any) -> "Trainer":
+               progress_bar: bool | None = None, **overrides: Any) -> "Trainer":
         """Continue the run checkpointed in ``out_dir``. ``overrides`` replace config fields that
         do not change the result (``LOCAL_FIELDS``). A run started with ``data=``/``model=``
         objects needs them again (the checkpoint holds the weights, not the code)."""
@@ -275,7 +282,8 @@ class Trainer:
         cfg = TrainConfig.from_dict({**ck["config"], **{k: v for k, v in overrides.items() if v is not None}})
         schedule = schedule_from_dict(ck["schedule"])
         schedule.load_state_dict(ck.get("schedule_state") or {})
-        self = cls(cfg, schedule, out_dir=out_dir, callbacks=callbacks, verbose=verbose, data=data, model=model)
+        self = cls(cfg, schedule, out_dir=out_dir, callbacks=callbacks, verbose=verbose, data=data, model=model,
+                   progress_bar=progress_bar)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.ledger = ComputeLedger.from_state_dict(ck["ledger"])
@@ -297,13 +305,18 @@ class Trainer:
             if self.units_origin == "automatic":
                 self._log("units (automatic; declare them or give train.units to change them): "
                           + ", ".join("+".join(u.prefixes) for u in self.units))
+        # the time left: the epochs still to train at the rate of those trained so far (this process)
+        self.job = JobProgress(1, self.cfg.epochs)
+        self.job.restored("run", self.epoch, ended=False)
         if self.ledger.calibration_step_s is None and self.epoch == 0 and self._needs_calibration():
             self.ledger.calibration_step_s = self._calibrate()
             if self.runner.mode != "eager":  # graph path: epochs hold warm-ups and captures; time steady steps
                 self.ledger.reference = "calibration"
+        self.job.started("run")
         while self.epoch < self.cfg.epochs:
             metrics = self.train_epoch(self.epoch)
             self.epoch += 1
+            self.job.trained("run", self.epoch)
             self.history.append(metrics)
             if self.out_dir is not None:
                 self._save_checkpoint()
@@ -336,6 +349,8 @@ class Trainer:
         loss_sum.zero_()
         n_seen = 0
         batches = self.data.train_batches(cfg.batch_size, epoch, cfg.seed, cfg.augment, self.device)
+        # a bar over the steps on a terminal, shown once the epoch has taken a second (host-side only)
+        bar = step_bar(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", self.progress_bar)
         synchronize(self.device)
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(batches):
@@ -348,8 +363,12 @@ class Trainer:
             steps_per_mask[state.frozen] = steps_per_mask.get(state.frozen, 0) + 1
             self.runner.step(x, y, state.frozen)  # forward, backward, grad stats, SGD; loss into loss_sum
             n_seen += n
+            if bar is not None:
+                bar.update()
         synchronize(self.device)
         seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
         steps = min(len(batches), self.steps_per_epoch)
 
         # accounting (host side, once per epoch)
@@ -555,12 +574,16 @@ class Trainer:
         atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     def _progress_line(self, m: dict[str, Any]) -> str:
+        """One epoch's line: its metrics, the training time so far (``train_time``: the timed
+        steps of every epoch, not evaluation) and the estimated wall-clock time left."""
         ts = m["time_saved_frac"]
         test = f"  test_acc {m['test_accuracy']:.4f}" if m.get("test_accuracy") is not None else ""
+        left = self.job.status().left_s if getattr(self, "job", None) is not None else None
         return (f"epoch {m['epoch']:>3}/{self.cfg.epochs}  frozen {m['frozen_units']}  "
                 f"train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  val_acc {m['val_accuracy']:.4f}"
                 f"{test}  params_frozen {m['params_frozen_frac']:.3f}  compute_saved {m['compute_saved_frac']:.3f}  "
-                f"time_saved {'n/a' if ts is None else f'{ts:.3f}'}  lr {m['lr']:.4g}  {m['train_time_s']:.1f}s")
+                f"time_saved {'n/a' if ts is None else f'{ts:.3f}'}  lr {m['lr']:.4g}  "
+                f"train_time {m['train_time_s']:.1f}s" + (f"  left ~{format_seconds(left)}" if left else ""))
 
     @staticmethod
     def _log(line: str) -> None:

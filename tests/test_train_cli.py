@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -139,6 +140,13 @@ def test_cli_writes_epochs_summary_checkpoint(cli_run):
     ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 3 and set(ck["model"]) == set(build_model("digits_cnn", in_channels=1).state_dict())
     assert "Traceback" not in proc.stderr
+    # one line per epoch: its cumulative training time labelled, then the estimated time left (not after the last)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3, proc.stdout
+    for row, line in zip(rows, lines):
+        last = row["epoch"] == "3"
+        m = re.search(r"  train_time (\d+\.\d)s(  left ~(\d+s|\d+m\d\ds))?$", line)
+        assert m and m.group(1) == f"{float(row['train_time_s']):.1f}" and (m.group(2) is None) == last, line
 
 
 @pytest.fixture(scope="module")
