@@ -31,11 +31,12 @@ from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.experiment import POLICIES_DIR
 from search_spaces.space import list_presets
 from tuning import SearchOptions, SearchResult, resume_search, run_search
+from tuning.loggers import LOGGERS
 from tuning.search import SAMPLERS, SCHEDULERS
 from tuning.storage import is_local, local_path
 
 RESUME_FLAGS = ("--resume", "--address", "--connect-timeout", "--cpus-per-trial", "--gpus-per-trial",
-                "--no-analysis")
+                "--progress-interval", "--no-analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder (default ~/.cache/layerout-tune/data)")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--no-analysis", action="store_true", help="skip the Pareto analysis at the end")
+    p.add_argument("--logger", action="append", choices=LOGGERS, metavar="|".join(LOGGERS),
+                   help="Ray Tune's loggers, repeatable: csv (progress.csv), tensorboard (event files), mlflow, wandb "
+                        "(their packages: pip install 'layerout-tune[mlflow]' / '[wandb]'); replaces the default "
+                        "csv and tensorboard (default: the space's loggers:); result.json is always written")
+    p.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="seconds between status updates: a progress bar on a terminal, a status line in a log "
+                        "(default 5 on a terminal, 60 otherwise; 0: none)")
     return p
 
 
@@ -80,7 +88,8 @@ def _options(args: argparse.Namespace) -> SearchOptions:
                          address=args.address, connect_timeout=args.connect_timeout, storage=args.storage,
                          name=args.name,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                         max_failures=args.max_failures, data_dir=args.data_dir, download=not args.no_download)
+                         max_failures=args.max_failures, data_dir=args.data_dir, download=not args.no_download,
+                         progress_interval=args.progress_interval, loggers=args.logger)
 
 
 def report(result: SearchResult, no_analysis: bool) -> int:
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         result = resume_search(args.resume, address=args.address,
                                cpus_per_trial=args.cpus_per_trial if "--cpus-per-trial" in given else None,
                                gpus_per_trial=args.gpus_per_trial if "--gpus-per-trial" in given else None,
-                               connect_timeout=args.connect_timeout)
+                               connect_timeout=args.connect_timeout, progress_interval=args.progress_interval)
     else:
         options = _options(args)
         options.check()  # before loading the space: a bad flag is reported first

@@ -42,6 +42,7 @@ This module never imports Ray. Format (every key optional except ``model`` and `
     num_samples: 24
     max_concurrent: 2
     seed: 0
+    loggers: [csv, tensorboard]  # Ray Tune's loggers (csv | tensorboard | mlflow | wandb); --logger overrides
 
 A range is ``[low, high]``; a single value fixes the parameter. A choice is a list, or a single
 value. Errors name the file and the field: ``x.yaml: families.layerout.warmup_epochs: must be
@@ -78,9 +79,11 @@ MAX_SPACE_VALUES = 100_000
 # moasha: Pareto-aware successive halving, the default with two or more objectives; asha: on the first
 # (accuracy) alone, the default with one; none: every trial trains its whole budget
 SCHEDULERS = ("moasha", "asha", "none")
+# Ray Tune's logger callbacks a search may use besides result.json (tuning.loggers)
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "families", "objectives",
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",
-            "max_concurrent", "seed")
+            "max_concurrent", "seed", "loggers")
 # TrainConfig fields a space's `train:` block may set: the recipe, not where it runs from (the
 # command line's --data-dir/--no-download) nor the model, dataset, units and seed (top-level keys).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
@@ -117,6 +120,7 @@ class SearchSpace:
     num_samples: int = 24
     max_concurrent: int = 0  # 0: as many as resources allow
     seed: int = 0
+    loggers: list[str] | None = None  # None: the default set (tuning.loggers)
     # the document it was validated from (the parsed YAML), kept so that experiment.json can
     # rebuild the space (``space_from_dict``); None for a space built in code
     document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -319,11 +323,12 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
                               ep_what)
     num_samples = check.int_("num_samples", data.get("num_samples", 24), 1)
     max_conc = check.int_("max_concurrent", data.get("max_concurrent", 0), 0)
+    loggers = check.choices("loggers", data["loggers"], LOGGERS) if data.get("loggers") is not None else None
     return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
                        description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,
                        code_paths=code, notes=checked.notes, objectives=objectives, early_stopping=early,
                        paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
-                       max_concurrent=max_conc, seed=seed, document=_jsonable(data))
+                       max_concurrent=max_conc, seed=seed, loggers=loggers, document=_jsonable(data))
 
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:

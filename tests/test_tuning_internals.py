@@ -92,6 +92,16 @@ def _reports_x(config):
     tune.report({"epoch": 1, "score": config["x"]})
 
 
+class _Ends(tune.Callback):
+    """Counts the experiments it saw end (the driver runs it)."""
+
+    def __init__(self):
+        self.ends = 0
+
+    def on_experiment_end(self, trials, **info):
+        self.ends += 1
+
+
 def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
     import optuna
     from ray.tune.schedulers import FIFOScheduler
@@ -105,12 +115,20 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
     try:
         tuner = tune.Tuner(_reports_x, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                                    num_samples=2, max_concurrent_trials=1),
-                           run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0))
+                           run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                                     callbacks=[ends := _Ends()]))
         # the objects passed in, also once Ray has wrapped the searcher in its ConcurrencyLimiter
+        assert internals.tuner_callbacks(tuner)[0] is ends
         tuner.fit()
         assert internals.tuner_searcher(tuner) is searcher and internals.tuner_scheduler(tuner) is scheduler
+        assert ends.ends == 1
         restored = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_reports_x)
+        # the callbacks unpickled from tuner.pkl; one added to the list runs too
+        kept = [cb for cb in internals.tuner_callbacks(restored) if isinstance(cb, _Ends)]
+        assert len(kept) == 1 and kept[0] is not ends
+        internals.tuner_callbacks(restored).append(added := _Ends())
         restored.fit()
+        assert kept[0].ends == 1 and added.ends == 1
         again = internals.tuner_searcher(restored)
         # after a restore: the unpickled copies, the searcher with the saved study
         assert again is not searcher and isinstance(again, OptunaSearch)

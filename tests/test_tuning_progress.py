@@ -36,7 +36,7 @@ def console(monkeypatch, capsys, tmp_path):
 
 
 def test_trials_lost_on_a_dead_node_are_one_line(console):
-    p = TrialProgress(num_samples=4, epochs=10)
+    p = TrialProgress(num_samples=4, epochs=10, interval=0)
     t1, t2, t3 = (_trial(i, NODE_A, tmp=console.tmp) for i in ("t1", "t2", "t3"))
     t4 = _trial("t4", NODE_B, tmp=console.tmp)
     trials = [t1, t2, t3, t4]
@@ -60,7 +60,7 @@ def test_trials_lost_on_a_dead_node_are_one_line(console):
 
 
 def test_a_lost_worker_on_a_live_node_and_a_failure_of_the_trial(console):
-    p = TrialProgress(num_samples=2, epochs=10)
+    p = TrialProgress(num_samples=2, epochs=10, interval=0)
     t1, t2 = _trial("t1", NODE_B, tmp=console.tmp), _trial("t2", NODE_A, tmp=console.tmp)
     p.on_step_end(0, [t1, t2])
     console.errors["t1"] = ActorDiedError()
@@ -75,3 +75,60 @@ def test_a_lost_worker_on_a_live_node_and_a_failure_of_the_trial(console):
         "attempt 2",
         f"node 10.0.0.6 (bbbbbbbb) lost a worker process: trial t1 ran there; it restarts from its last checkpoint "
         f"(details in {log})"]
+
+
+def test_status_of_a_search_from_trial_events(console):
+    """Ray Tune's trial events as the driver gets them: the status line's counts at the interval,
+    the repeats the searcher counts, trials stopped early and failed, and its last line."""
+    p = TrialProgress(num_samples=4, epochs=5, scheduler="moasha", interval=10)
+    repeats = [0]
+    p.configure(repeats=lambda: repeats[0])
+    a, b, c = (_trial(i, NODE_A, status="PENDING", epoch=0, tmp=console.tmp) for i in ("a", "b", "c"))
+    a.last_result = b.last_result = c.last_result = {}
+    trials = [a, b]
+    p.on_step_end(0, trials)
+    for t in (a, b):
+        t.status = "RUNNING"
+        p.on_trial_start(1, trials, t)
+    console.clock[0] += 9
+    p.on_step_end(2, trials)
+    assert console.lines() == []  # not yet 10 s
+    console.clock[0] += 1
+    p.on_step_end(3, trials)
+    assert console.lines() == ["[search] 0/4 trials finished, 2 running, 2 queued; epochs 0/20 planned; 10s elapsed, "
+                               "time left known after the first epoch"]
+    for t, epoch in ((a, 1), (b, 1), (a, 2)):
+        t.last_result = {"epoch": epoch, "val_accuracy": 0.5}
+        p.on_trial_result(4, trials, t, t.last_result)
+    b.status = "TERMINATED"  # stopped by the scheduler after one epoch
+    p.on_trial_complete(5, trials, b)
+    repeats[0] = 2
+    trials.append(c)
+    c.status = "RUNNING"
+    p.on_trial_start(6, trials, c)
+    c.status, c.last_result = "ERROR", {"epoch": 0}
+    p.on_trial_error(7, trials, c)
+    console.clock[0] += 10
+    p.on_step_end(8, trials)
+    lines = console.lines()
+    assert lines[0].startswith("[1/4] trial b  prefix") and "1/5 epochs (moasha stopped it)" in lines[0]
+    assert lines[1].startswith("[2/4] trial c  prefix") and "FAILED after 0/5 epochs" in lines[1]
+    # planned: a 5, b 1, c 0, the queued trial 5; 3 epochs in the 20 s since the first start: 8 more in 53 s
+    assert lines[2:] == ["[search] 2/4 trials finished (1 stopped early, 1 failed), 1 running, 1 queued, 2 repeated "
+                         "proposals not trained; epochs 3/11 planned; 20s elapsed, about 53s left"]
+    p.on_experiment_end(trials)
+    assert console.lines() == []  # its last status is the line just written
+
+
+def test_a_resumed_search_counts_the_trials_it_finds(console):
+    import pickle
+
+    p = TrialProgress(num_samples=3, epochs=4, interval=5)
+    p = pickle.loads(pickle.dumps(p))  # as --resume unpickles it from tuner.pkl
+    done = _trial("a", NODE_A, status="TERMINATED", epoch=4, tmp=console.tmp)
+    paused = _trial("b", NODE_A, status="PENDING", epoch=2, tmp=console.tmp)
+    p.on_step_end(0, [done, paused])
+    console.clock[0] += 5
+    p.on_step_end(1, [done, paused])
+    assert console.lines() == ["[search] 1/3 trials finished, 0 running, 2 queued; epochs 6/12 planned; 5s elapsed, "
+                               "time left known after the first epoch"]

@@ -11,10 +11,12 @@ records the version it was written for (``CHECKED_WITH``):
   checkpoint manager, stored hex-encoded);
 - ``uncount_asha_stop``, ``asha_settings``: ASHA's count of stopped trials (corrected when we
   overrule its decision), its time attribute and budget;
-- ``tuner_searcher``, ``tuner_scheduler``: the searcher and scheduler a ``Tuner`` ran with. For a
-  new Tuner they are the objects passed in; after ``Tuner.restore`` they are the ones unpickled
-  from ``tuner.pkl`` (the searcher then restored from ``searcher-state-*.pkl``, the scheduler's
-  state by ``tuning.schedulers.SchedulerState``), which only the Tuner holds.
+- ``tuner_searcher``, ``tuner_scheduler``, ``tuner_callbacks``: the searcher, scheduler and
+  callbacks a ``Tuner`` runs with. For a new Tuner they are the objects passed in; after
+  ``Tuner.restore`` they are the ones unpickled from ``tuner.pkl`` (the searcher then restored
+  from ``searcher-state-*.pkl``, the scheduler's state by ``tuning.schedulers.SchedulerState``),
+  which only the Tuner holds; the callbacks list is the one ``fit()`` runs with (so callbacks
+  added to it run too).
 - ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
   continue from, and the files in the experiment folder it unpickles when it does;
 - ``last_trial_error``: in the driver, the exception of a trial's latest failed attempt (Ray
@@ -130,6 +132,14 @@ def tuner_searcher(tuner: Any) -> Any:
 def tuner_scheduler(tuner: Any) -> Any:
     """The trial scheduler a Tuner runs with."""
     return _tune_config(tuner).scheduler
+
+
+def tuner_callbacks(tuner: Any) -> list:
+    """The list of callbacks a Tuner's ``fit()`` runs with (made empty if it had none)."""
+    run_config = tuner._local_tuner.get_run_config()
+    if run_config.callbacks is None:
+        run_config.callbacks = []
+    return run_config.callbacks
 
 
 def trial_folder() -> Path:

@@ -1,7 +1,9 @@
 """The driver's console output during a search: one line per trial that ends (finished, stopped
 early or failed), one per proposed configuration that repeats a trial (not trained again), one line
-when a node (or a trial's worker process) is lost, and a status line when nothing ended for a
-while, instead of Ray's tables and tracebacks.
+when a node (or a trial's worker process) is lost, and the search's status every few seconds: a
+progress bar on a terminal, a status line in a log file (``--progress-interval``), instead of
+Ray's tables and tracebacks. The counting and the estimate of the time left are Ray-free
+(``layerout.progress.JobProgress``); ``TrialProgress`` feeds them Ray Tune's trial events.
 
 ``ray_log_to(path)`` sends Ray's own warnings and errors of the search (tracebacks of failed trial
 tasks included) to a log file in the experiment directory while it runs; the console keeps one
@@ -13,10 +15,9 @@ import contextlib
 import logging
 import math
 import re
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 from ray.exceptions import (LocalRayletDiedError, NodeDiedError, OwnerDiedError, RayActorError, RayTaskError,
@@ -25,6 +26,7 @@ from ray.tune import Callback
 
 from layerout.checks import cut
 from layerout.experiment import USER_ERROR
+from layerout.progress import JobProgress, StatusDisplay, say
 from tuning import internals
 
 RAY_LOG = "ray.log"  # in the experiment directory: Ray's warnings and errors during the search
@@ -64,27 +66,54 @@ def exhausted_line(streak: int, distinct: int) -> str:
 
 class TrialProgress(Callback):
     """One console line per trial that ends; one per node whose trials lost their workers (with
-    their ids); a status line after ``quiet_s`` without one. ``scheduler``: the early-stopping
-    scheduler's name, for trials it stopped."""
+    their ids); the search's status every ``interval`` seconds (None: a few on a terminal, a
+    minute in a log file; 0: never), from ``layerout.progress``. ``scheduler``: the early-stopping
+    scheduler's name, for trials it stopped. ``repeats``: what tells the number of proposals not
+    trained (the searcher's count; set by ``configure``, not pickled)."""
 
-    def __init__(self, num_samples: int, epochs: int, quiet_s: float = 120.0, scheduler: str = "the scheduler"):
+    def __init__(self, num_samples: int, epochs: int, scheduler: str = "the scheduler",
+                 interval: float | None = None) -> None:
         self.num_samples = int(num_samples)
         self.epochs = int(epochs)
         self.scheduler = scheduler
-        self.quiet_s = float(quiet_s)
-        self._last_print = time.time()
+        self.interval = interval
         self._printed: set[str] = set()
         self._lost: list[tuple[float, str, Any]] = []  # (time, node id, trial) waiting to be reported
+        self._repeats: Callable[[], int] | None = None
+        self._shown: StatusDisplay | None = None
 
-    def __setstate__(self, state: dict) -> None:  # restored by --resume: a new clock
+    def __getstate__(self) -> dict:  # pickled with the Tuner: the console's state stays here
+        state = dict(self.__dict__)
+        for key in ("_shown", "_repeats"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:  # restored by --resume: a new clock and console
         self.__dict__.update(state)
         self.__dict__.setdefault("scheduler", "the scheduler")
-        self._last_print = time.time()
+        self.__dict__.setdefault("interval", None)
+        self.__dict__.pop("quiet_s", None)
+        self.__dict__.pop("_last_print", None)
         self._lost = []
+        self._repeats = None
+        self._shown = None
+
+    def configure(self, interval: float | None = None, repeats: Callable[[], int] | None = None) -> None:
+        """Set the status interval (None keeps it) and what counts the repeated proposals."""
+        if interval is not None:
+            self.interval = interval
+        self._repeats = repeats
+
+    @property
+    def display(self) -> StatusDisplay:
+        """The job's counts and the console they are shown on (made on first use)."""
+        if self._shown is None:
+            job = JobProgress(self.num_samples, self.epochs, clock=lambda: time.time(), noun="trials")
+            self._shown = StatusDisplay(job, self.interval, label="search")
+        return self._shown
 
     def _print(self, line: str) -> None:
-        print(line, file=sys.stdout, flush=True)
-        self._last_print = time.time()
+        self.display.write(line)
 
     def _ended(self, trials: list, trial: Any, error: bool) -> None:
         if trial.trial_id in self._printed:
@@ -164,31 +193,72 @@ class TrialProgress(Callback):
             self._print(_node_line(node, nodes.get(node, {}), "died" if died else "lost a worker process",
                                    [t for _, t in lost]))
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._known(trials)
+        self.display.job.started(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.display.job.trained(trial.trial_id, _epoch(result))
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._failure(trial, recovers=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        failed = bool((trial.last_result or {}).get(USER_ERROR))  # a mistake in the user's code: not retried
+        self.display.job.ended(trial.trial_id, _epoch(trial.last_result), failed=failed)
         self._ended(trials, trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.display.job.ended(trial.trial_id, _epoch(trial.last_result), failed=True)
         self._failure(trial, recovers=False)
         self._ended(trials, trial, error=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._watch_nodes(trials, force=True)
+        self.close()
+
+    def close(self) -> None:
+        """The search ended (or was interrupted): the last status."""
+        if self._shown is not None:
+            self._count_repeats()
+            self._shown.close()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._watch_nodes(trials)
-        if time.time() - self._last_print < self.quiet_s:
-            return
-        running = [t for t in trials if t.status == "RUNNING"]
-        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        if not running:
-            self._last_print = time.time()
-            return
-        epochs = sorted(int((t.last_result or {}).get("epoch") or 0) for t in running)
-        self._print(f"... {done}/{self.num_samples} trials finished, {len(running)} running "
-                    f"(epochs done: {', '.join(map(str, epochs[:8]))}{' ...' if len(epochs) > 8 else ''})")
+        self._known(trials)
+        self._count_repeats()
+        self.display.tick()
+
+    def _known(self, trials: list) -> None:
+        """Trials the counts have not heard of: those a resumed search restored (what they trained
+        before is done, but not in the rate of this run)."""
+        job = self.display.job
+        for t in trials:
+            if t.trial_id in job:
+                continue
+            epochs = _epoch(t.last_result)
+            if t.status in ("TERMINATED", "ERROR"):
+                job.restored(t.trial_id, epochs, ended=True, failed=t.status == "ERROR")
+            elif epochs or t.status == "RUNNING":
+                job.restored(t.trial_id, epochs, ended=False)
+                if t.status == "RUNNING":
+                    job.started(t.trial_id)
+
+    def _count_repeats(self) -> None:
+        if self._repeats is not None:
+            job = self.display.job
+            try:
+                job.repeated(int(self._repeats()) - job.repeats)
+            except Exception:  # noqa: BLE001 - only a number on the status line
+                pass
+
+
+def _epoch(result: dict | None) -> int:
+    """The epochs a trial's result says it trained (0 for a user error or none)."""
+    try:
+        return int((result or {}).get("epoch") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _node_line(node: str, info: dict, state: str, lost: list) -> str:
@@ -256,7 +326,7 @@ def ray_log_to(path: Path | None) -> Iterator[None]:
             DEAD_NODES.add(dead.group(1))
         else:
             first = message.strip().splitlines()[0] if message.strip() else ""
-            print(f"ray: {cut(first, 160)} (details in {path})", file=sys.stdout, flush=True)
+            say(f"ray: {cut(first, 160)} (details in {path})")
 
     ray_logger.addHandler(handler)
     gcs_logger.addHandler(handler)

@@ -42,9 +42,10 @@ from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, VERSION,
                                  TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines, rungs_csv,
                                  tables_csv)
+from layerout.progress import slow_notice
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
 from search_spaces.trials import define_by_run, paper_enqueue
-from tuning import internals, storage
+from tuning import internals, loggers, storage
 from tuning.progress import RAY_LOG, TrialProgress, ray_log_to
 from tuning.repair import repair_checkpoint_refs
 from tuning.schedulers import MOASHA, PaperASHA, SchedulerState
@@ -88,6 +89,11 @@ class SearchOptions:
     # listener that does not answer as a Ray head ends the process with exit status 2 after this
     # long (ray.init cannot be interrupted once it waits inside Ray's client)
     connect_timeout: float = 30.0
+    # seconds between status updates (a progress bar on a terminal, a status line otherwise); None: 5
+    # on a terminal, 60 when stdout is a file or a pipe; 0: none. How the console looks, not what runs
+    progress_interval: float | None = None
+    # Ray Tune's loggers besides result.json (tuning.loggers): None = the space's, else csv and tensorboard
+    loggers: list[str] | None = None
 
     def check(self) -> None:
         """One UserError naming the option for the first bad value."""
@@ -110,6 +116,14 @@ class SearchOptions:
             raise UserError(f"--connect-timeout: must be a number of seconds > 0, got {short(self.connect_timeout)}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
+        if self.progress_interval is not None and not (
+                isinstance(self.progress_interval, (int, float)) and not isinstance(self.progress_interval, bool)
+                and math.isfinite(self.progress_interval) and self.progress_interval >= 0):
+            raise UserError(f"--progress-interval: must be a number of seconds >= 0 (0: no status), "
+                            f"got {short(self.progress_interval)}")
+        if self.loggers is not None and (isinstance(self.loggers, str) or not isinstance(self.loggers, (list, tuple))):
+            raise UserError(f"--logger: must be a list of {', '.join(loggers.LOGGERS)}, got {short(self.loggers)}")
+        loggers.check_loggers(self.loggers)
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
         if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
@@ -151,21 +165,26 @@ class SearchResult:
 
 # ------------------------------------------------------------------------------ start and resume
 def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = None, log: Log = _print, *,
-               model: Any = None, dataset: Any = None) -> SearchResult:
+               model: Any = None, dataset: Any = None, callbacks: list[Any] | None = None) -> SearchResult:
     """Run a new search of ``space``: a SearchSpace, a YAML path, a preset name, or a dict in the
     YAML's format. ``model`` / ``dataset`` replace the space's: an import path, or a Python object
     (an ``nn.Module`` class or a function returning a model; a function returning the data, see
     ``layerout.data.UserData``). An object importable by name is recorded by its import path;
     one that is not (defined in a notebook, a lambda) is sent to the trials by value
-    (``tuning.usercode``), and ``resume_search`` needs it again."""
+    (``tuning.usercode``), and ``resume_search`` needs it again. ``callbacks``: your own
+    ``ray.tune.Callback`` objects, run next to the tool's (pickled with the search, so
+    ``resume_search`` restores them)."""
     options = options or SearchOptions()
     options.check()
+    callbacks = _user_callbacks(callbacks)
     objects: dict[str, str] = {}  # role -> name of an object sent by value
     if model is not None or dataset is not None or isinstance(space, dict):
         space, objects = _space_with(space, model, dataset)
     space = load_space(space) if isinstance(space, str) else space
     if options.seed is not None:
         space = replace(space, seed=options.seed)
+    if options.loggers is None:  # the space's loggers: their packages checked before anything starts
+        loggers.check_loggers(space.loggers, f"{space.source}: loggers:")
     root = storage.storage_root(options.storage)
     name = options.name or f"{space.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = f"{root}/{name}"
@@ -185,7 +204,7 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
         try:
             _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
             storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
-            return _run_new(space, resolved, exp_dir, meta, ot_storage, code, log)
+            return _run_new(space, resolved, exp_dir, meta, ot_storage, code, log, callbacks)
         finally:
             ray.shutdown()
 
@@ -203,11 +222,12 @@ def _resolve(space: SearchSpace, options: SearchOptions, root: str, name: str) -
     if not options.address:
         _check_dataset(space, data_dir, options.download)
     return replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
-                   seed=space.seed, storage=root, name=name, data_dir=data_dir)
+                   seed=space.seed, storage=root, name=name, data_dir=data_dir,
+                   loggers=loggers.resolved(options.loggers or space.loggers))
 
 
 def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dict[str, Any], ot_storage: Any,
-             code: dict[str, Any], log: Log) -> SearchResult:
+             code: dict[str, Any], log: Log, user_callbacks: list[Any] | None = None) -> SearchResult:
     """Build the searcher, scheduler and Tuner of a new search and run it (Ray is up,
     experiment.json written)."""
     root, name = exp_dir.rsplit("/", 1)
@@ -215,9 +235,14 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
     scheduler = options.scheduler or space.early_stopping.scheduler
     searcher = _searcher(space, name, options.sampler, num_samples, ot_storage, exp_dir, log)
     sched = _scheduler(space, scheduler)
-    callbacks: list[Any] = [TrialProgress(num_samples, space.epochs, scheduler=scheduler)]
+    progress = TrialProgress(num_samples, space.epochs, scheduler=scheduler, interval=options.progress_interval)
+    progress.configure(repeats=lambda: searcher.repeats)
+    callbacks: list[Any] = [progress]
     if isinstance(sched, MOASHA):
         callbacks.append(SchedulerState(sched))  # its rungs survive --resume
+    if options.loggers is not None:  # result.json and the chosen loggers; Ray adds none of its own (_fit)
+        callbacks += loggers.logger_callbacks(options.loggers, name)
+    callbacks += user_callbacks or []
     tuner = tune.Tuner(
         _trainable(options, code, options.address),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
@@ -233,9 +258,10 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
         f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
         f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
         + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
+        + (f"\n  loggers: result.json, {', '.join(options.loggers)}" if options.loggers else "")
         + _code_lines(space, code, options.address))
     t0 = time.time()
-    results = _fit(tuner, exp_dir)
+    results = _fit(tuner, exp_dir, options.loggers is not None)
     return _finish(exp_dir, meta, results, time.time() - t0, tuner)
 
 
@@ -249,10 +275,13 @@ def read_experiment(exp_dir: str) -> dict[str, Any]:
 
 def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: float | None = None,
                   gpus_per_trial: float | None = None, log: Log = _print,
-                  connect_timeout: float | None = None, *, model: Any = None, dataset: Any = None) -> SearchResult:
-    """Continue an interrupted search with its stored settings; only where it runs may change.
-    A search given a model or data function by value (``run_search(..., model=obj)``) needs the
-    same objects again here.
+                  connect_timeout: float | None = None, *, model: Any = None, dataset: Any = None,
+                  progress_interval: float | None = None, callbacks: list[Any] | None = None) -> SearchResult:
+    """Continue an interrupted search with its stored settings; only where it runs (and how often
+    its status is shown, ``progress_interval``) may change. A search given a model or data
+    function by value (``run_search(..., model=obj)``) needs the same objects again here. The
+    callbacks the search started with come back with it (Ray Tune pickled them); ``callbacks``
+    adds more.
 
     When Ray Tune saved no state before the driver stopped (it was killed between writing
     experiment.json and Ray's first save), the search starts afresh in the same directory from
@@ -267,8 +296,10 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
     options = replace(options, address=address,
                       cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
                       gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial,
-                      connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout)
+                      connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout,
+                      progress_interval=progress_interval)
     options.check()
+    callbacks = _user_callbacks(callbacks)
     code = meta.get("code") or {}
     for role, obj in (("model", model), ("dataset", dataset)):
         name = (code.get("objects") or {}).get(role)
@@ -295,7 +326,8 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                 options = replace(_resolve(space, options, root, name), address=address)
                 meta.setdefault("restarted", []).append(_now())
                 storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
-                return _run_new(space, options, exp_dir, meta, _optuna_storage(options.optuna_storage), code, log)
+                return _run_new(space, options, exp_dir, meta, _optuna_storage(options.optuna_storage), code, log,
+                                callbacks)
             log(f"resuming experiment: {exp_dir}")
             for line in repair_checkpoint_refs(exp_dir):
                 log(f"  {line}")
@@ -306,8 +338,14 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                 msg = cut(" ".join(str(exc).split()), 120)
                 raise UserError(f"{exp_dir}/{internals.TUNER_PKL}: cannot restore the search from it "
                                 f"({exc.__class__.__name__}: {msg}); Ray Tune's saved state is damaged") from None
+            restored = internals.tuner_callbacks(tuner)
+            searcher = internals.tuner_searcher(tuner)
+            for cb in restored:
+                if isinstance(cb, TrialProgress):
+                    cb.configure(interval=progress_interval, repeats=lambda: int(getattr(searcher, "repeats", 0)))
+            restored += callbacks
             t0 = time.time()
-            results = _fit(tuner, exp_dir)
+            results = _fit(tuner, exp_dir, saved.get("loggers") is not None)
             meta.setdefault("resumed", []).append(_now())
             return _finish(exp_dir, meta, results, time.time() - t0, tuner)
         finally:
@@ -472,6 +510,17 @@ def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, addre
     return tune.with_resources(tune.with_parameters(train_trial, opts=opts, objects=objects), res)
 
 
+def _user_callbacks(callbacks: Any) -> list[Any]:
+    """``callbacks=``: a list of ``ray.tune.Callback`` objects (one UserError otherwise)."""
+    if callbacks is None:
+        return []
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else None
+    if items is None or not all(isinstance(cb, tune.Callback) for cb in items):
+        bad = callbacks if items is None else next(cb for cb in items if not isinstance(cb, tune.Callback))
+        raise UserError(f"callbacks: must be a list of ray.tune.Callback objects, got {short(bad)}")
+    return items
+
+
 def _space_with(space: Any, model: Any, dataset: Any) -> tuple[SearchSpace, dict[str, str]]:
     """The space with ``model`` / ``dataset`` put in (objects registered: role -> name of those
     sent by value)."""
@@ -515,8 +564,10 @@ def _check_dataset(space: SearchSpace, data_dir: str | None, download: bool) -> 
     trial at the same time); a missing dataset offline is a UserError naming the files."""
     if space.dataset not in FILE_DATASETS:
         return
-    load_data(space.dataset, device="cpu", val_frac=space.train["val_frac"], seed=space.seed,
-              data_dir=data_dir, download=download)
+    with slow_notice(f"loading dataset {space.dataset} once in the driver" + (", downloading it if needed" if download
+                                                                               else "")):
+        load_data(space.dataset, device="cpu", val_frac=space.train["val_frac"], seed=space.seed,
+                  data_dir=data_dir, download=download)
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -673,15 +724,22 @@ class _TuneMessages(logging.Filter):
         return "has been interrupted" not in msg and "Tuner.restore(" not in msg
 
 
-def _fit(tuner: tune.Tuner, exp_dir: str) -> tune.ResultGrid:
+def _fit(tuner: tune.Tuner, exp_dir: str, own_loggers: bool = True) -> tune.ResultGrid:
     """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray Tune stops the running trials and
     saves the search state, the tables and analysis of what finished are written, and
     ``--resume`` continues from there. Ray's warnings and errors go to the experiment's ray.log
-    (local storage), the console gets one line per event (``tuning.progress``)."""
+    (local storage), the console gets one line per event and the status (``tuning.progress``).
+    ``own_loggers``: the Tuner's callbacks hold the search's logger set (``tuning.loggers``), so
+    Ray Tune adds none of its own (an experiment from before ``loggers`` existed gets Ray's)."""
     logging.getLogger("ray.tune.tune").addFilter(_TuneMessages())
     log = storage.local_path(f"{exp_dir}/{RAY_LOG}") if storage.is_local(exp_dir) else None
-    with ray_log_to(log):
-        return _fit_signals(tuner)
+    try:
+        with ray_log_to(log), loggers.ray_defaults_off(own_loggers):
+            return _fit_signals(tuner)
+    finally:
+        for cb in internals.tuner_callbacks(tuner):  # interrupted: the bar ends before the summary
+            if isinstance(cb, TrialProgress):
+                cb.close()
 
 
 def _fit_signals(tuner: tune.Tuner) -> tune.ResultGrid:

@@ -41,6 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from layerout.experiment import USER_ERROR
 from layerout.schedules import schedule_from_dict
+from layerout.progress import say
 from tuning.progress import exhausted_line, repeat_line
 
 RANDOM_AFTER = 3
@@ -147,7 +148,7 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def _say(self, line: str) -> None:
         if not self._quiet:
-            print(line, flush=True)
+            say(line)  # above the search's progress bar on a terminal
 
     # ------------------------------------------------------------------ results
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
