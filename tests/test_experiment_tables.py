@@ -91,3 +91,23 @@ def test_repair_gives_a_resumed_trial_the_checkpoint_its_saved_state_names(tmp_p
     # intact, but Ray may not have recorded every epoch its checkpoint holds: the note says which it did
     assert json.loads((tmp_path / "trial_c" / "checkpoint_000001" / RAY_SEEN_MARKER).read_text()) == {"epoch": 2}
     assert repair_checkpoint_refs(str(tmp_path)) == []  # idempotent
+
+
+def test_repair_clears_the_scratch_of_a_trial_the_saved_state_does_not_know(tmp_path):
+    """A trial that started after Ray's last state save (the driver was killed within seconds of it):
+    the resumed search runs a new trial in its place, so nothing else would clear its scratch."""
+    from tuning.repair import SCRATCH, repair_checkpoint_refs
+
+    state = {"trial_data": [[json.dumps({"trial_id": "a", "status": "RUNNING"}),
+                             json.dumps({"last_result": {"epoch": 1}})]]}
+    (tmp_path / "experiment_state-2026-01-01_00-00-10.json").write_text(json.dumps(state))
+    for tid in ("a", "orphan"):
+        (tmp_path / f"trial_{tid}" / SCRATCH).mkdir(parents=True)
+        (tmp_path / f"trial_{tid}" / SCRATCH / "checkpoint.pt").write_text(tid)
+    (tmp_path / "trial_orphan" / "checkpoint_000000").mkdir()
+    lines = repair_checkpoint_refs(str(tmp_path))
+    assert lines == ["trial_orphan: started after Ray's last saved state, so the resumed search does not know it; "
+                     "its scratch folder is removed"]
+    assert sorted(p.name for p in (tmp_path / "trial_orphan").iterdir()) == ["checkpoint_000000"]
+    assert (tmp_path / "trial_a" / SCRATCH / "checkpoint.pt").is_file()  # known: its next attempt clears it
+    assert repair_checkpoint_refs(str(tmp_path)) == []

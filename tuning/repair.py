@@ -13,6 +13,10 @@ Two things can be lost when the driver is killed (Ray saves its experiment state
 So every unfinished trial's checkpoint gets a note of the last epoch Ray's state recorded
 (``RAY_SEEN_MARKER``); the trainable reports the epochs after it again (from the checkpoint's
 history) before it trains on, or, when it had finished all its epochs, instead of training.
+
+A trial that started after the last saved state is unknown to the restored search (Ray proposes a
+new trial in its place): the scratch folder its killed attempt left in its folder is removed,
+since no later attempt of it will.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import shutil
 from layerout.files import atomic_write
 from tuning import internals, storage
 
+SCRATCH = "scratch"  # tuning.trainable's scratch folder in a trial's folder
+
 RAY_SEEN_MARKER = "ray_seen_epoch.json"  # in a repaired checkpoint: the last epoch Ray's state recorded
 
 
@@ -32,7 +38,14 @@ def repair_checkpoint_refs(exp_dir: str) -> list[str]:
         return []
     base = storage.local_path(exp_dir)
     out: list[str] = []
-    for trial in internals.saved_trial_states(str(base)):
+    saved = internals.saved_trial_states(str(base))
+    known = {f"trial_{t.trial_id}" for t in saved}
+    for scratch in sorted(base.glob(f"trial_*/{SCRATCH}")):
+        if scratch.parent.name not in known and scratch.is_dir():
+            shutil.rmtree(scratch, ignore_errors=True)
+            out.append(f"{scratch.parent.name}: started after Ray's last saved state, so the resumed search does "
+                       f"not know it; its scratch folder is removed")
+    for trial in saved:
         names = trial.checkpoint_names
         tdir = base / f"trial_{trial.trial_id}"
         if trial.status == "TERMINATED" or not names or not tdir.is_dir():

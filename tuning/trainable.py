@@ -25,9 +25,8 @@ from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
 from tuning import internals
 from tuning.progress import NODE_ID
-from tuning.repair import RAY_SEEN_MARKER
+from tuning.repair import RAY_SEEN_MARKER, SCRATCH  # SCRATCH: the trainer's out_dir in the trial's folder
 
-SCRATCH = "scratch"  # in the trial's folder: the trainer's out_dir while the trial runs
 
 
 def _reportable(metrics: dict[str, Any]) -> dict[str, Any]:
