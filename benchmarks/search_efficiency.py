@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, ROOT, environment, finish_environment, median, table, write_json  # noqa: E402
+from _common import OUT_DIR, ROOT, environment, finish_environment, median, table, write_json  # noqa: E402
 
 SPACE = Path(__file__).resolve().parent / "spaces" / "search_efficiency.yaml"
 SCHEDULERS = ("moasha", "asha", "none")
@@ -166,18 +166,23 @@ def plot(runs: list[dict[str, Any]], samplers: list[str], schedulers: list[str],
     return path
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default=str(SPACE), help="search space YAML (default: the benchmark's)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--num-samples", type=int, default=32)
     ap.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS)
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=("tpe", "random", "nsga2"))
-    ap.add_argument("--json", default=str(RESULTS_DIR / "search-efficiency.json"))
-    ap.add_argument("--plot", default=str(RESULTS_DIR / "search-efficiency.png"))
+    # untracked by default; record a run with --json/--plot benchmarks/results/search-efficiency.{json,png}
+    ap.add_argument("--json", default=str(OUT_DIR / "search-efficiency.json"))
+    ap.add_argument("--plot", default=str(OUT_DIR / "search-efficiency.png"))
     ap.add_argument("--keep", help="keep the experiment directories here (default: a temporary folder)")
     ap.add_argument("--report", metavar="JSON", help="print the table and targets of a stored run again, run nothing")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.report:
         stored = json.loads(Path(args.report).read_text())
         st = stored["settings"]
