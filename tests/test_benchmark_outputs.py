@@ -4,6 +4,7 @@ in ``benchmarks/results/``. Their argument parsing only: nothing is measured her
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -45,3 +46,10 @@ def test_make_bench_writes_untracked_output():
 def test_search_efficiency_defaults_to_runs_benchmarks():
     args = _script("search_efficiency").parse_args([])
     assert Path(args.json).parent == OUT and Path(args.plot).parent == OUT
+
+
+def test_the_trainer_report_speaks_of_targets(capsys):
+    trainer = _script("trainer")
+    trainer.print_report(json.loads((ROOT / "benchmarks" / "results" / "trainer-cpu-quick.json").read_text()))
+    out = capsys.readouterr().out
+    assert "\nTargets:\n" in out and "issue" not in out.lower()

@@ -47,6 +47,9 @@ def test_automatic_units_of_torchvision_resnet18():
     owner = {n: [u.name for u in units if u.owns(n)] for n in params}
     assert all(len(o) == 1 for o in owner.values())  # every parameter in exactly one unit
     assert owner["bn1.weight"] == ["conv1"] and owner["layer3.1.bn2.bias"] == ["layer3.1"]
+    import layerout  # the names a user groups units with are public
+
+    assert layerout.Unit is Unit and layerout.units_of is units_of
 
 
 def test_automatic_units_keep_declared_and_simple_models():
