@@ -95,10 +95,12 @@ class TrialProgress(Callback):
         cfg = trial.config or {}
         res = trial.last_result or {}
         epoch = res.get("epoch")
-        what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else "")
+        what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else
+                                                  f" ({cfg['reference']})" if cfg.get("reference") else "")
+        budget = int((cfg.get("train") or {}).get("epochs") or self.epochs)  # fewer for a shorter-training trial
         head = f"[{done:>{width}}/{self.num_samples}] trial {trial.trial_id}  {what:<26}"
         if error:
-            self._print(f"{head} FAILED after {epoch or 0}/{self.epochs} epochs (see {trial.path}/error.txt)")
+            self._print(f"{head} FAILED after {epoch or 0}/{budget} epochs (see {trial.path}/error.txt)")
             return
         if res.get(USER_ERROR):  # ended on a mistake in the user's code or data (not retried)
             self._print(f"{head} FAILED: {res[USER_ERROR]}")
@@ -106,8 +108,8 @@ class TrialProgress(Callback):
         if epoch is None:
             self._print(f"{head} ended without reporting")
             return
-        stopped = int(epoch) < self.epochs
-        ran = f"{int(epoch)}/{self.epochs} epochs" + (f" ({self.scheduler} stopped it)" if stopped else "")
+        stopped = int(epoch) < budget
+        ran = f"{int(epoch)}/{budget} epochs" + (f" ({self.scheduler} stopped it)" if stopped else "")
         secs = res.get("time_total_s")
         self._print(f"{head} {ran:<32} val acc {_pct(res.get('val_accuracy'), 2)}  "
                     f"compute saved {_pct(res.get('compute_saved_frac'))}  "
