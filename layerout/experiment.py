@@ -9,6 +9,7 @@
 - ``epochs.csv``: one row per trial-epoch (``trial_id`` + every metric);
 - ``rungs.csv``: MOASHA's decisions, one row per result it ranked at a rung (``RUNGS_COLUMNS``);
 - ``pareto.csv``, ``pareto.png``, ``report.html``, ``policies/*.json``: the analysis.
+- ``confirm.csv`` and ``confirm/`` (Ray Tune's runs): ``python -m analysis.confirm``.
 
 Each trial's directory (``trial_<id>/``) holds Ray's ``result.json``: one JSON object per reported
 epoch. ``build_tables`` turns those into trials.csv and epochs.csv; the search writes them at its
@@ -39,6 +40,8 @@ EPOCHS_CSV = "epochs.csv"
 PARETO_CSV = "pareto.csv"
 RUNGS_CSV = "rungs.csv"
 POLICIES_DIR = "policies"
+CONFIRM_CSV = "confirm.csv"  # python -m analysis.confirm: the front re-trained on fresh seeds
+CONFIRM_DIR = "confirm"  # its Ray Tune experiment (one trial per policy and seed)
 RESULT_JSON = "result.json"  # Ray Tune's per-trial results: one JSON object per reported epoch
 USER_ERROR = "user_error"  # a result line with this key: the trial ended on a mistake in the user's code or data
 
