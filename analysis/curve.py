@@ -219,7 +219,10 @@ def verdict(candidates: pd.DataFrame, front: pd.DataFrame, curve: pd.DataFrame, 
     where = (f"{_who(b)} saved {_pct(b['compute_saved_frac'])} of the training compute at "
              f"{_pct(b['val_accuracy'], 2)} validation accuracy")
     against = "the unfrozen model trained for fewer epochs at the same compute"
-    if bool(b["beyond_curve"]):
+    if bool(b["beyond_curve"]) and len(curve) == 1:
+        against = (f"the unfrozen model trained for the whole budget ({curve.iloc[0]['name']}; no shorter run "
+                   "finished, so its accuracy stands for the curve)")
+    elif bool(b["beyond_curve"]):
         against += (f" (it saves more than the cheapest reference point, {curve.iloc[-1]['name']}: compared with "
                     "that point's accuracy, held flat)")
     if len(confirmed):
@@ -244,5 +247,6 @@ def verdict(candidates: pd.DataFrame, front: pd.DataFrame, curve: pd.DataFrame, 
         return (f"On a single seed, freezing beat training for fewer epochs: {where}, {100 * m:.2f} points above "
                 f"{against}; one seed is an anecdote ({res}): confirm it on fresh seeds with "
                 f"python -m analysis.confirm {exp_dir}.")
-    return (f"No freezing policy beat training for fewer epochs: the best on the front, {where}, was "
-            f"{100 * abs(m):.2f} points below {against} (a single seed; {res}).")
+    level = f"{100 * abs(m):.2f} points below" if abs(m) >= 5e-5 else "level with"
+    return (f"No freezing policy beat training for fewer epochs: the best on the front, {where}, was {level} "
+            f"{against} (a single seed; {res}).")

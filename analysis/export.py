@@ -319,24 +319,31 @@ def shorter_instead(fr: Front, row: pd.Series, budget: int | None) -> str:
     if c is None or c.empty:
         return "train the unfrozen model for the whole budget"
     p = c.loc[(c["compute_saved_frac"] - float(row["compute_saved_frac"])).abs().idxmin()]
-    of = f" of {budget}" if budget else ""
-    return (f"train the unfrozen model for {int(p['epochs'])}{of} epochs instead ({p['name']}: val acc "
+    what = (f"all {int(p['epochs'])} epochs" if budget and int(p["epochs"]) >= budget else
+            f"{int(p['epochs'])} of {budget} epochs" if budget else f"{int(p['epochs'])} epochs")
+    return (f"train the unfrozen model for {what} instead ({p['name']}: val acc "
             f"{100 * p['val_accuracy']:.2f}%, compute saved {100 * p['compute_saved_frac']:.1f}%)")
 
 
 def below_curve_line(fr: Front, pick: str, min_accuracy: float | None, budget: int | None) -> str:
-    """The one line of an export that finds no front policy above the shorter-training curve."""
-    try:
-        row = pick_trial(fr, pick=pick, min_accuracy=min_accuracy)
-    except UserError:
-        row = fr.knee_row
-    m = row.get("margin")
+    """The one line of an export that finds no front policy above the shorter-training curve: how
+    far below it the freezing policy ``pick`` would have chosen is, and the shorter-training run
+    to use instead."""
+    free = fr.front[fr.front["family"] != "none"]
     what = f"--min-accuracy {min_accuracy * 100:g}%" if min_accuracy is not None else f"the {pick}"
-    if m is not None and math.isfinite(float(m)):
-        how = (f"{what}, trial {row['trial_id']} ({row['family']}), is {100 * abs(float(m)):.2f} points "
-               f"{'below' if float(m) < 0 else 'above'} it at {100 * float(row['compute_saved_frac']):.1f}% compute saved")
+    if free.empty:
+        row = fr.knee_row
+        how = "no freezing policy is on the front"
     else:
-        how = f"{what}, trial {row['trial_id']}, is a run of the unfrozen model itself"
+        try:
+            row = pick_trial(fr, pick=pick, min_accuracy=min_accuracy, among=free)
+        except UserError:
+            row = free.loc[pd.to_numeric(free["margin"]).idxmax()]
+            what = "the best freezing policy"
+        m = float(row["margin"])
+        where = (f"{100 * abs(m):.2f} points {'below' if m < 0 else 'above'} it" if abs(m) >= 5e-5 else "on it")
+        how = (f"{what} among the freezing policies, trial {row['trial_id']} ({row['family']}), is {where} at "
+               f"{100 * float(row['compute_saved_frac']):.1f}% compute saved")
     return (f"no front policy beats training for fewer epochs ({how}); {shorter_instead(fr, row, budget)}, "
             "or export it anyway with --ignore-curve")
 

@@ -91,7 +91,7 @@ def front_table_text(fr: Front) -> str:
 def summary_text(exp: Experiment, fr: Front) -> str:
     obj = " and ".join(f"{n} ({m})" for n, m in fr.objectives)
     scope = "finished + stopped-early" if fr.include_stopped else "finished"
-    lines = [fr.verdict] + ([SYNTHETIC_NOTE] if exp.synthetic else []) + [
+    lines = ([SYNTHETIC_NOTE] if exp.synthetic else []) + [fr.verdict] + [
              f"Pareto front of {exp.name}: {len(fr.front)} of {len(fr.candidates)} {scope} trials, "
              f"objectives {obj}; test accuracy is shown, never used to choose",
              front_table_text(fr),
