@@ -98,8 +98,12 @@ def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = 
         print(f"note: skipped {result.skipped_lines} result line(s) that were not JSON (torn by a kill)")
     epochs = int(result.meta.get("epochs") or 0)
     sched = (result.meta.get("options") or {}).get("scheduler") or "the scheduler"
+    refs = result.trials["reference"].fillna("").astype(str) if n and "reference" in result.trials else None
+    shorter = int(((refs != "") & (result.trials["epochs_done"] < epochs)).sum()) if refs is not None else 0
     print(f"\n{n} of {result.planned} trials in {result.wall_s:.0f} s: {result.full_budget} trained the full "
-          f"{epochs} epochs, {result.stopped_early} stopped early by {sched}, {result.errors} errored"
+          f"{epochs} epochs" + (f" (the {shorter} shorter-training reference points their fewer epochs)"
+                                if shorter else "")
+          + f", {result.stopped_early} stopped early by {sched}, {result.errors} errored"
           + (f", {result.unfinished} unfinished" if result.unfinished else ""))
     if n and epochs:
         trained = int(result.trials["epochs_done"].fillna(0).sum())

@@ -275,7 +275,8 @@ def front_policy_matrix(exp: Experiment, fr: Front) -> tuple[np.ndarray, np.ndar
         rows.append(vals)
         meas.append(measured_frozen_fraction(exp, r["trial_id"], k))
         tag = " ★knee" if r["trial_id"] == fr.knee else ""
-        pc = f" [{r['paper_config']}]" if r["paper_config"] else ""
+        tag_name = r["paper_config"] or r.get("reference", "")
+        pc = f" [{tag_name}]" if tag_name else ""
         labels.append(f"{r['trial_id']} {r['family']}{pc} {100 * r['val_accuracy']:.1f}%/"
                       f"{100 * r['compute_saved_frac']:.1f}%{tag}")
     return np.array(rows, dtype=float).reshape(-1, k), np.array(meas, dtype=float).reshape(-1, k), labels
@@ -347,7 +348,8 @@ def plot_curves(exp: Experiment, fr: Front, path: str | Path) -> Path:
         row = fr.front[fr.front["trial_id"] == tid].iloc[0]
         knee = tid == fr.knee
         color = "crimson" if knee else cmap(i / max(1, len(front_ids) - 1) * 0.85)
-        label = f"{tid} {row['family']}" + (f" [{row['paper_config']}]" if row["paper_config"] else "")
+        tag_name = row["paper_config"] or row.get("reference", "")
+        label = f"{tid} {row['family']}" + (f" [{tag_name}]" if tag_name else "")
         label += f" · {100 * row['compute_saved_frac']:.0f}% saved" + (" (knee)" if knee else "")
         ax.plot(d["epoch"], _pct(d["val_accuracy"]), "-o", ms=2.5, lw=2.2 if knee else 1.2,
                 color=color, label=label, zorder=4 if knee else 3)

@@ -110,10 +110,17 @@ def summary_text(exp: Experiment, fr: Front) -> str:
                  f"time saved {_pct(k['time_saved_frac'], 1)}")
     if fr.dropped:
         lines.append(f"ignored (missing metrics): {', '.join(fr.dropped)}")
-    lines.append(f"noise: {resolution_text(fr.val_images)}; "
-                 + (f"values of {fr.confirm['trial_id'].nunique()} trials are means over "
-                    f"{fr.confirm['seed'].nunique()} fresh seeds (confirm.csv), margins with their 95% interval"
-                    if fr.confirm is not None and len(fr.confirm) else "one seed per point"))
+    noise = f"noise: {resolution_text(fr.val_images)}; "
+    if fr.confirm is not None and len(fr.confirm):
+        spread = fr.confirm.groupby("trial_id")["time_saved_frac"].std() if "time_saved_frac" in fr.confirm else None
+        noise += (f"values of {fr.confirm['trial_id'].nunique()} trials are means over {fr.confirm['seed'].nunique()} "
+                  "fresh seeds (confirm.csv), margins with their 95% interval")
+        if spread is not None and spread.notna().any():
+            noise += (f"; time saved varies between seeds by a standard deviation of up to "
+                      f"{100 * float(spread.max()):.1f} points")
+    else:
+        noise += "one seed per point"
+    lines.append(noise)
     return "\n".join(lines)
 
 

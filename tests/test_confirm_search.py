@@ -58,7 +58,7 @@ def test_reference_points_run_first_and_save_one_minus_f(searched):
     assert json.loads(ref["config/train/lr_milestones"]) == [1]
     assert not ref["stopped_early"] and ref["status"] == "TERMINATED"
     assert ref["compute_saved_frac"] == pytest.approx(0.5, abs=1e-6)  # 3 full batches an epoch: counts divide
-    assert trials.iloc[0]["compute_saved_frac"] == 0.0 and (trials["val_images"] == 360).all()
+    assert trials.iloc[0]["compute_saved_frac"] == 0.0 and (trials["val_images"] == 144).all()
     assert "none (shorter-50%)" in out and "2/2 epochs" in out
 
 

@@ -84,7 +84,7 @@ def test_margins_above_on_below_and_beyond_the_curve():
     assert (m["confirmed_runs"] == 0).all() and m["margin_ci_low"].isna().all()
 
 
-def test_front_pareto_csv_and_the_single_seed_verdict(exp_dir):
+def test_front_pareto_csv_and_the_single_seed_verdict(exp_dir, capsys):
     fr = compute_front(load_experiment(exp_dir))
     assert fr.front["trial_id"].tolist() == ["above", "s75", "s50", "on", "beyond"]
     assert dict(zip(fr.front["trial_id"], fr.front["margin"]))["beyond"] == 1 / 64
@@ -94,9 +94,10 @@ def test_front_pareto_csv_and_the_single_seed_verdict(exp_dir):
         "of the training compute at 95.31% validation accuracy, 1.56 points above the unfrozen model trained for "
         "fewer epochs at the same compute; one seed is an anecdote (one validation image is 1.56 points (64 images)): "
         f"confirm it on fresh seeds with python -m analysis.confirm {exp_dir}")
-    proc = helpers.run_module("analysis", [exp_dir, "--no-policies"])
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == fr.verdict
+    from analysis.__main__ import main as analysis_main
+
+    assert analysis_main([str(exp_dir), "--no-policies"]) == 0  # in-process (the command line: test_analysis.py)
+    assert capsys.readouterr().out.splitlines()[0] == fr.verdict
     pareto = pd.read_csv(exp_dir / "pareto.csv", dtype={"trial_id": str})
     assert pareto.columns[:15].tolist() == [
         "rank", "knee", "trial_id", "family", "paper_config", "reference", "stopped", "val_accuracy",
@@ -134,8 +135,7 @@ def test_export_refuses_when_no_policy_beats_the_curve(tmp_path):
                                 "model for 2 of 4 epochs instead (shorter-50%: val acc 87.50%, compute saved 50.0%), "
                                 "or export it anyway with --ignore-curve")
     assert not out.exists()
-    proc = helpers.run_module("analysis.export", [d, "--pick", "min-compute", "--ignore-curve", "-o", out])
-    assert proc.returncode == 0, proc.stderr
+    export_policy(d, pick="min-compute", ignore_curve=True, out=out)
     assert json.loads(out.read_text())["provenance"]["trial_id"] == "s25"  # the front's cheapest: training shorter
     fr = compute_front(load_experiment(d))
     assert fr.verdict == ("No freezing policy beat training for fewer epochs: the best on the front, trial on "
@@ -216,5 +216,6 @@ def test_confirm_writes_fresh_seeds_and_the_knee_moves_off_a_lucky_point(tmp_pat
 def test_a_confirm_csv_without_its_columns_is_one_line(tmp_path):
     d = write_experiment(tmp_path, CURVE + POLICIES, name="badconfirm")
     (d / "confirm.csv").write_text("kind,trial_id,val_accuracy\nrun,base,0.9\n")
-    assert_one_line_error(helpers.run_module("analysis", [d]), f"{d / 'confirm.csv'}: missing column(s) seed, "
-                                                               "compute_saved_frac")
+    with pytest.raises(UserError) as e:
+        load_experiment(d)
+    assert str(e.value) == f"{d / 'confirm.csv'}: missing column(s) seed, compute_saved_frac"
