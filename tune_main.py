@@ -36,7 +36,7 @@ from tuning.search import SAMPLERS, SCHEDULERS
 from tuning.storage import is_local, local_path
 
 RESUME_FLAGS = ("--resume", "--address", "--connect-timeout", "--cpus-per-trial", "--gpus-per-trial",
-                "--progress-interval", "--no-analysis")
+                "--progress-interval", "--no-analysis", "--confirm-seeds", "--confirm-top")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-interval", type=float, metavar="SECONDS",
                    help="seconds between status updates: a progress bar on a terminal, a status line in a log "
                         "(default 5 on a terminal, 60 otherwise; 0: none)")
+    p.add_argument("--confirm-seeds", type=int, metavar="N",
+                   help="at the end, re-train the best front policies, the baseline and the shorter-training "
+                        "reference points on N fresh seeds (python -m analysis.confirm; default: the space's "
+                        "confirm.seeds, 0 = no confirmation)")
+    p.add_argument("--confirm-top", type=int, metavar="K",
+                   help="with --confirm-seeds: how many front policies (default: the space's confirm.top, 3)")
     return p
 
 
@@ -92,15 +98,21 @@ def _options(args: argparse.Namespace) -> SearchOptions:
                          progress_interval=args.progress_interval, loggers=args.logger)
 
 
-def report(result: SearchResult, no_analysis: bool) -> int:
-    """Print how the search ended, then the analysis; the exit status."""
+def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = None,
+           confirm_top: int | None = None) -> int:
+    """Print how the search ended, then the confirmation on fresh seeds (when asked), the analysis
+    and the verdict; the exit status."""
     exp_dir, n = result.exp_dir, len(result.trials)
     if result.skipped_lines:
         print(f"note: skipped {result.skipped_lines} result line(s) that were not JSON (torn by a kill)")
     epochs = int(result.meta.get("epochs") or 0)
     sched = (result.meta.get("options") or {}).get("scheduler") or "the scheduler"
+    refs = result.trials["reference"].fillna("").astype(str) if n and "reference" in result.trials else None
+    shorter = int(((refs != "") & (result.trials["epochs_done"] < epochs)).sum()) if refs is not None else 0
     print(f"\n{n} of {result.planned} trials in {result.wall_s:.0f} s: {result.full_budget} trained the full "
-          f"{epochs} epochs, {result.stopped_early} stopped early by {sched}, {result.errors} errored"
+          f"{epochs} epochs" + (f" (the {shorter} shorter-training reference points their fewer epochs)"
+                                if shorter else "")
+          + f", {result.stopped_early} stopped early by {sched}, {result.errors} errored"
           + (f", {result.unfinished} unfinished" if result.unfinished else ""))
     if n and epochs:
         trained = int(result.trials["epochs_done"].fillna(0).sum())
@@ -111,6 +123,7 @@ def report(result: SearchResult, no_analysis: bool) -> int:
         print(f"the search ended after {n} distinct configurations: the samplers kept proposing ones already run")
     print(f"results: {exp_dir}/trials.csv, {exp_dir}/epochs.csv, {exp_dir}/experiment.json")
     if n and not no_analysis:
+        _confirm(result, confirm_seeds, confirm_top)
         _analysis(result)
     if result.interrupted:
         print(f"\nthe search was interrupted after {n - result.unfinished} of {result.planned} trials; the analysis "
@@ -135,13 +148,22 @@ def _analysis(result: SearchResult) -> None:
             return
         exp = local_path(exp_dir)
         res = run_analysis(exp, quiet=True)
-        knee = export_policy(exp, pick="knee", out=exp / POLICIES_DIR / "knee.json")
         print("\n" + res.table)
-        print(f"\nPareto plot: {exp / 'pareto.png'}\nreport:      {exp / 'report.html'}\n"
-              f"knee policy: {knee}  (all {len(res.policies)} front policies in {exp / POLICIES_DIR})")
-        print(f"train with it: python -m layerout.train --policy {knee} --out {exp / 'runs' / 'knee'}")
+        print(f"\nPareto plot: {exp / 'pareto.png'}\nreport:      {exp / 'report.html'}")
+        knee_file = exp / POLICIES_DIR / "knee.json"
+        try:  # the knee among the policies that beat training for fewer epochs
+            knee = export_policy(exp, pick="knee", out=knee_file)
+        except UserError as exc:
+            knee_file.unlink(missing_ok=True)
+            print(f"knee policy: none: {exc}\n(all {len(res.policies)} front policies in {exp / POLICIES_DIR}; the "
+                  f"front's knee anyway: python -m analysis.export {exp_dir} --pick knee --ignore-curve -o knee.json)")
+        else:
+            print(f"knee policy: {knee}  (among the policies above the shorter-training curve; all "
+                  f"{len(res.policies)} front policies in {exp / POLICIES_DIR})")
+            print(f"train with it: python -m layerout.train --policy {knee} --out {exp / 'runs' / 'knee'}")
         print(f"other picks: python -m analysis.export {exp_dir} --pick max-accuracy (or min-compute, "
               "or --min-accuracy 0.97) -o policy.json")
+        print(f"\nverdict: {res.result.verdict}")
     except UserError as exc:
         print(f"analysis: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the results are stored; the analysis must not lose them
@@ -149,10 +171,41 @@ def _analysis(result: SearchResult) -> None:
               f"python -m analysis {exp_dir}", file=sys.stderr)
 
 
+def _confirm(result: SearchResult, seeds: int | None, top: int | None) -> None:
+    """``python -m analysis.confirm`` at the end of a finished local search, when asked (the
+    option, else the space's ``confirm: {seeds, top}``)."""
+    space = result.meta.get("space") or {}
+    seeds = int(space.get("confirm_seeds") or 0) if seeds is None else seeds
+    top = int(space.get("confirm_top") or 3) if top is None else top
+    if seeds <= 0:
+        return
+    if result.interrupted or not is_local(result.exp_dir):
+        print("\nconfirmation skipped: " + ("the search did not finish" if result.interrupted else
+                                            "the experiment is in remote storage") +
+              f"; run python -m analysis.confirm {result.exp_dir} --top {top} --seeds {seeds} when it has")
+        return
+    from analysis.confirm import confirm
+
+    opts = result.meta.get("options") or {}
+    print(f"\nconfirming the front on {seeds} fresh seeds (python -m analysis.confirm)")
+    try:
+        confirm(local_path(result.exp_dir), top=top, seeds=seeds, quiet=True,
+                address=opts.get("address") or "local", cpus_per_trial=opts.get("cpus_per_trial"),
+                gpus_per_trial=opts.get("gpus_per_trial"), max_concurrent=opts.get("max_concurrent"))
+    except UserError as exc:
+        print(f"confirmation: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the search's results are stored; the confirmation must not lose them
+        print(f"confirmation failed ({exc.__class__.__name__}: {exc}); the search's results are stored, rerun it with "
+              f"python -m analysis.confirm {result.exp_dir} --top {top} --seeds {seeds}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     given = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+    for flag, value, low in (("--confirm-seeds", args.confirm_seeds, 0), ("--confirm-top", args.confirm_top, 1)):
+        if value is not None and not low <= value <= 100:
+            raise UserError(f"{flag}: must be within [{low}, 100], got {value}")
     if args.list_presets:
         for name, desc in list_presets():
             print(f"{name:<26} {desc}")
@@ -170,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         options = _options(args)
         options.check()  # before loading the space: a bad flag is reported first
         result = run_search(args.space or args.preset or "demo", options)
-    return report(result, args.no_analysis)
+    return report(result, args.no_analysis, args.confirm_seeds, args.confirm_top)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -1,7 +1,13 @@
 """Export a front policy as a policy file people can take into their own training.
 
     python -m analysis.export EXPERIMENT_DIR [--pick knee|max-accuracy|min-compute]
-                              [--min-accuracy X] [-o policy.json] [--all-front DIR]
+                              [--min-accuracy X] [-o policy.json] [--all-front DIR] [--ignore-curve]
+
+By default the pick is made among the front policies that beat training the unfrozen model for
+fewer epochs at the same compute (a margin above 0 over the shorter-training curve,
+``analysis.curve``; the confirmed mean when confirm.csv exists). When none does, nothing is
+written: one line says so and names the shorter-training run to use instead (exit status 2);
+``--ignore-curve`` picks among every front policy, as before.
 
 The file has the policy-file shape (docs/FORMATS.md):
 ``{"format": "layerout-policy", "version": 1, "model", "units", "schedule", "measured",
@@ -27,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from analysis._cli import ArgumentParser, run_cli
+from analysis.curve import beats_curve
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
@@ -160,8 +167,11 @@ def train_recipe(exp: Experiment, row: pd.Series) -> dict[str, Any]:
         out["model"] = str(exp.model)
     if exp.dataset:
         out["dataset"] = str(exp.dataset)
-    if exp.epoch_budget:
-        out["epochs"] = int(exp.epoch_budget)
+    own = _int_cell(cfg.get("train/epochs", cfg.get("epochs")))  # a shorter run's own epochs, else the budget
+    if own or exp.epoch_budget:
+        out["epochs"] = int(own or exp.epoch_budget)
+    if out.get("budget_epochs") is not None and out["budget_epochs"] <= out.get("epochs", 0):
+        out["budget_epochs"] = None  # not a shorter run
     return out
 
 
@@ -204,7 +214,7 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
     provenance = {
         "model": str(model),
         "dataset": exp.dataset,
-        "epochs": exp.epoch_budget,
+        "epochs": recipe.get("epochs", exp.epoch_budget),
         "batch_size": recipe.get("batch_size"),
         "seed": recipe.get("seed"),
         "steps_per_epoch": _int_cell(row.get("steps_per_epoch")),
@@ -214,6 +224,7 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
         "trial_id": trial_id,
         "family": str(row.get("family", "")),
         "paper_config": str(row.get("paper_config", "")) or None,
+        "reference": str(row.get("reference", "") or "") or None,  # a shorter-training reference point
         "picked_by": picked_by,
         "stopped_early": bool(row.get("stopped", row.get("stopped_early", False))),
         "space_file": meta.get("space_file"),
@@ -224,6 +235,8 @@ def build_policy(exp: Experiment, row: pd.Series, picked_by: str) -> dict:
         "exported_by": "python -m analysis.export",
     }
     provenance = {k: v for k, v in provenance.items() if v is not None or k in ("paper_config",)}
+    if row.get("confirmed_runs"):  # measured: the means over the fresh seeds of confirm.csv
+        measured["confirmed_runs"] = int(row["confirmed_runs"])
     return {
         "format": POLICY_FORMAT,
         "version": POLICY_VERSION,
@@ -296,25 +309,80 @@ def retrain_command(exp: Experiment, row: pd.Series, policy_path: str | Path) ->
     return " ".join(shlex.quote(p) for p in parts)
 
 
+ABOVE_CURVE = "among the front policies that beat training for fewer epochs"
+
+
+def shorter_instead(fr: Front, row: pd.Series, budget: int | None) -> str:
+    """The shorter-training run with the compute saved nearest ``row``'s: 'train the unfrozen model
+    for 4 of 8 epochs instead (shorter-50%: val acc 97.20%, compute saved 50.0%)'."""
+    c = fr.curve
+    if c is None or c.empty:
+        return "train the unfrozen model for the whole budget"
+    p = c.loc[(c["compute_saved_frac"] - float(row["compute_saved_frac"])).abs().idxmin()]
+    what = (f"all {int(p['epochs'])} epochs" if budget and int(p["epochs"]) >= budget else
+            f"{int(p['epochs'])} of {budget} epochs" if budget else f"{int(p['epochs'])} epochs")
+    return (f"train the unfrozen model for {what} instead ({p['name']}: val acc "
+            f"{100 * p['val_accuracy']:.2f}%, compute saved {100 * p['compute_saved_frac']:.1f}%)")
+
+
+def below_curve_line(fr: Front, pick: str, min_accuracy: float | None, budget: int | None) -> str:
+    """The one line of an export that finds no front policy above the shorter-training curve: how
+    far below it the freezing policy ``pick`` would have chosen is, and the shorter-training run
+    to use instead."""
+    free = fr.front[fr.front["family"] != "none"]
+    what = f"--min-accuracy {min_accuracy * 100:g}%" if min_accuracy is not None else f"the {pick}"
+    if free.empty:
+        row = fr.knee_row
+        how = "no freezing policy is on the front"
+    else:
+        try:
+            row = pick_trial(fr, pick=pick, min_accuracy=min_accuracy, among=free)
+        except UserError:
+            row = free.loc[pd.to_numeric(free["margin"]).idxmax()]
+            what = "the best freezing policy"
+        m = float(row["margin"])
+        where = (f"{100 * abs(m):.2f} points {'below' if m < 0 else 'above'} it" if abs(m) >= 5e-5 else "on it")
+        how = (f"{what} among the freezing policies, trial {row['trial_id']} ({row['family']}), is {where} at "
+               f"{100 * float(row['compute_saved_frac']):.1f}% compute saved")
+    return (f"no front policy beats training for fewer epochs ({how}); {shorter_instead(fr, row, budget)}, "
+            "or export it anyway with --ignore-curve")
+
+
 def export_policy(
     exp_dir: str | Path,
     pick: str = "knee",
     min_accuracy: float | str | None = None,
     out: str | Path | None = None,
     include_stopped: bool = False,
+    ignore_curve: bool = False,
 ) -> Path:
     """Write the chosen front policy to ``out`` (default ``EXP/policies/<pick>.json``); return its path.
 
     ``pick``: knee | max-accuracy | min-compute; ``min_accuracy`` (fraction, or percent if > 1)
-    overrides it: the most compute-saving front policy with val_accuracy >= min_accuracy.
+    overrides it: the most compute-saving front policy with val_accuracy >= min_accuracy. The
+    choice is made among the front policies above the shorter-training curve (``UserError`` with
+    the shorter-training run to use instead when there is none), or among every front policy
+    with ``ignore_curve``.
     """
     if pick not in PICKS:
         raise UserError(f"--pick {short(pick)}: allowed: {', '.join(PICKS)}")
     exp = load_experiment(exp_dir)
     fr = compute_front(exp, include_stopped=include_stopped)
     thr = parse_accuracy(min_accuracy) if min_accuracy is not None else None
-    row = pick_trial(fr, pick=pick, min_accuracy=thr)
+    among = None
+    if not ignore_curve:
+        among = beats_curve(fr.front)
+        if among.empty:
+            raise UserError(below_curve_line(fr, pick, thr, exp.epoch_budget))
+    try:
+        row = pick_trial(fr, pick=pick, min_accuracy=thr, among=among)
+    except UserError as exc:
+        if among is None:
+            raise
+        raise UserError(f"{exc} {ABOVE_CURVE}; --ignore-curve looks at every front policy") from None
     picked_by = f"min-accuracy {thr * 100:g}%" if thr is not None else pick
+    if among is not None:
+        picked_by += f" ({ABOVE_CURVE})"
     if out is None:
         name = f"min-accuracy-{thr * 100:g}.json" if thr is not None else f"{pick}.json"
         out = exp.path / POLICIES_DIR / name
@@ -355,6 +423,9 @@ def _parser() -> argparse.ArgumentParser:
                    "-o, --pick or --min-accuracy asks for one policy too)")
     p.add_argument("--include-stopped", action="store_true",
                    help="let trials stopped early by the scheduler enter the front (default: full epoch budget only)")
+    p.add_argument("--ignore-curve", action="store_true",
+                   help="pick among every front policy; by default only among those that beat training the "
+                   "unfrozen model for fewer epochs at the same compute (above the shorter-training curve)")
     return p
 
 
@@ -373,7 +444,7 @@ def _export_one(args: argparse.Namespace) -> None:
     """The single policy that -o / --pick / --min-accuracy ask for, and how to train with it."""
     try:
         path = export_policy(args.experiment_dir, pick=args.pick or "knee", min_accuracy=args.min_accuracy,
-                             out=args.output, include_stopped=args.include_stopped)
+                             out=args.output, include_stopped=args.include_stopped, ignore_curve=args.ignore_curve)
     except WriteError as exc:
         if args.output is not None:
             raise
@@ -387,7 +458,8 @@ def _export_one(args: argparse.Namespace) -> None:
     print(f"policy: {path}")
     print(f"  trial {prov.get('trial_id')} ({prov.get('picked_by')}), {doc['schedule'].get('kind')}: "
           f"val acc {pct(m.get('val_accuracy'))}, compute saved {pct(m.get('compute_saved_frac'))}, "
-          f"time saved {pct(m.get('time_saved_frac'))}, test acc {pct(m.get('test_accuracy'))}")
+          f"time saved {pct(m.get('time_saved_frac'))}, test acc {pct(m.get('test_accuracy'))}"
+          + (f" (means over {m['confirmed_runs']} fresh seeds)" if m.get("confirmed_runs") else ""))
     print(f"  train with it (replays the trial's recipe): python -m layerout.train --policy {shlex.quote(str(path))} "
           f"--out runs/{_slug(str(prov.get('trial_id')))}")
 

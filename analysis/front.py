@@ -8,9 +8,15 @@ import pandas as pd
 
 import numpy as np
 
+from analysis.curve import add_margins, shorter_curve, verdict
 from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_front
 from analysis.results import Experiment, baseline_trials, finished_mask, select_trials
+from analysis.stats import summarize
 from layerout.errors import UserError
+
+# what the confirmation on fresh seeds measures per run (confirm.csv); its means replace a
+# confirmed trial's single-run values in the front
+CONFIRMED_METRICS = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac")
 
 HISTORY_COLUMNS = ["trials_ended", "epochs_trained", "hypervolume", "trial_id"]
 
@@ -21,7 +27,12 @@ class Front:
     ``front``: the Pareto front rows (a ``knee`` bool column added), best accuracy first;
     ``knee``: the knee's trial id; ``baseline_accuracy``: mean val accuracy of the finished
     unfrozen baseline trial(s), or None; ``hypervolume``: {"(0, 0)": hv, "(baseline, 0)": hv}
-    in (fraction x fraction) units; ``dropped``: trial ids ignored for missing metrics."""
+    in (fraction x fraction) units; ``dropped``: trial ids ignored for missing metrics;
+    ``curve``: the shorter-training curve (``analysis.curve``); the front's rows carry their margin
+    over it (``analysis.curve.MARGIN_COLUMNS``); ``confirm``: the per-seed runs of confirm.csv
+    (None: not confirmed; the candidates' values of confirmed trials are then their means over the
+    fresh seeds, their search values kept as ``search_<metric>``); ``val_images``: the validation
+    split's size; ``verdict``: whether freezing beat training for fewer epochs, in words."""
 
     candidates: pd.DataFrame
     front: pd.DataFrame
@@ -32,6 +43,10 @@ class Front:
     hypervolume: dict[str, float]
     include_stopped: bool
     dropped: list[str]
+    curve: pd.DataFrame = None  # type: ignore[assignment]
+    confirm: pd.DataFrame | None = None
+    val_images: int | None = None
+    verdict: str = ""
 
     @property
     def knee_row(self) -> pd.Series:
@@ -55,7 +70,7 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
             f"{exp.path / 'experiment.json'}: field 'objectives' names {', '.join(missing)}, "
             f"which trials.csv does not have; allowed: {', '.join(_metric_columns(exp.trials))}"
         )
-    cand = select_trials(exp, include_stopped=include_stopped)
+    cand = confirmed_values(select_trials(exp, include_stopped=include_stopped), exp.confirm)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         clean = drop_missing(cand, objectives)
@@ -67,6 +82,8 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
             f"{exp.path}: no finished trial has {'/'.join(n for n, _ in objectives)} values "
             f"({len(cand)} finished, all missing metrics)"
         )
+    curve = shorter_curve(clean, exp.epoch_budget)
+    clean = add_margins(clean, curve, exp.confirm)  # every candidate's margin over training shorter
     front = pareto_front(clean, objectives).copy()
     knee_label = knee_point(front, objectives) if len(objectives) == 2 else front.index[0]
     front["knee"] = front.index == knee_label
@@ -90,18 +107,47 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
         hypervolume=hv,
         include_stopped=include_stopped,
         dropped=dropped,
+        curve=curve,
+        confirm=exp.confirm,
+        val_images=exp.val_images,
+        verdict=verdict(clean, front, curve, exp.val_images, exp.path),
     )
 
 
-def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None) -> pd.Series:
-    """The front row chosen by ``pick`` (knee | max-accuracy | min-compute) or ``min_accuracy``.
+def confirmed_values(cand: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+    """``cand`` with each confirmed trial's ``CONFIRMED_METRICS`` replaced by their means over its
+    fresh seeds (the search's single-run values kept as ``search_<metric>``) and ``confirmed_runs``
+    (how many seeds; 0 for the others)."""
+    out = cand.copy()
+    out["confirmed_runs"] = 0
+    if runs is None or runs.empty:
+        return out
+    means = summarize(runs, [m for m in CONFIRMED_METRICS if m in runs.columns]).set_index("trial_id")
+    hit = out["trial_id"].astype(str).isin(means.index)
+    for m in CONFIRMED_METRICS:
+        if m not in means.columns:
+            continue
+        out[f"search_{m}"] = out[m]
+        out.loc[hit, m] = out.loc[hit, "trial_id"].astype(str).map(means[m]).to_numpy()
+    out.loc[hit, "confirmed_runs"] = out.loc[hit, "trial_id"].astype(str).map(means["runs"]).to_numpy()
+    return out
+
+
+def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None,
+               among: pd.DataFrame | None = None) -> pd.Series:
+    """The front row chosen by ``pick`` (knee | max-accuracy | min-compute) or ``min_accuracy``,
+    among the rows ``among`` (default: the whole front; the knee is then the front's knee, else
+    the knee of ``among``'s points).
 
     ``min_accuracy`` (a fraction) takes precedence: the most compute-saving front point whose
     val_accuracy is at least that; ``UserError`` if none reaches it. ``max-accuracy``: the highest
     val_accuracy (ties: more compute saved). ``min-compute``: the most compute saved (ties: higher
     val_accuracy). Remaining ties go to the trial evaluated first. test_accuracy is never used.
     """
-    f = fr.front.assign(_pos=fr.front.index.to_numpy())  # table order = evaluation order
+    rows = fr.front if among is None else among
+    if rows.empty:
+        raise UserError("no front policy to choose from")
+    f = rows.assign(_pos=rows.index.to_numpy())  # table order = evaluation order
     if min_accuracy is not None:
         ok = f[f["val_accuracy"] >= min_accuracy - 1e-12]
         if ok.empty:
@@ -112,7 +158,9 @@ def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None)
             )
         return ok.sort_values(["compute_saved_frac", "val_accuracy", "_pos"], ascending=[False, False, True]).iloc[0]
     if pick == "knee":
-        return fr.knee_row
+        if among is None:
+            return fr.knee_row
+        return rows.loc[knee_point(rows, fr.objectives) if len(fr.objectives) == 2 else rows.index[0]]
     if pick == "max-accuracy":
         return f.sort_values(["val_accuracy", "compute_saved_frac", "_pos"], ascending=[False, False, True]).iloc[0]
     if pick == "min-compute":

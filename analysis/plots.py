@@ -15,9 +15,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.front import Front, hypervolume_history
+from analysis.curve import point_name, trial_epochs
+from analysis.front import CONFIRMED_METRICS, Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
 from analysis.results import Experiment
+from analysis.stats import summarize
 from layerout.files import atomic_write
 
 DPI = 130
@@ -66,26 +68,81 @@ def _title(exp: Experiment) -> str:
 # pareto.png
 
 
+def _collapsed(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct (compute saved, val accuracy) point of ``df``, with ``count``: runs that
+    reached exactly the same point are one marker with a count."""
+    if df.empty:
+        return df.assign(count=pd.Series(dtype=int))
+    key = [df["compute_saved_frac"].round(9), df["val_accuracy"].round(9)]
+    first = df.groupby(key, sort=False).head(1).copy()
+    sizes = df.groupby(key, sort=False).size()
+    first["count"] = [int(sizes[(round(x, 9), round(y, 9))]) for x, y in
+                      zip(first["compute_saved_frac"], first["val_accuracy"])]
+    return first
+
+
+def _count_labels(ax, pts: pd.DataFrame, color: str = "#333333") -> None:  # noqa: ANN001
+    for _, r in pts[pts["count"] > 1].iterrows():
+        ax.annotate(f"×{r['count']}", (100 * r["compute_saved_frac"], 100 * r["val_accuracy"]), xytext=(4, 3),
+                    textcoords="offset points", fontsize=7, color=color, zorder=7)
+
+
+def confirmed_summary(fr: Front) -> pd.DataFrame:
+    """Per confirmed trial (index: trial id): runs, and the mean, sd and 95% interval of each
+    confirmed metric (``analysis.stats.summarize``); empty when the front was not confirmed."""
+    if fr.confirm is None or fr.confirm.empty:
+        return pd.DataFrame()
+    return summarize(fr.confirm, [m for m in CONFIRMED_METRICS if m in fr.confirm.columns]).set_index("trial_id")
+
+
+def _error_bars(ax, rows: pd.DataFrame, summary: pd.DataFrame, color: str) -> None:  # noqa: ANN001
+    """95% intervals over the fresh seeds of the confirmed ``rows`` (both axes)."""
+    for _, r in rows.iterrows():
+        tid = str(r["trial_id"])
+        if tid not in summary.index:
+            continue
+        s = summary.loc[tid]
+        x, y = 100 * s["compute_saved_frac"], 100 * s["val_accuracy"]
+
+        def err(m: str) -> list[list[float]] | None:
+            lo, hi = s[f"{m}_ci_low"], s[f"{m}_ci_high"]
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                return None
+            return [[100 * (s[m] - lo)], [100 * (hi - s[m])]]
+
+        ax.errorbar([x], [y], yerr=err("val_accuracy"), xerr=err("compute_saved_frac"), fmt="none",
+                    ecolor=color, elinewidth=1.1, capsize=3, alpha=0.9, zorder=4)
+
+
 def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
-    """Every trial faint (by family), the front as a line with markers, baseline, paper
-    configurations and the knee labelled; axes in percent."""
+    """Every trial faint (by family; runs that reached the same point as one marker with a
+    count), the front as a line with markers, the shorter-training curve (the unfrozen model
+    trained for the whole budget and for fewer epochs, joined; held flat beyond its cheapest
+    point), the confirmed points' 95% intervals over fresh seeds, baseline, reference points,
+    paper configurations and the knee labelled; axes in percent. A confirmed trial is drawn at
+    its means over the fresh seeds."""
     fig = _new_figure(8.0, 5.6)
     ax = fig.add_subplot(1, 1, 1)
     t = exp.trials
-    has = t["val_accuracy"].notna() & t["compute_saved_frac"].notna()
     cand_ids = set(fr.candidates["trial_id"])
+    # confirmed trials at their confirmed means (the front's values), the others as the search left them
+    t = pd.concat([t[~t["trial_id"].isin(cand_ids)], fr.candidates[[c for c in t.columns if c in fr.candidates]]])
+    has = t["val_accuracy"].notna() & t["compute_saved_frac"].notna()
     stopped_ids = set(fr.candidates.loc[fr.candidates["stopped"], "trial_id"])
     others = t[has & ~t["trial_id"].isin(cand_ids)]
     cands = t[has & t["trial_id"].isin(cand_ids)]
+    summary = confirmed_summary(fr)
 
     for fam, grp in cands.groupby("family", sort=True):
-        full = grp[~grp["trial_id"].isin(stopped_ids)]
-        stp = grp[grp["trial_id"].isin(stopped_ids)]
+        full = _collapsed(grp[~grp["trial_id"].isin(stopped_ids)])
+        stp = _collapsed(grp[grp["trial_id"].isin(stopped_ids)])
         ax.scatter(_pct(full["compute_saved_frac"]), _pct(full["val_accuracy"]), s=22, alpha=0.35,
                    color=family_color(fam), edgecolors="none", label=f"{fam or '?'} ({len(grp)})")
+        _count_labels(ax, full)
         if len(stp):
             ax.scatter(_pct(stp["compute_saved_frac"]), _pct(stp["val_accuracy"]), s=26, alpha=0.5,
                        color=family_color(fam), marker="x", linewidths=1.0)
+            _count_labels(ax, stp)
     if len(others):
         ax.scatter(_pct(others["compute_saved_frac"]), _pct(others["val_accuracy"]), s=20, alpha=0.4,
                    color="#999999", marker="x", linewidths=0.8,
@@ -105,27 +162,53 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
 
     if fr.baseline_accuracy is not None:
         ax.axhline(100 * fr.baseline_accuracy, color="#444444", lw=0.8, ls=":", zorder=1)
+    curve = fr.curve
+    if curve is not None and len(curve):
+        ax.plot(_pct(curve["compute_saved_frac"]), _pct(curve["val_accuracy"]), "--", color="#555555", lw=1.4,
+                zorder=2, label="training shorter (unfrozen model, fewer epochs)")
+        x_max = float(cands["compute_saved_frac"].max()) if len(cands) else 0.0
+        last = curve.iloc[-1]
+        if x_max > last["compute_saved_frac"]:  # held flat beyond the cheapest reference point
+            ax.plot([100 * last["compute_saved_frac"], 100 * x_max], [100 * last["val_accuracy"]] * 2, ":",
+                    color="#555555", lw=1.2, zorder=2)
+    if len(summary):
+        lo, hi = ax.get_ylim()
+        _error_bars(ax, cands[cands["trial_id"].astype(str).isin(summary.index)], summary, "#333333")
+        # intervals over few seeds can be wide: show them, but not at the cost of the points' scale
+        span = hi - lo
+        blo, bhi = ax.get_ylim()
+        ax.set_ylim(max(blo, lo - span, 0.0), min(bhi, hi + span, 100.5))
+        ax.errorbar([], [], yerr=[], fmt="none", ecolor="#333333", capsize=3,
+                    label=f"95% interval over {int(summary['runs'].max())} fresh seeds")
 
-    # labels: baseline and paper configurations (finished or not), then the knee
+    # labels: baseline, reference points and paper configurations (finished or not), then the knee
     with_metrics = t[has]
     labelled = with_metrics[(with_metrics["paper_config"] != "") | (with_metrics["family"] == "none")]
+    labelled = labelled.drop_duplicates(["compute_saved_frac", "val_accuracy", "paper_config", "reference"])
+    own = trial_epochs(labelled, exp.epoch_budget)
     # The paper's points often sit close together (random v on few units): stagger their labels at
     # growing vertical distances; the baseline's goes below it.
     offsets = [(12, 12), (12, -16), (18, 26), (18, -30), (24, 40), (24, -44)]
     i = 0
-    for _, r in labelled.iterrows():
-        name = r["paper_config"] or "baseline"
+    for idx, r in labelled.iterrows():
+        name = r["paper_config"] or point_name(r.get("reference", ""), float(own[idx]), exp.epoch_budget)
+        shorter = r["family"] == "none" and name != "baseline" and not r["paper_config"]
         if r["trial_id"] not in cand_ids:
             name += " (not finished)"
         elif r["trial_id"] in stopped_ids:
             name += " (stopped early)"
-        if r["family"] == "none":
+        if shorter:
+            ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="s", s=42,
+                       color="#dddddd", edgecolors="black", zorder=5)
+        elif r["family"] == "none":
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="*", s=170,
                        color="gold", edgecolors="black", zorder=5)
         else:
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="D", s=40,
                        facecolors="none", edgecolors="black", zorder=5)
-        if r["family"] == "none":
+        if shorter:
+            dx, dy = (6, -14)
+        elif r["family"] == "none":
             dx, dy = (4, -20)
         else:
             dx, dy = offsets[i % len(offsets)]
@@ -192,7 +275,8 @@ def front_policy_matrix(exp: Experiment, fr: Front) -> tuple[np.ndarray, np.ndar
         rows.append(vals)
         meas.append(measured_frozen_fraction(exp, r["trial_id"], k))
         tag = " ★knee" if r["trial_id"] == fr.knee else ""
-        pc = f" [{r['paper_config']}]" if r["paper_config"] else ""
+        tag_name = r["paper_config"] or r.get("reference", "")
+        pc = f" [{tag_name}]" if tag_name else ""
         labels.append(f"{r['trial_id']} {r['family']}{pc} {100 * r['val_accuracy']:.1f}%/"
                       f"{100 * r['compute_saved_frac']:.1f}%{tag}")
     return np.array(rows, dtype=float).reshape(-1, k), np.array(meas, dtype=float).reshape(-1, k), labels
@@ -264,7 +348,8 @@ def plot_curves(exp: Experiment, fr: Front, path: str | Path) -> Path:
         row = fr.front[fr.front["trial_id"] == tid].iloc[0]
         knee = tid == fr.knee
         color = "crimson" if knee else cmap(i / max(1, len(front_ids) - 1) * 0.85)
-        label = f"{tid} {row['family']}" + (f" [{row['paper_config']}]" if row["paper_config"] else "")
+        tag_name = row["paper_config"] or row.get("reference", "")
+        label = f"{tid} {row['family']}" + (f" [{tag_name}]" if tag_name else "")
         label += f" · {100 * row['compute_saved_frac']:.0f}% saved" + (" (knee)" if knee else "")
         ax.plot(d["epoch"], _pct(d["val_accuracy"]), "-o", ms=2.5, lw=2.2 if knee else 1.2,
                 color=color, label=label, zorder=4 if knee else 3)

@@ -9,9 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from analysis.curve import resolution_text
 from analysis.front import Front
 from analysis.policies import parse_schedule, schedule_summary
 from analysis.results import SYNTHETIC_NOTE, Experiment, finished_mask, stopped_mask
+from analysis.stats import summarize
 from layerout.files import atomic_write
 
 CSS = """
@@ -25,6 +27,7 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.82em;white-space:pre-wrap}
 .muted{color:#666;font-size:.88em}.kv td:first-child{font-weight:600}
 .warn{background:#fff3cd;border:1px solid #e0b400;padding:6px 10px}
+.verdict{font-size:1.08em;background:#eef4fb;border-left:4px solid #1f77b4;padding:8px 12px}
 """
 
 
@@ -62,21 +65,46 @@ def _kv_table(d: Mapping[str, Any]) -> str:
     return "<table class='kv'>" + "".join(rows) + "</table>" if rows else "<p class='muted'>(none)</p>"
 
 
+def margin_text(r: Mapping[str, Any]) -> str:
+    """A front row's margin over the shorter-training curve in points, with its 95% interval when
+    confirmed ('+0.42 [−0.10, +0.94] (3 seeds)'); '–' for the curve's own points."""
+    try:
+        m = float(r.get("margin"))
+    except (TypeError, ValueError):
+        return "–"
+    if math.isnan(m):
+        return "–"
+    text = f"{100 * m:+.2f}"
+    lo, hi, n = r.get("margin_ci_low"), r.get("margin_ci_high"), int(r.get("confirmed_runs") or 0)
+    if n and lo is not None and math.isfinite(float(lo)):
+        text += f" [{100 * float(lo):+.2f}, {100 * float(hi):+.2f}] ({n} seeds)"
+    elif n:
+        text += f" ({n} seed{'s' if n > 1 else ''})"
+    if bool(r.get("beyond_curve")):
+        text += " (beyond the curve)"
+    return text
+
+
 def front_table_html(fr: Front, policy_files: Mapping[str, str] | None = None) -> str:
     """The front as an HTML table (id="front-table"); test accuracy shown, never used to choose."""
     policy_files = policy_files or {}
-    head = ("<tr><th>#</th><th>trial</th><th>family</th><th>paper config</th><th>schedule</th>"
-            "<th>val acc</th><th>compute saved</th><th>time saved</th><th>params frozen</th>"
+    head = ("<tr><th>#</th><th>trial</th><th>family</th><th>paper config / reference</th><th>schedule</th>"
+            "<th>epochs</th><th>val acc</th><th>compute saved</th>"
+            "<th>margin over shorter training<br><span class='muted'>(points; 95% interval)</span></th>"
+            "<th>time saved</th><th>params frozen</th>"
             "<th>test acc<br><span class='muted'>(not used to choose)</span></th><th>policy file</th></tr>")
     body = []
     for i, (_, r) in enumerate(fr.front.iterrows(), 1):
         knee = r["trial_id"] == fr.knee
         tags = (" ★ knee" if knee else "") + (" (stopped early)" if bool(r.get("stopped", False)) else "")
+        label = r["paper_config"] or r.get("reference", "") or ""
+        epochs = r.get("config/train/epochs", r.get("epochs_done"))
         body.append(
             f"<tr class='{'knee' if knee else ''}'><td class='num'>{i}</td><td>{_esc(r['trial_id'])}{_esc(tags)}</td>"
-            f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'])}</td>"
-            f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td>"
+            f"<td>{_esc(r['family'])}</td><td>{_esc(label)}</td>"
+            f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td><td class='num'>{_num(epochs, '{:.0f}')}</td>"
             f"<td class='num'>{_pct(r['val_accuracy'])}</td><td class='num'>{_pct(r['compute_saved_frac'], 1)}</td>"
+            f"<td class='num'>{_esc(margin_text(r))}</td>"
             f"<td class='num'>{_pct(r['time_saved_frac'], 1)}</td><td class='num'>{_pct(r['params_frozen_frac'], 1)}</td>"
             f"<td class='num test'>{_pct(r['test_accuracy'])}</td>"
             f"<td>{_esc(policy_files.get(r['trial_id'], ''))}</td></tr>"
@@ -88,7 +116,8 @@ def _trials_table(exp: Experiment, fr: Front) -> str:
     t = exp.trials
     fin, stp = finished_mask(exp), stopped_mask(exp)
     front_ids = set(fr.front["trial_id"])
-    head = ("<tr><th>trial</th><th>status</th><th>epochs</th><th>family</th><th>paper config</th><th>schedule</th>"
+    head = ("<tr><th>trial</th><th>status</th><th>epochs</th><th>family</th><th>paper config / reference</th>"
+            "<th>schedule</th>"
             "<th>val acc</th><th>compute saved</th><th>time saved</th><th>test acc</th><th>on front</th></tr>")
     rows = []
     order = t.sort_values("val_accuracy", ascending=False, na_position="last").index
@@ -100,13 +129,57 @@ def _trials_table(exp: Experiment, fr: Front) -> str:
             state += f": {err.strip()[:120]}"
         rows.append(
             f"<tr><td>{_esc(r['trial_id'])}</td><td>{_esc(state)}</td><td class='num'>{_num(r['epochs_done'], '{:.0f}')}</td>"
-            f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'])}</td>"
+            f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'] or r.get('reference', ''))}</td>"
             f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td>"
             f"<td class='num'>{_pct(r['val_accuracy'])}</td><td class='num'>{_pct(r['compute_saved_frac'], 1)}</td>"
             f"<td class='num'>{_pct(r['time_saved_frac'], 1)}</td><td class='num test'>{_pct(r['test_accuracy'])}</td>"
             f"<td>{'yes' if r['trial_id'] in front_ids else ''}</td></tr>"
         )
     return f"<table id='trials-table'>{head}{''.join(rows)}</table>"
+
+
+def curve_text(fr: Front) -> str:
+    """The shorter-training curve's points: 'baseline (8 epochs) 97.50% at 0.0% saved; ...'."""
+    if fr.curve is None or fr.curve.empty:
+        return "none (no run of the unfrozen model finished)"
+    return "; ".join(f"{r['name']} ({r['epochs']} epochs): {_pct(r['val_accuracy'])} at {_pct(r['compute_saved_frac'], 1)} "
+                     "saved" for _, r in fr.curve.iterrows())
+
+
+def confirm_table_html(fr: Front, exp: Experiment) -> str:
+    """The confirmation on fresh seeds (id="confirm-table"): per policy, its runs, and the mean ±
+    standard deviation and 95% interval of each metric; time saved's spread shows how noisy the
+    wall-clock is."""
+    if fr.confirm is None or fr.confirm.empty:
+        return ""
+    metrics = [m for m in ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac")
+               if m in fr.confirm.columns]
+    summ = summarize(fr.confirm, metrics)
+    t = exp.trials.set_index("trial_id")
+    seeds = sorted({int(s) for s in fr.confirm["seed"]})
+    head = ("<tr><th>trial</th><th>family</th><th>paper config / reference</th><th>runs</th><th>search val acc</th>"
+            + "".join(f"<th>{_esc(m.replace('_', ' '))}<br><span class='muted'>mean ± sd [95% interval]</span></th>"
+                      for m in metrics) + "</tr>")
+    rows = []
+    for _, r in summ.iterrows():
+        tid = str(r["trial_id"])
+        tr = t.loc[tid] if tid in t.index else {}
+        label = (tr.get("paper_config", "") or tr.get("reference", "")) if len(tr) else ""
+        cells = []
+        for m in metrics:
+            cell = _pct(r[m])
+            if math.isfinite(float(r[f"{m}_std"])):
+                cell += f" ± {_pct(r[f'{m}_std'])}"
+            if math.isfinite(float(r[f"{m}_ci_low"])):
+                cell += f" [{_pct(r[f'{m}_ci_low'])}, {_pct(r[f'{m}_ci_high'])}]"
+            cells.append(f"<td class='num'>{_esc(cell)}</td>")
+        rows.append(f"<tr><td>{_esc(tid)}</td><td>{_esc(tr.get('family', '') if len(tr) else '')}</td>"
+                    f"<td>{_esc(label)}</td><td class='num'>{int(r['runs'])}</td>"
+                    f"<td class='num'>{_pct(tr.get('val_accuracy') if len(tr) else None)}</td>{''.join(cells)}</tr>")
+    return (f"<p>Re-trained on {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), seeds no trial of the search "
+            "used; the front, the knee and the margins above use these means. The spread of time saved is the "
+            "wall-clock's noise on this machine.</p>"
+            f"<table id='confirm-table'>{head}{''.join(rows)}</table>")
 
 
 def build_report(
@@ -124,6 +197,7 @@ def build_report(
     n_err = int((t["status"] == "ERROR").sum())
     k = fr.knee_row
     summary = {
+        "verdict": fr.verdict,
         "experiment": exp.name,
         "directory": str(exp.path.resolve()),
         "model / dataset": f"{exp.model or '?'} / {exp.dataset or '?'}",
@@ -137,6 +211,12 @@ def build_report(
         "knee": f"{k['trial_id']} ({k['family']}): val acc {_pct(k['val_accuracy'])}, "
                 f"compute saved {_pct(k['compute_saved_frac'], 1)}, test acc {_pct(k['test_accuracy'])}",
         "baseline val accuracy": _pct(fr.baseline_accuracy) if fr.baseline_accuracy is not None else "no baseline trial",
+        "shorter-training curve": curve_text(fr),
+        "validation resolution": resolution_text(fr.val_images),
+        "confirmation": (f"{int(fr.confirm['trial_id'].nunique())} trials re-trained on "
+                         f"{int(fr.confirm['seed'].nunique())} fresh seeds (confirm.csv)"
+                         if fr.confirm is not None and len(fr.confirm) else
+                         f"none: one seed per point (python -m analysis.confirm {exp.path} --top 3 --seeds 3)"),
     }
     for ref, hv in fr.hypervolume.items():
         summary[f"hypervolume vs {ref}"] = f"{hv:.5f}"
@@ -149,6 +229,7 @@ def build_report(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_esc(exp.name)} · layerout-tune report</title><style>{CSS}</style></head><body>",
         f"<h1>Layer-freezing search: {_esc(exp.name)}</h1>",
+        f"<p id='verdict' class='verdict'>{_esc(fr.verdict)}</p>",
         *([f"<p class='warn'><b>{_esc(SYNTHETIC_NOTE)}</b></p>"] if exp.synthetic else []),
         "<p class='muted'>Validation accuracy (a held-out split of the training set) and compute saved "
         "(training FLOPs autograd ran, relative to the unfrozen model on the same steps) are the two objectives. "
@@ -163,6 +244,14 @@ def build_report(
     parts.append("<p class='muted'>The knee is the front point farthest beyond the straight line joining the "
                  "front's two ends, with both axes scaled to [0, 1]. Hypervolume: area (fraction × fraction) "
                  "dominated by the front above the reference point.</p>")
+    parts.append("<p class='muted'>Margin over shorter training: the policy's validation accuracy minus that of the "
+                 "unfrozen model trained for fewer epochs at the same compute saved (the dashed curve of the plot: "
+                 "the baseline and the reference points joined by straight lines; held flat beyond the cheapest "
+                 "reference point), in percentage points. Above 0 the policy beat simply training less. Confirmed "
+                 "policies show the mean over fresh seeds and its 95% interval (paired by seed); a single run is "
+                 f"one seed, and {_esc(resolution_text(fr.val_images))}.</p>")
+    if fr.confirm is not None and len(fr.confirm):
+        parts += ["<h2>Confirmation on fresh seeds</h2>", confirm_table_html(fr, exp)]
     if "front_policies" in cap:
         parts += ["<h2>Where freezing pays: the front's policies per unit</h2>",
                   f"<img alt='Front policies per unit' src='{image_data_uri(cap['front_policies'])}'>",

@@ -22,12 +22,14 @@ import numpy as np
 import pandas as pd
 
 from layerout.errors import UserError
-from layerout.experiment import (EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, POLICIES_DIR, RESULT_JSON,
-                                 TRIALS_CSV, VERSION, TrialRecord, build_tables, is_cut_short, parse_meta,
-                                 parse_result_lines, read_table)
+from layerout.experiment import (CONFIRM_CSV, CONFIRM_DIR, EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FORMAT,
+                                 POLICIES_DIR, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord, build_tables,
+                                 is_cut_short, parse_meta, parse_result_lines, read_table)
 from layerout.metrics import DEFAULT_OBJECTIVES, METRICS
 
-_RAY_SKIP_DIRS = {POLICIES_DIR, "__pycache__", ".git"}
+_RAY_SKIP_DIRS = {POLICIES_DIR, CONFIRM_DIR, "__pycache__", ".git"}
+# confirm.csv: the columns every run row needs (python -m analysis.confirm writes them)
+CONFIRM_REQUIRED = ["kind", "trial_id", "seed", "val_accuracy", "compute_saved_frac"]
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: these trials trained on random tensors (throughput measurement); "
                   "their accuracies mean nothing")
 
@@ -40,7 +42,9 @@ class Experiment:
     ``trials``: one row per trial (trials.csv columns, normalized: ``trial_id`` and text columns
     as str, ``stopped_early`` as bool, ``epochs_done`` as float, missing metric columns as NaN);
     ``epochs``: one row per trial-epoch; ``source``: where the tables came from
-    (``"csv"``, ``"ray"`` or ``"csv+ray"``).
+    (``"csv"``, ``"ray"`` or ``"csv+ray"``); ``confirm``: confirm.csv's rows of one run each
+    (``kind == "run"``: a trial re-trained on one fresh seed), or None when the front was not
+    confirmed.
     """
 
     meta: dict
@@ -48,6 +52,7 @@ class Experiment:
     epochs: pd.DataFrame
     path: Path = field(default_factory=Path)
     source: str = "csv"
+    confirm: pd.DataFrame | None = None
 
     @property
     def name(self) -> str:
@@ -69,6 +74,13 @@ class Experiment:
         except (TypeError, ValueError):
             return DEFAULT_OBJECTIVES
         return pairs if len(pairs) >= 2 else DEFAULT_OBJECTIVES
+
+    @property
+    def val_images(self) -> int | None:
+        """Images in the validation split (the most common over the trials; None if not recorded):
+        one image is ``1 / val_images`` of validation accuracy."""
+        col = pd.to_numeric(self.trials.get("val_images", pd.Series(dtype=float)), errors="coerce").dropna()
+        return int(col.mode().iloc[0]) if len(col) else None
 
     @property
     def units(self) -> list[str]:
@@ -178,7 +190,24 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     epochs = _normalize_epochs(epochs)
     if trials.empty:
         raise UserError(f"{trials_file if have_trials else path}: experiment has no trials yet")
-    return Experiment(meta=meta, trials=trials, epochs=epochs, path=path, source="+".join(sources))
+    return Experiment(meta=meta, trials=trials, epochs=epochs, path=path, source="+".join(sources),
+                      confirm=read_confirm(path / CONFIRM_CSV))
+
+
+def read_confirm(path: Path) -> pd.DataFrame | None:
+    """confirm.csv's run rows (``kind == "run"``), ``trial_id`` as text; None when there is no
+    file. A file without the columns a run needs is a UserError naming it."""
+    if not path.is_file():
+        return None
+    df = read_table(path, required=CONFIRM_REQUIRED)
+    runs = df[df["kind"].astype(str) == "run"].copy()
+    runs["trial_id"] = runs["trial_id"].astype(str)
+    for c in ("seed", "val_accuracy", "compute_saved_frac", "time_saved_frac", "test_accuracy"):
+        if c in runs.columns:
+            runs[c] = pd.to_numeric(runs[c], errors="coerce")
+    if runs["seed"].isna().any():
+        raise UserError(f"{path}: column 'seed' is empty in a row of kind 'run'")
+    return runs.reset_index(drop=True)
 
 
 def experiment_from_tables(meta: dict, trials: pd.DataFrame, epochs: pd.DataFrame, path: Path) -> Experiment:
@@ -233,7 +262,7 @@ def _normalize_trials(trials: pd.DataFrame, meta: dict, epochs: pd.DataFrame, wh
         t["status"] = "TERMINATED"
     t["status"] = t["status"].fillna("").astype(str).str.upper()
     t["stopped_early"] = t["stopped_early"].map(_to_bool) if "stopped_early" in t.columns else False
-    for col in ("paper_config", "family", "policy"):
+    for col in ("paper_config", "reference", "family", "policy"):
         if col not in t.columns:
             t[col] = ""
         t[col] = t[col].fillna("").astype(str)
@@ -325,27 +354,41 @@ def _rebuild_from_ray(files: list[Path], meta: dict | None) -> tuple[pd.DataFram
 # which trials count
 
 
-def finished_mask(exp: Experiment) -> pd.Series:
-    """Trials that trained the full epoch budget (or ended TERMINATED and not stopped early)."""
+def own_budget(exp: Experiment) -> pd.Series | None:
+    """The epochs each trial was asked to train: its recipe's ``train.epochs`` (fewer than the
+    search's budget for a shorter-training reference point or a ``budget_frac`` trial), else the
+    experiment's budget; None when neither is known."""
     t = exp.trials
     budget = exp.epoch_budget
+    own = (pd.to_numeric(t["config/train/epochs"], errors="coerce") if "config/train/epochs" in t.columns
+           else pd.Series(np.nan, index=t.index))
+    if budget is not None:
+        own = own.fillna(float(budget))
+    return None if own.isna().all() else own
+
+
+def finished_mask(exp: Experiment) -> pd.Series:
+    """Trials that trained their whole budget (their own, ``own_budget``), or ended TERMINATED and
+    not stopped early."""
+    t = exp.trials
+    budget = own_budget(exp)
     full = pd.Series(False, index=t.index)
     if budget is not None:
         full = t["epochs_done"].fillna(-1) >= budget
     natural = (t["status"] == "TERMINATED") & ~t["stopped_early"].astype(bool)
     if budget is not None:
-        # TERMINATED without a flag but short of the budget was stopped by the scheduler
-        natural &= ~(t["epochs_done"].fillna(budget) < budget)
+        # TERMINATED without a flag but short of its budget was stopped by the scheduler
+        natural &= ~(t["epochs_done"].fillna(budget) < budget.fillna(0))
     return full | natural
 
 
 def stopped_mask(exp: Experiment) -> pd.Series:
-    """Trials the scheduler (MOASHA or ASHA) stopped before the epoch budget."""
+    """Trials the scheduler (MOASHA or ASHA) stopped before their budget."""
     t = exp.trials
     flagged = t["stopped_early"].astype(bool)
-    budget = exp.epoch_budget
+    budget = own_budget(exp)
     if budget is not None:
-        flagged |= (t["status"] == "TERMINATED") & (t["epochs_done"].fillna(budget) < budget)
+        flagged |= (t["status"] == "TERMINATED") & (t["epochs_done"].fillna(budget) < budget.fillna(0))
     return flagged & ~finished_mask(exp)
 
 
@@ -375,7 +418,11 @@ def select_trials(exp: Experiment, include_stopped: bool = False) -> pd.DataFram
 
 
 def baseline_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The unfrozen baseline trials (family ``none`` or paper config ``baseline``)."""
+    """The unfrozen baseline trials of the whole budget (paper config or reference ``baseline``,
+    or family ``none`` not trained shorter)."""
     fam = trials["family"].astype(str).str.lower()
     pc = trials["paper_config"].astype(str).str.lower()
-    return trials[(fam == "none") | (pc == "baseline")]
+    ref = trials["reference"].astype(str) if "reference" in trials.columns else pd.Series("", index=trials.index)
+    shorter = (pd.to_numeric(trials["config/train/budget_epochs"], errors="coerce").notna()
+               if "config/train/budget_epochs" in trials.columns else pd.Series(False, index=trials.index))
+    return trials[(pc == "baseline") | (ref == "baseline") | ((fam == "none") & ~shorter)]

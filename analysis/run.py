@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analysis.curve import resolution_text
 from analysis.export import build_policy, policy_filename, retrain_command, write_policy_file
 from analysis.front import Front, compute_front
 from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_hypervolume, plot_pareto
@@ -19,8 +20,9 @@ from layerout.experiment import PARETO_CSV, POLICIES_DIR
 from layerout.files import WriteError, atomic_write, write_reason
 
 FRONT_COLUMNS = [
-    "rank", "knee", "trial_id", "family", "paper_config", "stopped", "val_accuracy", "compute_saved_frac",
-    "time_saved_frac", "params_frozen_frac", "test_accuracy", "epochs_done", "status", "policy",
+    "rank", "knee", "trial_id", "family", "paper_config", "reference", "stopped", "val_accuracy",
+    "compute_saved_frac", "curve_accuracy", "margin", "margin_ci_low", "margin_ci_high", "beyond_curve",
+    "confirmed_runs", "time_saved_frac", "params_frozen_frac", "test_accuracy", "epochs_done", "status", "policy",
 ]
 
 
@@ -62,15 +64,22 @@ def _pct(x: Any, digits: int = 2) -> str:
 
 
 def front_table_text(fr: Front) -> str:
-    """The front as a fixed-width terminal table (knee marked with *, stopped-early with ~)."""
-    head = ["", "val acc", "compute saved", "time saved", "test acc", "family", "paper config", "trial id"]
+    """The front as a fixed-width terminal table (knee marked with *, stopped-early with ~; margin:
+    over training the unfrozen model for fewer epochs at the same compute, in points)."""
+    head = ["", "val acc", "compute saved", "margin", "time saved", "test acc", "family", "paper config / reference",
+            "trial id"]
     rows = []
     for _, r in fr.front.iterrows():
         mark = ("*" if r["trial_id"] == fr.knee else "") + ("~" if bool(r.get("stopped", False)) else "")
-        rows.append([mark, _pct(r["val_accuracy"]), _pct(r["compute_saved_frac"], 1), _pct(r["time_saved_frac"], 1),
-                     _pct(r["test_accuracy"]), str(r["family"]), str(r["paper_config"] or "-"), str(r["trial_id"])])
+        m = r.get("margin")
+        margin = "-" if m is None or not math.isfinite(float(m)) else f"{100 * float(m):+.2f}"
+        if margin != "-" and math.isfinite(float(r.get("margin_ci_low", math.nan))):
+            margin += f" [{100 * float(r['margin_ci_low']):+.2f}, {100 * float(r['margin_ci_high']):+.2f}]"
+        rows.append([mark, _pct(r["val_accuracy"]), _pct(r["compute_saved_frac"], 1), margin,
+                     _pct(r["time_saved_frac"], 1), _pct(r["test_accuracy"]), str(r["family"]),
+                     str(r["paper_config"] or r.get("reference", "") or "-"), str(r["trial_id"])])
     widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
-    right = {1, 2, 3, 4}
+    right = {1, 2, 3, 4, 5}
 
     def fmt(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -82,7 +91,7 @@ def front_table_text(fr: Front) -> str:
 def summary_text(exp: Experiment, fr: Front) -> str:
     obj = " and ".join(f"{n} ({m})" for n, m in fr.objectives)
     scope = "finished + stopped-early" if fr.include_stopped else "finished"
-    lines = ([SYNTHETIC_NOTE] if exp.synthetic else []) + [
+    lines = ([SYNTHETIC_NOTE] if exp.synthetic else []) + [fr.verdict] + [
              f"Pareto front of {exp.name}: {len(fr.front)} of {len(fr.candidates)} {scope} trials, "
              f"objectives {obj}; test accuracy is shown, never used to choose",
              front_table_text(fr),
@@ -101,6 +110,17 @@ def summary_text(exp: Experiment, fr: Front) -> str:
                  f"time saved {_pct(k['time_saved_frac'], 1)}")
     if fr.dropped:
         lines.append(f"ignored (missing metrics): {', '.join(fr.dropped)}")
+    noise = f"noise: {resolution_text(fr.val_images)}; "
+    if fr.confirm is not None and len(fr.confirm):
+        spread = fr.confirm.groupby("trial_id")["time_saved_frac"].std() if "time_saved_frac" in fr.confirm else None
+        noise += (f"values of {fr.confirm['trial_id'].nunique()} trials are means over {fr.confirm['seed'].nunique()} "
+                  "fresh seeds (confirm.csv), margins with their 95% interval")
+        if spread is not None and spread.notna().any():
+            noise += (f"; time saved varies between seeds by a standard deviation of up to "
+                      f"{100 * float(spread.max()):.1f} points")
+    else:
+        noise += "one seed per point"
+    lines.append(noise)
     return "\n".join(lines)
 
 

@@ -115,6 +115,10 @@ class ComputeLedger:
     # "calibration": the reference is the calibrated step even when unfrozen epochs exist (the graph
     # fast path: its unfrozen epochs include warm-up steps and captures, which would inflate it)
     reference: str = "epochs"
+    # a run shorter than its budget (TrainConfig.budget_epochs): budget epochs / epochs. The
+    # savings are measured against the unfrozen model trained for the whole budget, i.e. the
+    # unfrozen FLOPs (and steps) counted so far scaled by it; 1 for every other run
+    budget_scale: float = 1.0
 
     def add_samples(self, flops_per_sample: float, unfrozen_per_sample: float, n: int) -> None:
         self.flops_spent += flops_per_sample * n
@@ -131,7 +135,9 @@ class ComputeLedger:
 
     @property
     def compute_saved_frac(self) -> float:
-        return 1.0 - self.flops_spent / self.flops_unfrozen if self.flops_unfrozen else 0.0
+        if not self.flops_unfrozen:
+            return 0.0
+        return 1.0 - self.flops_spent / (self.flops_unfrozen * self.budget_scale)
 
     @property
     def compute_spent_gflop(self) -> float:
@@ -157,7 +163,7 @@ class ComputeLedger:
         ref = self.unfrozen_step_s
         if not ref or not self.steps:
             return None
-        return 1.0 - self.train_time_s / (self.steps * ref)
+        return 1.0 - self.train_time_s / (self.steps * ref * self.budget_scale)
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)

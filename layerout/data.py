@@ -94,6 +94,10 @@ class DataSplits:
     def n_train(self) -> int:
         return len(self.train_x)
 
+    @property
+    def n_val(self) -> int:
+        return len(self.val_x)
+
     def train_batches(self, batch_size: int, epoch: int, seed: int, augment: bool,
                       device: str | torch.device) -> "BatchIterator":
         """One epoch of shuffled (augmented) training batches on ``device``."""
@@ -425,6 +429,10 @@ class DatasetSplits:
     @property
     def n_train(self) -> int:
         return len(self.train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val)
 
     def _loader(self, ds: Any, device: torch.device, **kw: Any) -> DataLoader:
         return DataLoader(ds, num_workers=self.workers, pin_memory=torch.device(device).type == "cuda", **kw)

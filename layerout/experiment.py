@@ -9,6 +9,7 @@
 - ``epochs.csv``: one row per trial-epoch (``trial_id`` + every metric);
 - ``rungs.csv``: MOASHA's decisions, one row per result it ranked at a rung (``RUNGS_COLUMNS``);
 - ``pareto.csv``, ``pareto.png``, ``report.html``, ``policies/*.json``: the analysis.
+- ``confirm.csv`` and ``confirm/`` (Ray Tune's runs): ``python -m analysis.confirm``.
 
 Each trial's directory (``trial_<id>/``) holds Ray's ``result.json``: one JSON object per reported
 epoch. ``build_tables`` turns those into trials.csv and epochs.csv; the search writes them at its
@@ -39,19 +40,22 @@ EPOCHS_CSV = "epochs.csv"
 PARETO_CSV = "pareto.csv"
 RUNGS_CSV = "rungs.csv"
 POLICIES_DIR = "policies"
+CONFIRM_CSV = "confirm.csv"  # python -m analysis.confirm: the front re-trained on fresh seeds
+CONFIRM_DIR = "confirm"  # its Ray Tune experiment (one trial per policy and seed)
 RESULT_JSON = "result.json"  # Ray Tune's per-trial results: one JSON object per reported epoch
 USER_ERROR = "user_error"  # a result line with this key: the trial ended on a mistake in the user's code or data
 
 TRIAL_STATUSES = ("TERMINATED", "ERROR", "RUNNING")  # RUNNING: not finished (--resume continues it)
 # last_report_time: Ray's timestamp (unix seconds) of the trial's last report: the order trials ended in
-TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "family", "epochs_done",
+# reference: a shorter-training reference point of the search ("baseline", "shorter-50%"), else empty
+TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "reference", "family", "epochs_done",
                        "last_report_time"]
 # rungs.csv: rung (epoch), trial, the value of each objective the scheduler ranks on (between
 # trial_id and rank), rank (1 = best) among how many results, decision (continue | stop | kept: <why>)
 RUNGS_COLUMNS = ["rung", "trial_id", "rank", "of", "decision"]
 EPOCH_COLUMNS = ["trial_id", *METRICS, *EXTRA_METRICS]
 # read as text: trial ids like "00001" and masks like "0110" must not become numbers
-STR_COLUMNS = ["trial_id", "status", "paper_config", "family", "policy", "frozen_units", "error"]
+STR_COLUMNS = ["trial_id", "status", "paper_config", "reference", "family", "policy", "frozen_units", "error"]
 
 
 # ------------------------------------------------------------------------------ experiment.json
@@ -184,7 +188,9 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
     """(trials table, epochs table) in the trials.csv / epochs.csv format.
 
     A trial's final metrics are its last epoch's (test accuracy: the latest one reported); it is
-    ``stopped_early`` when it ended TERMINATED short of ``epochs_budget``.
+    ``stopped_early`` when it ended TERMINATED short of its own budget: its recipe's
+    ``train.epochs`` (a shorter-training reference point, or a ``budget_frac`` trial, trains fewer
+    epochs than ``epochs_budget`` and is finished when it has trained them), else ``epochs_budget``.
     """
     trial_rows, epoch_rows = [], []
     for t in _ordered(list(records)):
@@ -195,19 +201,22 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
         config = t.config or (per_epoch[-1].get("config") if per_epoch else None) or {}
         last = per_epoch[-1] if per_epoch else {}
         done = int(last.get("epoch") or 0) if last else 0
-        status = t.status or ("TERMINATED" if done >= epochs_budget else "RUNNING")
+        own = trial_budget(config, epochs_budget)
+        status = t.status or ("TERMINATED" if done >= own else "RUNNING")
         if t.error:
             status = "ERROR"
         schedule = config.get("schedule") or {}
         row: dict[str, Any] = {
             "trial_id": str(t.trial_id), "status": status,
-            "stopped_early": bool(status == "TERMINATED" and done < epochs_budget),
+            "stopped_early": bool(status == "TERMINATED" and done < own),
             "paper_config": config.get("paper_config", "") or "",
+            "reference": config.get("reference", "") or "",
             "family": config.get("family", "") or schedule.get("kind", ""),
             "epochs_done": done,
             "last_report_time": last.get("timestamp", math.nan) if last else math.nan,
         }
-        row.update(flatten_config({k: v for k, v in config.items() if k != "paper_config"}, "config"))
+        row.update(flatten_config({k: v for k, v in config.items() if k not in ("paper_config", "reference")},
+                                  "config"))
         # the schedule as it ran (drawn vectors, adaptive freeze epochs), else the one asked for
         row["policy"] = last.get("policy") or json.dumps(schedule, sort_keys=True)
         for c in (*TRIAL_METRICS, *METRICS, *EXTRA_METRICS):
@@ -233,6 +242,15 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
         trials = trials[[*TRIAL_FIRST_COLUMNS, *cfg_cols, *rest, "policy", *known, *tail]]
     epochs = pd.DataFrame(epoch_rows, columns=EPOCH_COLUMNS)
     return _tidy(trials), _tidy(epochs)
+
+
+def trial_budget(config: dict[str, Any] | None, epochs_budget: int) -> int:
+    """The epochs a trial was asked to train: its recipe's ``train.epochs`` (fewer than the
+    search's budget for a shorter-training reference point or a ``budget_frac`` trial), else
+    ``epochs_budget``."""
+    train = (config or {}).get("train")
+    e = train.get("epochs") if isinstance(train, dict) else None
+    return int(e) if isinstance(e, int) and not isinstance(e, bool) and e > 0 else int(epochs_budget)
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:

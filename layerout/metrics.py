@@ -20,8 +20,9 @@ METRICS: tuple[str, ...] = (
 )
 # Per-epoch extras: the global lr, the mask ("0110", 1 = frozen) and whether the data was synthetic.
 EXTRA_METRICS: tuple[str, ...] = ("lr", "frozen_units", "synthetic")
-# Per trial, reported by the search (trials.csv only): what replaying its policy needs.
-TRIAL_METRICS: tuple[str, ...] = ("steps_per_epoch",)
+# Per trial, reported by the search (trials.csv only): what replaying its policy needs, and the
+# validation split's size (one image is 1 / val_images of accuracy: the resolution of val_accuracy).
+TRIAL_METRICS: tuple[str, ...] = ("steps_per_epoch", "val_images")
 
 # Reported, never used to select: the test split may not be an objective (a space, experiment.json)
 # nor rank a trial anywhere.

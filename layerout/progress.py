@@ -155,10 +155,13 @@ class JobProgress:
         r.state, r.failed = "ended", bool(failed)
         r.stopped = not failed and r.epochs < r.budget
 
-    def restored(self, run: str, epochs: int, ended: bool, failed: bool = False) -> None:
+    def restored(self, run: str, epochs: int, ended: bool, failed: bool = False, budget: int | None = None) -> None:
         """A run as a resumed job finds it: ``epochs`` trained before this process started
-        (counted as done, not in the rate); ``ended``, or waiting to continue."""
+        (counted as done, not in the rate); ``ended``, or waiting to continue; ``budget``: its
+        budget if not the job's."""
         r = self._run(run)
+        if budget is not None:
+            r.budget = int(budget)
         r.epochs = max(r.epochs, int(epochs))
         if ended:
             r.state, r.failed = "ended", bool(failed)

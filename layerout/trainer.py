@@ -88,6 +88,9 @@ class TrainConfig:
     units: list | None = None
     image_size: int | None = None  # imagefolder datasets: images resized and center-cropped to this (64)
     data_workers: int = 2  # DataLoader worker processes (Datasets, image folders; tensors need none)
+    # a run shorter than its budget (layerout.budget): the epochs its compute and time saved are
+    # measured against, as the unfrozen model trained that long; None = its own epochs
+    budget_epochs: int | None = None
 
     def __post_init__(self) -> None:
         """Every check of a training recipe, wherever it came from (a space's ``train:`` block, a
@@ -128,6 +131,10 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(f"train.{name}", getattr(self, name), 1)
         check_int("train.data_workers", self.data_workers, 0)
+        if self.budget_epochs is not None:
+            if not is_int(self.budget_epochs) or self.budget_epochs < epochs:
+                raise fail("train.budget_epochs", f"must be null or an integer >= epochs ({epochs}): the budget a "
+                                                  f"shorter run is measured against, got {short(self.budget_epochs)}")
         if self.units is not None:
             self.units = check_unit_spec(self.units)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
@@ -248,7 +255,8 @@ class Trainer:
         self.flops = FlopCache(self.model, self.freezer.params, px, py)
         self.total_params = count_params(self.model)
         self.unit_param_counts = unit_param_counts(self.model, self.units)
-        self.ledger = ComputeLedger()
+        # a shorter run of a longer budget: its savings are measured against the whole budget
+        self.ledger = ComputeLedger(budget_scale=(cfg.budget_epochs or cfg.epochs) / cfg.epochs)
         self._plan: dict[int, tuple[float, float]] = {}  # epoch -> planned (spent, unfrozen) FLOPs
         self.epoch = 0  # epochs finished
         self.history: list[dict[str, Any]] = []
@@ -423,7 +431,7 @@ class Trainer:
             f, u = self._planned_epoch_flops(epoch)
             spent += f
             unfrozen += u
-        return 1.0 - spent / unfrozen if unfrozen else 0.0
+        return 1.0 - spent / (unfrozen * self.ledger.budget_scale) if unfrozen else 0.0
 
     def _planned_epoch_flops(self, epoch: int) -> tuple[float, float]:
         """(FLOPs under the schedule's masks, FLOPs unfrozen) of one whole epoch; cached unless

@@ -39,6 +39,9 @@ This module never imports Ray. Format (every key optional except ``model`` and `
     early_stopping: {scheduler: moasha, grace_period: 2, reduction_factor: 2}   # moasha | asha | none
     paper_configs: true          # evaluate the paper's five configurations first
     paper_warmup_epochs: 2       # warm-up of the paper's "warm-up" configurations (paper: 20)
+    reference_budgets: [0.25, 0.5, 0.75]   # the unfrozen model trained shorter (false: none)
+    budget_frac: [0.5, 1.0]      # optional: policies trained for a fraction of the budget too
+    confirm: {seeds: 3, top: 3}  # optional: re-train the best front policies on fresh seeds at the end
     num_samples: 24
     max_concurrent: 2
     seed: 0
@@ -87,7 +90,13 @@ TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "famili
 # TrainConfig fields a space's `train:` block may set: the recipe, not where it runs from (the
 # command line's --data-dir/--no-download) nor the model, dataset, units and seed (top-level keys).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
-                     if f.name not in ("model", "dataset", "units", "seed", "data_dir", "download"))
+                     if f.name not in ("model", "dataset", "units", "seed", "data_dir", "download", "budget_epochs"))
+# Is freezing worth it: the shorter-training reference points (the unfrozen model trained for these
+# fractions of the budget; the full-budget baseline always runs), the optional budget_frac
+# dimension, and the confirmation of the front on fresh seeds at the end of a search
+BUDGET_KEYS = ("reference_budgets", "budget_frac", "confirm")
+REFERENCE_BUDGETS = (0.25, 0.5, 0.75)
+CONFIRM_TOP = 3
 
 
 @dataclass
@@ -121,6 +130,11 @@ class SearchSpace:
     max_concurrent: int = 0  # 0: as many as resources allow
     seed: int = 0
     loggers: list[str] | None = None  # None: the default set (tuning.loggers)
+    # fractions of the budget the unfrozen model is also trained for (search_spaces.trials.reference_points)
+    reference_budgets: list[float] = field(default_factory=lambda: list(REFERENCE_BUDGETS))
+    budget_frac: tuple[float, float] | None = None  # None: every trial trains the whole budget
+    confirm_seeds: int = 0  # > 0: tune_main re-trains the front on this many fresh seeds at the end
+    confirm_top: int = CONFIRM_TOP
     # the document it was validated from (the parsed YAML), kept so that experiment.json can
     # rebuild the space (``space_from_dict``); None for a space built in code
     document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -252,7 +266,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     if not isinstance(data, dict):
         raise UserError(f"{where}: must be a YAML mapping with keys model, dataset, train, families, ...; "
                         f"got {type(data).__name__}")
-    check.mapping("", data, TOP_KEYS)
+    check.mapping("", data, TOP_KEYS + BUDGET_KEYS)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
         raise check.err("name", f"must be a non-empty string without spaces or slashes, got {short(name)}")
@@ -324,11 +338,20 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     num_samples = check.int_("num_samples", data.get("num_samples", 24), 1)
     max_conc = check.int_("max_concurrent", data.get("max_concurrent", 0), 0)
     loggers = check.choices("loggers", data["loggers"], LOGGERS) if data.get("loggers") is not None else None
+    budgets = _reference_budgets(check, data.get("reference_budgets", list(REFERENCE_BUDGETS)))
+    budget_frac = (None if data.get("budget_frac") is None else
+                   check.num_range("budget_frac", data["budget_frac"], 0.0, 1.0, low_open=True,
+                                   what=" (fractions of the epoch budget a trial trains)"))
+    conf = check.mapping("confirm", data.get("confirm"), ("seeds", "top"))
+    confirm_seeds = check.int_("confirm.seeds", conf.get("seeds", 0), 0, 100)
+    confirm_top = check.int_("confirm.top", conf.get("top", CONFIRM_TOP), 1, 100)
     return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
                        description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,
                        code_paths=code, notes=checked.notes, objectives=objectives, early_stopping=early,
                        paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
-                       max_concurrent=max_conc, seed=seed, loggers=loggers, document=_jsonable(data))
+                       max_concurrent=max_conc, seed=seed, loggers=loggers, reference_budgets=budgets,
+                       budget_frac=budget_frac, confirm_seeds=confirm_seeds, confirm_top=confirm_top,
+                       document=_jsonable(data))
 
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:
@@ -363,6 +386,20 @@ def _families(check: Checker, raw: Any, ctx: SpaceContext) -> dict[str, FamilySp
         family = FAMILY_SPACES[kind]
         out[kind] = family.parse(check, fld, check.mapping(fld, spec, family.keys), ctx)
     return out
+
+
+def _reference_budgets(check: Checker, raw: Any) -> list[float]:
+    """``reference_budgets``: fractions in (0, 1) of the epoch budget (``false`` or ``[]``: none;
+    ``true``: the default ones)."""
+    if raw is False or raw is None:
+        return []
+    if raw is True:
+        return list(REFERENCE_BUDGETS)
+    vals = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in vals):
+        raise check.err("reference_budgets", "must be a list of fractions of the epoch budget within (0, 1), e.g. "
+                                             f"[0.25, 0.5, 0.75], or false for none, got {short(raw)}")
+    return sorted({float(v) for v in vals})
 
 
 def _objectives(check: Checker, raw: Any) -> list[tuple[str, str]]:

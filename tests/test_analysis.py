@@ -326,7 +326,9 @@ def test_export_picks(exp_dir, tmp_path, capsys, args, expected):
     from analysis.export import main as export_main
 
     out = tmp_path / "p.json"
-    assert export_main([str(exp_dir), *args, "-o", str(out)]) == 0  # in-process: the CLI is tested below
+    # --ignore-curve: among every front policy (nothing here beats the baseline held flat; see
+    # test_verdict.py for the default, among the policies above the shorter-training curve)
+    assert export_main([str(exp_dir), *args, "--ignore-curve", "-o", str(out)]) == 0  # in-process: the CLI below
     stdout = capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["format"] == "layerout-policy" and doc["version"] == 1
@@ -352,10 +354,10 @@ def test_export_picks(exp_dir, tmp_path, capsys, args, expected):
 def test_export_api_default_path_and_all_front(exp_dir, tmp_path):
     from analysis.export import export_policy
 
-    p = export_policy(exp_dir)
+    p = export_policy(exp_dir, ignore_curve=True)
     assert p == exp_dir / "policies" / "knee.json"
     assert json.loads(p.read_text())["provenance"]["trial_id"] == "t_bend"
-    proc = run_module("analysis.export", exp_dir, "--pick", "min-compute", "-o", tmp_path / "m.json",
+    proc = run_module("analysis.export", exp_dir, "--pick", "min-compute", "--ignore-curve", "-o", tmp_path / "m.json",
                       "--all-front", tmp_path / "front")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "front").iterdir()) == sorted(
@@ -406,7 +408,7 @@ def test_no_finished_trial(tmp_path):
 
 def test_min_accuracy_nobody_reaches(exp_dir, tmp_path):
     out = tmp_path / "never.json"
-    assert_one_line_error(run_module("analysis.export", exp_dir, "--min-accuracy", "99", "-o", out),
+    assert_one_line_error(run_module("analysis.export", exp_dir, "--min-accuracy", "99", "--ignore-curve", "-o", out),
                           "--min-accuracy 99%", "95.00%")
     assert not out.exists()
 
@@ -577,7 +579,7 @@ def test_read_only_experiment_is_one_line_that_suggests_out(tmp_path):
     proc = helpers.run_module("analysis", [d], read_only=[d])
     assert_one_line_error(proc, f"error: {d / 'pareto.csv'}: cannot write (permission denied); write the analysis "
                                 "elsewhere with --out DIR")
-    proc = helpers.run_module("analysis.export", [d, "--pick", "knee"], read_only=[d])
+    proc = helpers.run_module("analysis.export", [d, "--pick", "knee", "--ignore-curve"], read_only=[d])
     assert_one_line_error(proc, f"error: {d / 'policies' / 'knee.json'}: cannot write (cannot create its folder "
                                 f"{d / 'policies'}: permission denied); write the policy elsewhere with -o FILE")
     assert helpers.tree(d) == before
@@ -586,7 +588,8 @@ def test_read_only_experiment_is_one_line_that_suggests_out(tmp_path):
     proc = helpers.run_module("analysis", [d, "--out", out], read_only=[d])
     assert proc.returncode == 0, proc.stderr
     assert (out / "pareto.csv").is_file() and (out / "report.html").is_file() and (out / "policies").is_dir()
-    proc = helpers.run_module("analysis.export", [d, "--pick", "knee", "-o", tmp_path / "knee.json"], read_only=[d])
+    proc = helpers.run_module("analysis.export", [d, "--pick", "knee", "--ignore-curve", "-o", tmp_path / "knee.json"],
+                              read_only=[d])
     assert proc.returncode == 0, proc.stderr
     assert load_policy(tmp_path / "knee.json").provenance["trial_id"]
     assert helpers.tree(d) == before
@@ -601,7 +604,7 @@ def test_export_to_a_folder_is_one_line_and_leaves_nothing(tmp_path):
     target = tmp_path / "some_folder"
     target.mkdir()
     before = helpers.tree(tmp_path)
-    proc = helpers.run_module("analysis.export", [d, "-o", target])
+    proc = helpers.run_module("analysis.export", [d, "--ignore-curve", "-o", target])
     assert_one_line_error(proc, f"error: {target}: cannot write (it is a folder; give a file name)")
     assert helpers.tree(tmp_path) == before
 

@@ -40,6 +40,7 @@ families:
 {families}
 paper_configs: {str(paper).lower()}
 paper_warmup_epochs: 1
+reference_budgets: false
 early_stopping: {{scheduler: {scheduler}, grace_period: 1, reduction_factor: 2}}
 num_samples: 4
 max_concurrent: 2

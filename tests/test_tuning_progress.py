@@ -132,3 +132,24 @@ def test_a_resumed_search_counts_the_trials_it_finds(console):
     p.on_step_end(1, [done, paused])
     assert console.lines() == ["[search] 1/3 trials finished, 0 running, 2 queued; epochs 6/12 planned; 5s elapsed, "
                                "time left known after the first epoch"]
+
+
+def test_a_shorter_training_trial_plans_its_own_epochs(console):
+    """A reference point or a trial with budget_frac trains fewer epochs than the search's budget:
+    the status plans its own epochs, and ending after them is not 'stopped early'."""
+    p = TrialProgress(num_samples=2, epochs=6, interval=5)
+    short = _trial("s", NODE_A, status="RUNNING", epoch=0, tmp=console.tmp)
+    short.config = {"family": "none", "reference": "shorter-50%", "train": {"epochs": 3, "budget_epochs": 6}}
+    resumed = _trial("r", NODE_A, status="TERMINATED", epoch=2, tmp=console.tmp)
+    resumed.config = {"family": "none", "reference": "shorter-33%", "train": {"epochs": 2, "budget_epochs": 6}}
+    p.on_step_end(0, [resumed])  # found by a resumed search, ended after its 2 epochs
+    p.on_trial_start(1, [resumed, short], short)
+    short.last_result = {"epoch": 3, "val_accuracy": 0.5}
+    p.on_trial_result(2, [resumed, short], short, short.last_result)
+    short.status = "TERMINATED"
+    p.on_trial_complete(3, [resumed, short], short)
+    console.clock[0] += 5
+    p.on_step_end(4, [resumed, short])
+    lines = console.lines()
+    assert "3/3 epochs" in lines[0] and "stopped" not in lines[0]
+    assert lines[-1].startswith("[search] 2/2 trials finished, 0 running, 0 queued; epochs 5/5 planned")

@@ -124,10 +124,12 @@ class TrialProgress(Callback):
         cfg = trial.config or {}
         res = trial.last_result or {}
         epoch = res.get("epoch")
-        what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else "")
+        what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else
+                                                  f" ({cfg['reference']})" if cfg.get("reference") else "")
+        budget = _budget(trial, self.epochs)
         head = f"[{done:>{width}}/{self.num_samples}] trial {trial.trial_id}  {what:<26}"
         if error:
-            self._print(f"{head} FAILED after {epoch or 0}/{self.epochs} epochs (see {trial.path}/error.txt)")
+            self._print(f"{head} FAILED after {epoch or 0}/{budget} epochs (see {trial.path}/error.txt)")
             return
         if res.get(USER_ERROR):  # ended on a mistake in the user's code or data (not retried)
             self._print(f"{head} FAILED: {res[USER_ERROR]}")
@@ -135,8 +137,8 @@ class TrialProgress(Callback):
         if epoch is None:
             self._print(f"{head} ended without reporting")
             return
-        stopped = int(epoch) < self.epochs
-        ran = f"{int(epoch)}/{self.epochs} epochs" + (f" ({self.scheduler} stopped it)" if stopped else "")
+        stopped = int(epoch) < budget
+        ran = f"{int(epoch)}/{budget} epochs" + (f" ({self.scheduler} stopped it)" if stopped else "")
         secs = res.get("time_total_s")
         self._print(f"{head} {ran:<32} val acc {_pct(res.get('val_accuracy'), 2)}  "
                     f"compute saved {_pct(res.get('compute_saved_frac'))}  "
@@ -195,7 +197,7 @@ class TrialProgress(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._known(trials)
-        self.display.job.started(trial.trial_id)
+        self.display.job.started(trial.trial_id, epochs=_budget(trial, self.epochs))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.display.job.trained(trial.trial_id, _epoch(result))
@@ -236,13 +238,13 @@ class TrialProgress(Callback):
         for t in trials:
             if t.trial_id in job:
                 continue
-            epochs = _epoch(t.last_result)
+            epochs, budget = _epoch(t.last_result), _budget(t, self.epochs)
             if t.status in ("TERMINATED", "ERROR"):
-                job.restored(t.trial_id, epochs, ended=True, failed=t.status == "ERROR")
+                job.restored(t.trial_id, epochs, ended=True, failed=t.status == "ERROR", budget=budget)
             elif epochs or t.status == "RUNNING":
-                job.restored(t.trial_id, epochs, ended=False)
+                job.restored(t.trial_id, epochs, ended=False, budget=budget)
                 if t.status == "RUNNING":
-                    job.started(t.trial_id)
+                    job.started(t.trial_id, epochs=budget)
 
     def _count_repeats(self) -> None:
         if self._repeats is not None:
@@ -251,6 +253,11 @@ class TrialProgress(Callback):
                 job.repeated(int(self._repeats()) - job.repeats)
             except Exception:  # noqa: BLE001 - only a number on the status line
                 pass
+
+
+def _budget(trial: Any, default: int) -> int:
+    """The epochs a trial plans to train: fewer than the search's for a shorter-training trial."""
+    return int(((trial.config or {}).get("train") or {}).get("epochs") or default)
 
 
 def _epoch(result: dict | None) -> int:

@@ -150,7 +150,9 @@ class MOASHA(FIFOScheduler):
     def decide(self, trial_id: str, config: dict[str, Any] | None, result: dict) -> str:
         """CONTINUE or STOP for one result of a trial (``on_trial_result`` without Ray)."""
         t = result.get(self.time_attr)
-        if not isinstance(t, (int, float)) or t >= self.max_t:
+        own = ((config or {}).get("train") or {}).get("epochs")  # a trial asked for fewer epochs ends there
+        end = min(self.max_t, own) if isinstance(own, int) and not isinstance(own, bool) and own > 0 else self.max_t
+        if not isinstance(t, (int, float)) or t >= end:
             return CONTINUE
         passed = [m for m in self.milestones if m <= t]
         if not passed:

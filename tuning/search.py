@@ -44,7 +44,7 @@ from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSO
                                  tables_csv)
 from layerout.progress import slow_notice
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
-from search_spaces.trials import define_by_run, paper_enqueue
+from search_spaces.trials import budget_range, define_by_run, paper_enqueue, reference_enqueue, reference_points
 from tuning import internals, loggers, storage
 from tuning.progress import RAY_LOG, TrialProgress, ray_log_to
 from tuning.repair import repair_checkpoint_refs
@@ -257,6 +257,7 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
     log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
         f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
         f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
+        + _reference_line(space)
         + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
         + (f"\n  loggers: result.json, {', '.join(options.loggers)}" if options.loggers else "")
         + _code_lines(space, code, options.address))
@@ -469,10 +470,11 @@ def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_
     for key, value in (("model", space.model), ("dataset", space.dataset), ("epochs", space.epochs),
                        ("experiment_dir", exp_dir)):
         study.set_user_attr(key, value)
-    # the paper's five configurations go first (a study restarted in --optuna-storage has them already)
-    queued = {t.user_attrs.get("paper_config") for t in study.get_trials(deepcopy=False)}
-    for fixed, attrs in paper_enqueue(space)[:num_samples]:
-        if attrs.get("paper_config") not in queued:
+    # the paper's five configurations go first, then the reference points (a study restarted in
+    # --optuna-storage has them already)
+    queued = {(k, t.user_attrs.get(k)) for t in study.get_trials(deepcopy=False) for k in ("paper_config", "reference")}
+    for fixed, attrs in (paper_enqueue(space) + reference_enqueue(space))[:num_samples]:
+        if not queued & set(attrs.items()):
             study.enqueue_trial(fixed, user_attrs=attrs)
     return TruthfulOptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
                                 mode=[m for _, m in objectives],
@@ -496,7 +498,20 @@ def _scheduler(space: SearchSpace, name: str) -> Any:
                      reduction_factor=space.early_stopping.reduction_factor)
 
 
-def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, address: str | None = None) -> Any:
+def _reference_line(space: SearchSpace) -> str:
+    """The search's shorter-training reference points and budget dimension, for its first lines."""
+    refs = [f"{name} ({e} epochs)" for name, e in reference_points(space)]
+    line = "\n  reference points (the unfrozen model, never stopped early): the baseline" + (
+        f", {', '.join(refs)}" if refs else "")
+    span = budget_range(space)
+    if span is not None:
+        line += f"\n  budget_frac: trials train {span[0]} to {span[1]} of the {space.epochs} epochs"
+    return line
+
+
+def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, address: str | None = None,
+               fn: Callable[..., None] = train_trial) -> Any:
+    """The trial function ``fn`` (``train_trial``) with its options, the user's objects and resources."""
     code = code or {}
     # where the trials import the user's modules from: the driver's folders, unless the modules
     # are shipped to a cluster (then the shipped copies, as on nodes that lack those folders)
@@ -507,7 +522,7 @@ def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, addre
     objects = {name: cloudpickle.dumps(userland.resolve(name, role))
                for role, name in (code.get("objects") or {}).items()}
     res = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_trial, opts=opts, objects=objects), res)
+    return tune.with_resources(tune.with_parameters(fn, opts=opts, objects=objects), res)
 
 
 def _user_callbacks(callbacks: Any) -> list[Any]:

@@ -72,7 +72,9 @@ def _describe(config: dict[str, Any]) -> str:
 
 class TruthfulOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna what really happened and skips repeated configurations
-    (see the module docstring). ``epochs``: the budget a trial must train to be ``COMPLETE``."""
+    (see the module docstring). ``epochs``: the budget a trial must train to be ``COMPLETE``, unless
+    its config asks for fewer (``train.epochs``: a shorter-training reference point, a
+    ``budget_frac`` trial)."""
 
     def __init__(self, *args: Any, epochs: int, seed: int = 0, quiet: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,6 +86,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._first_run: dict[str, str] = {}  # config key -> Ray trial id of the run that trains it
         self._key_of: dict[str, str] = {}  # Ray trial id -> config key
         self._outcome: dict[str, tuple[str, list[float] | None, dict[str, Any]]] = {}  # Ray trial id -> told
+        self._budget: dict[str, int] = {}  # Ray trial id -> the epochs its config asks for
         self._waiting: dict[str, list[optuna.Trial]] = {}  # Ray trial id -> repeats to tell when it ends
         self.repeats = 0
         self.exhausted = False
@@ -111,6 +114,8 @@ class TruthfulOptunaSearch(OptunaSearch):
             if first is None or first == trial_id:
                 self._first_run[key] = trial_id
                 self._key_of[trial_id] = key
+                train = config.get("train") if isinstance(config.get("train"), dict) else {}
+                self.__dict__.setdefault("_budget", {})[trial_id] = int(train.get("epochs") or self._epochs)
                 self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)  # for the dashboard, at once
                 return config
             self._repeat(self._ot_trials.pop(trial_id), first, config)
@@ -157,6 +162,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         result = result or {}
         epoch = result.get("epoch")
+        budget = self.__dict__.get("_budget", {}).get(trial_id, self._epochs)  # its own epochs
         values = [_finite(result.get(m)) for m in self.metric]
         attrs: dict[str, Any] = {"ray_trial_id": trial_id}
         if result:
@@ -165,13 +171,13 @@ class TruthfulOptunaSearch(OptunaSearch):
             except (TypeError, ValueError):
                 schedule = None
             attrs.update({"epochs_done": int(epoch or 0),
-                          "stopped_early": bool(not error and epoch is not None and int(epoch) < self._epochs),
+                          "stopped_early": bool(not error and epoch is not None and int(epoch) < budget),
                           "test_accuracy": _finite(result.get("test_accuracy")),
                           "time_saved_frac": _finite(result.get("time_saved_frac")),
                           "schedule": schedule})
         if error or result.get(USER_ERROR) or epoch is None or any(v is None for v in values):
             state, told_values = "FAIL", None  # failed (a user error too), never ran, or no objective values
-        elif int(epoch) < self._epochs:
+        elif int(epoch) < budget:
             state, told_values = "PRUNED", None  # stopped early by the scheduler
         else:
             state, told_values = "COMPLETE", values

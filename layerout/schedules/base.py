@@ -106,6 +106,9 @@ class Schedule:
     # statistics, "eval" freezes them too): the choice of the family's authors
     bn_frozen: ClassVar[str] = "train"
     summary: ClassVar[str] = ""  # one line for --help and the docs
+    # keys of its dict that count epochs from the start of training (a warm-up, a start epoch):
+    # a policy trained for a fraction of the budget has them scaled in proportion (layerout.budget)
+    epoch_keys: ClassVar[tuple[str, ...]] = ()
 
     num_units: int = 0
     epochs: int = 0

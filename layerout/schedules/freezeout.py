@@ -59,6 +59,7 @@ class FreezeOutSchedule(Schedule):
 
     kind = "freezeout"
     summary = "unit i trains until fraction t_i of training on its own cosine lr, then freezes (FreezeOut)"
+    epoch_keys = ("warmup_epochs",)
     stepwise = True
     uses_lr_factor = True
     bn_frozen = "eval"  # the authors' code puts a frozen layer in eval mode

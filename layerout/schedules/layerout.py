@@ -71,6 +71,7 @@ class LayerOutSchedule(Schedule):
 
     kind = "layerout"
     summary = "each epoch after warm-up, unit i is frozen with probability v_i (LayerOut)"
+    epoch_keys = ("warmup_epochs",)
     flags = (
         Flag("freeze_prob", "freeze probability per unit, comma-separated, or efreeze/dfreeze",
              metavar="V"),

@@ -13,6 +13,7 @@ class PrefixSchedule(Schedule):
 
     kind = "prefix"
     summary = "the first k units frozen from start_epoch to the end"
+    epoch_keys = ("start_epoch",)
     flags = (
         Flag("k", "number of leading units frozen (1)", type=int),
         Flag("start_epoch", "epoch the prefix freezes (0)", type=int),
