@@ -191,7 +191,8 @@ def _confirm(result: SearchResult, seeds: int | None, top: int | None) -> None:
     try:
         confirm(local_path(result.exp_dir), top=top, seeds=seeds, quiet=True,
                 address=opts.get("address") or "local", cpus_per_trial=opts.get("cpus_per_trial"),
-                gpus_per_trial=opts.get("gpus_per_trial"), max_concurrent=opts.get("max_concurrent"))
+                gpus_per_trial=opts.get("gpus_per_trial"), max_concurrent=opts.get("max_concurrent"),
+                progress_interval=opts.get("progress_interval"))
     except UserError as exc:
         print(f"confirmation: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the search's results are stored; the confirmation must not lose them

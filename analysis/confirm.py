@@ -188,7 +188,8 @@ def confirm(exp_dir: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SE
     experiment in ``exp_dir`` on ``seeds`` fresh seeds, write confirm.csv and analyse the
     experiment again (module docstring). ``runner`` trains the jobs (default:
     ``tuning.confirm.run_confirm_jobs`` on Ray, given ``run_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``model``, ``dataset``)."""
+    ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``progress_interval``, ``model``,
+    ``dataset``)."""
     if not isinstance(top, int) or top < 0:
         raise UserError(f"--top: must be an integer >= 0, got {top!r}")
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
@@ -241,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default: the search's)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per run (default: the search's)")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: the search's)")
+    p.add_argument("--progress-interval", type=float, metavar="SECONDS",
+                   help="seconds between status updates: a progress bar on a terminal, a status line in a log "
+                        "(default 5 on a terminal, 60 otherwise; 0: none)")
     return p
 
 
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         "one first)")
     res = confirm(args.experiment_dir, top=args.top, seeds=args.seeds, address=args.address,
                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                  max_concurrent=args.max_concurrent)
+                  max_concurrent=args.max_concurrent, progress_interval=args.progress_interval)
     print(f"\nconfirm.csv: {res.path}")
     print(res.verdict)
     return 0

@@ -33,6 +33,7 @@ import pandas as pd
 
 from analysis.policies import parse_schedule, schedule_summary
 from analysis.stats import interval
+from layerout.formatting import pct
 
 CURVE_COLUMNS = ["name", "epochs", "compute_saved_frac", "val_accuracy", "trials"]
 MARGIN_COLUMNS = ["curve_accuracy", "margin", "margin_ci_low", "margin_ci_high", "beyond_curve", "confirmed_runs"]
@@ -181,10 +182,6 @@ def resolution_text(val_images: int | None) -> str:
     return f"one validation image is {100 / val_images:.2f} points ({val_images} images)"
 
 
-def _pct(x: float, digits: int = 1) -> str:
-    return f"{100 * x:.{digits}f}%"
-
-
 def _who(r: pd.Series) -> str:
     desc = schedule_summary(parse_schedule(r.get("policy")))
     return f"trial {r['trial_id']} ({desc})"
@@ -216,8 +213,8 @@ def verdict(candidates: pd.DataFrame, front: pd.DataFrame, curve: pd.DataFrame, 
                 "or shorter dominates every freezing policy (none is on the Pareto front).")
     b = pool.loc[pd.to_numeric(pool["margin"]).idxmax()]
     m = float(b["margin"])
-    where = (f"{_who(b)} saved {_pct(b['compute_saved_frac'])} of the training compute at "
-             f"{_pct(b['val_accuracy'], 2)} validation accuracy")
+    where = (f"{_who(b)} saved {pct(b['compute_saved_frac'], 1)} of the training compute at "
+             f"{pct(b['val_accuracy'])} validation accuracy")
     against = "the unfrozen model trained for fewer epochs at the same compute"
     if bool(b["beyond_curve"]) and len(curve) == 1:
         against = (f"the unfrozen model trained for the whole budget ({curve.iloc[0]['name']}; no shorter run "

@@ -15,6 +15,7 @@ from analysis.policies import parse_schedule, schedule_summary
 from analysis.results import SYNTHETIC_NOTE, Experiment, finished_mask, stopped_mask
 from analysis.stats import summarize
 from layerout.files import atomic_write
+from layerout.formatting import pct
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
@@ -33,14 +34,6 @@ pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.82em;white-space:p
 
 def _esc(x: Any) -> str:
     return html.escape("" if x is None else str(x))
-
-
-def _pct(x: Any, digits: int = 2) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if math.isnan(v) else f"{100 * v:.{digits}f}%"
 
 
 def _num(x: Any, fmt: str = "{:.4g}") -> str:
@@ -103,10 +96,10 @@ def front_table_html(fr: Front, policy_files: Mapping[str, str] | None = None) -
             f"<tr class='{'knee' if knee else ''}'><td class='num'>{i}</td><td>{_esc(r['trial_id'])}{_esc(tags)}</td>"
             f"<td>{_esc(r['family'])}</td><td>{_esc(label)}</td>"
             f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td><td class='num'>{_num(epochs, '{:.0f}')}</td>"
-            f"<td class='num'>{_pct(r['val_accuracy'])}</td><td class='num'>{_pct(r['compute_saved_frac'], 1)}</td>"
+            f"<td class='num'>{pct(r['val_accuracy'])}</td><td class='num'>{pct(r['compute_saved_frac'], 1)}</td>"
             f"<td class='num'>{_esc(margin_text(r))}</td>"
-            f"<td class='num'>{_pct(r['time_saved_frac'], 1)}</td><td class='num'>{_pct(r['params_frozen_frac'], 1)}</td>"
-            f"<td class='num test'>{_pct(r['test_accuracy'])}</td>"
+            f"<td class='num'>{pct(r['time_saved_frac'], 1)}</td><td class='num'>{pct(r['params_frozen_frac'], 1)}</td>"
+            f"<td class='num test'>{pct(r['test_accuracy'])}</td>"
             f"<td>{_esc(policy_files.get(r['trial_id'], ''))}</td></tr>"
         )
     return f"<table id='front-table'>{head}{''.join(body)}</table>"
@@ -131,8 +124,8 @@ def _trials_table(exp: Experiment, fr: Front) -> str:
             f"<tr><td>{_esc(r['trial_id'])}</td><td>{_esc(state)}</td><td class='num'>{_num(r['epochs_done'], '{:.0f}')}</td>"
             f"<td>{_esc(r['family'])}</td><td>{_esc(r['paper_config'] or r.get('reference', ''))}</td>"
             f"<td>{_esc(schedule_summary(parse_schedule(r['policy'])))}</td>"
-            f"<td class='num'>{_pct(r['val_accuracy'])}</td><td class='num'>{_pct(r['compute_saved_frac'], 1)}</td>"
-            f"<td class='num'>{_pct(r['time_saved_frac'], 1)}</td><td class='num test'>{_pct(r['test_accuracy'])}</td>"
+            f"<td class='num'>{pct(r['val_accuracy'])}</td><td class='num'>{pct(r['compute_saved_frac'], 1)}</td>"
+            f"<td class='num'>{pct(r['time_saved_frac'], 1)}</td><td class='num test'>{pct(r['test_accuracy'])}</td>"
             f"<td>{'yes' if r['trial_id'] in front_ids else ''}</td></tr>"
         )
     return f"<table id='trials-table'>{head}{''.join(rows)}</table>"
@@ -142,7 +135,7 @@ def curve_text(fr: Front) -> str:
     """The shorter-training curve's points: 'baseline (8 epochs) 97.50% at 0.0% saved; ...'."""
     if fr.curve is None or fr.curve.empty:
         return "none (no run of the unfrozen model finished)"
-    return "; ".join(f"{r['name']} ({r['epochs']} epochs): {_pct(r['val_accuracy'])} at {_pct(r['compute_saved_frac'], 1)} "
+    return "; ".join(f"{r['name']} ({r['epochs']} epochs): {pct(r['val_accuracy'])} at {pct(r['compute_saved_frac'], 1)} "
                      "saved" for _, r in fr.curve.iterrows())
 
 
@@ -167,15 +160,15 @@ def confirm_table_html(fr: Front, exp: Experiment) -> str:
         label = (tr.get("paper_config", "") or tr.get("reference", "")) if len(tr) else ""
         cells = []
         for m in metrics:
-            cell = _pct(r[m])
+            cell = pct(r[m])
             if math.isfinite(float(r[f"{m}_std"])):
-                cell += f" ± {_pct(r[f'{m}_std'])}"
+                cell += f" ± {pct(r[f'{m}_std'])}"
             if math.isfinite(float(r[f"{m}_ci_low"])):
-                cell += f" [{_pct(r[f'{m}_ci_low'])}, {_pct(r[f'{m}_ci_high'])}]"
+                cell += f" [{pct(r[f'{m}_ci_low'])}, {pct(r[f'{m}_ci_high'])}]"
             cells.append(f"<td class='num'>{_esc(cell)}</td>")
         rows.append(f"<tr><td>{_esc(tid)}</td><td>{_esc(tr.get('family', '') if len(tr) else '')}</td>"
                     f"<td>{_esc(label)}</td><td class='num'>{int(r['runs'])}</td>"
-                    f"<td class='num'>{_pct(tr.get('val_accuracy') if len(tr) else None)}</td>{''.join(cells)}</tr>")
+                    f"<td class='num'>{pct(tr.get('val_accuracy') if len(tr) else None)}</td>{''.join(cells)}</tr>")
     return (f"<p>Re-trained on {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), seeds no trial of the search "
             "used; the front, the knee and the margins above use these means. The spread of time saved is the "
             "wall-clock's noise on this machine.</p>"
@@ -208,9 +201,9 @@ def build_report(
                             + ("finished and stopped-early" if fr.include_stopped else "full epoch budget only")
                             + (f"; ignored for missing metrics: {', '.join(fr.dropped)}" if fr.dropped else "") + ")",
         "objectives": ", ".join(f"{n} ({m})" for n, m in fr.objectives),
-        "knee": f"{k['trial_id']} ({k['family']}): val acc {_pct(k['val_accuracy'])}, "
-                f"compute saved {_pct(k['compute_saved_frac'], 1)}, test acc {_pct(k['test_accuracy'])}",
-        "baseline val accuracy": _pct(fr.baseline_accuracy) if fr.baseline_accuracy is not None else "no baseline trial",
+        "knee": f"{k['trial_id']} ({k['family']}): val acc {pct(k['val_accuracy'])}, "
+                f"compute saved {pct(k['compute_saved_frac'], 1)}, test acc {pct(k['test_accuracy'])}",
+        "baseline val accuracy": pct(fr.baseline_accuracy) if fr.baseline_accuracy is not None else "no baseline trial",
         "shorter-training curve": curve_text(fr),
         "validation resolution": resolution_text(fr.val_images),
         "confirmation": (f"{int(fr.confirm['trial_id'].nunique())} trials re-trained on "
@@ -282,8 +275,8 @@ def build_report(
         tid = r["trial_id"]
         if tid in commands:
             tag = "  # knee" if tid == fr.knee else ""
-            cmd_lines.append(f"# {tid}: {r['family']}, val acc {_pct(r['val_accuracy'])}, "
-                             f"compute saved {_pct(r['compute_saved_frac'], 1)}{tag}\n{commands[tid]}")
+            cmd_lines.append(f"# {tid}: {r['family']}, val acc {pct(r['val_accuracy'])}, "
+                             f"compute saved {pct(r['compute_saved_frac'], 1)}{tag}\n{commands[tid]}")
     parts.append(f"<pre id='retrain-commands'>{_esc(chr(10).join(cmd_lines))}</pre>")
 
     parts.append(f"<h2>All trials</h2><details><summary>{len(t)} trials</summary>{_trials_table(exp, fr)}</details>")

@@ -5,7 +5,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
@@ -18,6 +18,7 @@ from analysis.results import SYNTHETIC_NOTE, Experiment, load_experiment
 from layerout.errors import UserError
 from layerout.experiment import PARETO_CSV, POLICIES_DIR
 from layerout.files import WriteError, atomic_write, write_reason
+from layerout.formatting import pct
 
 FRONT_COLUMNS = [
     "rank", "knee", "trial_id", "family", "paper_config", "reference", "stopped", "val_accuracy",
@@ -55,14 +56,6 @@ class AnalysisResult:
         return self.result.hypervolume
 
 
-def _pct(x: Any, digits: int = 2) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if math.isnan(v) else f"{100 * v:.{digits}f}%"
-
-
 def front_table_text(fr: Front) -> str:
     """The front as a fixed-width terminal table (knee marked with *, stopped-early with ~; margin:
     over training the unfrozen model for fewer epochs at the same compute, in points)."""
@@ -75,8 +68,8 @@ def front_table_text(fr: Front) -> str:
         margin = "-" if m is None or not math.isfinite(float(m)) else f"{100 * float(m):+.2f}"
         if margin != "-" and math.isfinite(float(r.get("margin_ci_low", math.nan))):
             margin += f" [{100 * float(r['margin_ci_low']):+.2f}, {100 * float(r['margin_ci_high']):+.2f}]"
-        rows.append([mark, _pct(r["val_accuracy"]), _pct(r["compute_saved_frac"], 1), margin,
-                     _pct(r["time_saved_frac"], 1), _pct(r["test_accuracy"]), str(r["family"]),
+        rows.append([mark, pct(r["val_accuracy"]), pct(r["compute_saved_frac"], 1), margin,
+                     pct(r["time_saved_frac"], 1), pct(r["test_accuracy"]), str(r["family"]),
                      str(r["paper_config"] or r.get("reference", "") or "-"), str(r["trial_id"])])
     widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
     right = {1, 2, 3, 4, 5}
@@ -99,15 +92,15 @@ def summary_text(exp: Experiment, fr: Front) -> str:
     if "(0, 0)" in fr.hypervolume:
         hv = f"hypervolume vs (0, 0): {fr.hypervolume['(0, 0)']:.5f}"
         if "(baseline, 0)" in fr.hypervolume:
-            hv += (f"; vs (baseline {_pct(fr.baseline_accuracy)}, 0): "
+            hv += (f"; vs (baseline {pct(fr.baseline_accuracy)}, 0): "
                    f"{fr.hypervolume['(baseline, 0)']:.5f}")
         else:
             hv += "; no baseline trial, so no hypervolume vs the baseline"
         lines.append(hv)
     k = fr.knee_row
     lines.append(f"knee: trial {k['trial_id']} ({k['family']}{', ' + k['paper_config'] if k['paper_config'] else ''}): "
-                 f"val acc {_pct(k['val_accuracy'])}, compute saved {_pct(k['compute_saved_frac'], 1)}, "
-                 f"time saved {_pct(k['time_saved_frac'], 1)}")
+                 f"val acc {pct(k['val_accuracy'])}, compute saved {pct(k['compute_saved_frac'], 1)}, "
+                 f"time saved {pct(k['time_saved_frac'], 1)}")
     if fr.dropped:
         lines.append(f"ignored (missing metrics): {', '.join(fr.dropped)}")
     noise = f"noise: {resolution_text(fr.val_images)}; "

@@ -127,6 +127,12 @@ class JobProgress:
         return self._runs[run]
 
     # ------------------------------------------------------------------ events
+    def queued(self, run: str, epochs: int | None = None) -> None:
+        """Run ``run`` waits to train ``epochs`` epochs (its budget if not the job's)."""
+        r = self._run(run)
+        if epochs is not None:
+            r.budget = int(epochs)
+
     def started(self, run: str, epochs: int | None = None) -> None:
         """Run ``run`` is training (again, after a restart); ``epochs``: its budget if not the job's."""
         r = self._run(run)

@@ -259,3 +259,26 @@ def _bad_policies():
 
 
 BAD = _bad_policies()
+
+
+def digits_space(tmp_path: Path, name: str, families: str, epochs: int, scheduler: str = "moasha",
+                 paper: bool = True, extra: str = "") -> Path:
+    """A small search space file on the bundled digits (4 trials, 2 at once, no reference points)."""
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"""
+name: {name}
+model: digits_cnn
+dataset: digits
+train: {{epochs: {epochs}, batch_size: 64, lr: 0.05, augment: false, device: cpu}}
+families:
+{families}
+paper_configs: {str(paper).lower()}
+paper_warmup_epochs: 1
+reference_budgets: false
+early_stopping: {{scheduler: {scheduler}, grace_period: 1, reduction_factor: 2}}
+num_samples: 4
+max_concurrent: 2
+seed: 0
+{extra}
+""")
+    return p

@@ -74,6 +74,8 @@ def test_confirm_writes_n_runs_per_policy_on_seeds_the_search_never_used(searche
     assert runs["error"].isna().all() and runs["val_accuracy"].between(0, 1).all()
     half = runs[runs["name"] == "shorter-50%"]
     assert half["compute_saved_frac"].tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    # the confirmation's last status line (stdout is not a terminal): every run planned its own epochs
+    assert "[confirm] 6/6 runs finished, 0 running, 0 queued; epochs 20/20 planned" in out, out[-2000:]
     # Ray's runs of the confirmation stay out of the search's tables
     assert (exp / "confirm").is_dir() and len(trials) == 4
     # the analysis that followed: confirmed means, the verdict with its interval, last in the output

@@ -21,6 +21,7 @@ from optuna.trial import TrialState  # noqa: E402
 import tune_main  # noqa: E402
 from analysis.front import compute_front, hypervolume_history  # noqa: E402
 from analysis.results import load_experiment  # noqa: E402
+from helpers import digits_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -30,23 +31,7 @@ MIXED = """  layerout: {vector: per_unit, v: [0.0, 0.9], warmup_epochs: [0, 1], 
 
 
 def _space(tmp_path: Path, name: str, families: str, scheduler: str = "moasha", paper: bool = True) -> Path:
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(f"""
-name: {name}
-model: digits_cnn
-dataset: digits
-train: {{epochs: {EPOCHS}, batch_size: 64, lr: 0.05, augment: false, device: cpu}}
-families:
-{families}
-paper_configs: {str(paper).lower()}
-paper_warmup_epochs: 1
-reference_budgets: false
-early_stopping: {{scheduler: {scheduler}, grace_period: 1, reduction_factor: 2}}
-num_samples: 4
-max_concurrent: 2
-seed: 0
-""")
-    return p
+    return digits_space(tmp_path, name, families, EPOCHS, scheduler=scheduler, paper=paper)
 
 
 def _tables(exp: Path) -> tuple[pd.DataFrame, dict]:

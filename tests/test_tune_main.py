@@ -22,7 +22,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 import pandas as pd  # noqa: E402
 
 import tune_main  # noqa: E402
-from helpers import METRIC_COLUMNS  # noqa: E402
+from helpers import METRIC_COLUMNS, digits_space  # noqa: E402
 from layerout.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,24 +31,7 @@ EPOCHS = 3
 
 
 def _space(tmp_path: Path, name: str, families: str, extra: str = "") -> Path:
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(f"""
-name: {name}
-model: digits_cnn
-dataset: digits
-train: {{epochs: {EPOCHS}, batch_size: 64, lr: 0.05, augment: false, device: cpu}}
-families:
-{families}
-paper_configs: true
-paper_warmup_epochs: 1
-reference_budgets: false
-early_stopping: {{scheduler: asha, grace_period: 1, reduction_factor: 2}}
-num_samples: 4
-max_concurrent: 2
-seed: 0
-{extra}
-""")
-    return p
+    return digits_space(tmp_path, name, families, EPOCHS, scheduler="asha", extra=extra)
 
 
 MIXED = """  layerout: {vector: per_unit, v: [0.0, 0.9], warmup_epochs: [0, 1], v_mode: [manual, random_epoch]}

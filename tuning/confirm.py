@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,13 +20,13 @@ import ray
 from ray import tune
 from ray.tune import Callback
 
-from layerout import userland
 from layerout.checks import cut
-from layerout.errors import UserError
+from layerout.formatting import pct
+from layerout.progress import JobProgress, StatusDisplay
 from layerout.experiment import CONFIRM_DIR, RESULT_JSON, USER_ERROR, epochs_of, parse_result_lines
-from tuning import storage
-from tuning.search import (SearchOptions, _check_resources, _fit, _init_ray, _private_files, _trainable,
-                           read_experiment)
+from tuning import loggers, storage
+from tuning.search import (_check_resources, _fit, _init_ray, _private_files, _trainable, options_again,
+                           read_experiment, register_objects)
 from tuning.trainable import train_trial, trial_dirname
 
 RUN_METRICS = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac", "train_time_s")
@@ -39,30 +38,47 @@ def confirm_trial(config: dict[str, Any], opts: dict[str, Any] | None = None,
     train_trial(config["job"], opts, objects)
 
 
-def _pct(x: Any, digits: int = 1) -> str:
-    try:
-        return f"{100 * float(x):5.{digits}f}%"
-    except (TypeError, ValueError):
-        return "   -  "
-
-
 class ConfirmProgress(Callback):
-    """One console line per confirmation run that ends."""
+    """One console line per confirmation run that ends, and the confirmation's status every
+    ``interval`` seconds (a bar on a terminal, a status line in a log; ``layerout.progress``)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done = int(total), 0
+    def __init__(self, jobs: list[dict[str, Any]], interval: float | None = None) -> None:
+        self.total, self.done = len(jobs), 0
+        self.budgets = {_key(j): _budget(j) for j in jobs}
+        self.interval = interval
+        self._shown: StatusDisplay | None = None
+
+    def __getstate__(self) -> dict:  # Ray Tune pickles its callbacks: the console (a lock) stays here
+        return {k: v for k, v in self.__dict__.items() if k != "_shown"} | {"_shown": None}
+
+    @property
+    def display(self) -> StatusDisplay:
+        """The confirmation's counts and the console they are shown on (made on first use)."""
+        if self._shown is None:
+            job = JobProgress(self.total, max(self.budgets.values(), default=0), clock=time.time, noun="runs")
+            for key, budget in self.budgets.items():
+                job.queued(key, budget)
+            self._shown = StatusDisplay(job, self.interval, label="confirm")
+        return self._shown
 
     def _line(self, trial: Any, failed: bool) -> None:
         self.done += 1
         job = (trial.config or {}).get("job") or {}
         res = trial.last_result or {}
+        self.display.job.ended(_key(job), int(res.get("epoch") or 0), failed=failed or bool(res.get(USER_ERROR)))
         head = (f"[confirm {self.done:>{len(str(self.total))}}/{self.total}] trial {job.get('trial_id')} "
                 f"{str(job.get('name', '')):<22} seed {job.get('seed')}")
         if failed or res.get(USER_ERROR):
-            print(f"{head}  FAILED{': ' + str(res[USER_ERROR]) if res.get(USER_ERROR) else ''}", flush=True)
+            self.display.write(f"{head}  FAILED{': ' + str(res[USER_ERROR]) if res.get(USER_ERROR) else ''}")
             return
-        print(f"{head}  val acc {_pct(res.get('val_accuracy'), 2)}  compute saved {_pct(res.get('compute_saved_frac'))}"
-              f"  time saved {_pct(res.get('time_saved_frac'))}", flush=True)
+        self.display.write(f"{head}  val acc {pct(res.get('val_accuracy'), 2)}  compute saved "
+                           f"{pct(res.get('compute_saved_frac'))}  time saved {pct(res.get('time_saved_frac'))}")
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.display.job.started(_key((trial.config or {}).get("job") or {}))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.display.job.trained(_key((trial.config or {}).get("job") or {}), int(result.get("epoch") or 0))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, failed=False)
@@ -70,39 +86,44 @@ class ConfirmProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, failed=True)
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.display.tick()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.display.close()
+
+
+def _key(job: dict[str, Any]) -> str:
+    return f"{job.get('trial_id')}/{job.get('seed')}"
+
+
+def _budget(job: dict[str, Any]) -> int:
+    return int((job.get("train") or {}).get("epochs") or 0)
+
 
 def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address: str | None = None,
                      cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
                      max_concurrent: int | None = None, connect_timeout: float | None = None,
-                     model: Any = None, dataset: Any = None,
+                     model: Any = None, dataset: Any = None, progress_interval: float | None = None,
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every job (``{"trial_id", "seed", "name", "train": {...}, "schedule": {...}}``) on
     Ray with the search's resources; one row per job: ``trial_id``, ``seed``, ``confirm_trial``
     (the Ray trial id), ``epochs`` (trained), the final ``RUN_METRICS``, and ``error`` (empty when
-    it trained its budget). A search given its model or data as Python objects needs them again
+    it trained its budget). ``progress_interval``: seconds between status updates (None: a few
+    on a terminal, a minute in a log; 0: none). A search given its model or data as Python objects needs them again
     (``model=``, ``dataset=``)."""
     exp_dir = storage.storage_root(str(exp_dir))
     meta = read_experiment(exp_dir)
-    saved = meta.get("options") or {}
-    known = set(SearchOptions.__dataclass_fields__)
-    options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
     # the search's cluster unless another address is given ("local": a fresh local Ray)
-    address = saved.get("address") if address is None else (None if address == "local" else address)
-    options = replace(options, address=address,
-                      cpus_per_trial=options.cpus_per_trial if cpus_per_trial is None else cpus_per_trial,
-                      gpus_per_trial=options.gpus_per_trial if gpus_per_trial is None else gpus_per_trial,
-                      max_concurrent=options.max_concurrent if max_concurrent is None else max_concurrent,
-                      connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout)
-    options.check()
+    address = (meta.get("options") or {}).get("address") if address is None else (None if address == "local"
+                                                                                    else address)
+    options = options_again(meta, address=address, progress_interval=progress_interval,  # the console's own
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            max_concurrent=max_concurrent, connect_timeout=connect_timeout)
+    loggers.check_loggers(options.loggers, f"{exp_dir}/experiment.json: options.loggers")
     code = meta.get("code") or {}
-    for role, obj in (("model", model), ("dataset", dataset)):
-        name = (code.get("objects") or {}).get(role)
-        if name is None:
-            continue
-        if obj is None or isinstance(obj, str):
-            raise UserError(f"{exp_dir}: its {role} {name} was a Python object given to run_search; confirm it from "
-                            f"Python with analysis.confirm.confirm({exp_dir!r}, {role}=...) and the same object")
-        userland.register_object(obj, name)
+    register_objects(exp_dir, code, model, dataset, f"confirm it from Python with analysis.confirm.confirm("
+                     f"{exp_dir!r}, {{role}}=...)")
     if not jobs:
         return []
     folder = storage.local_path(f"{exp_dir}/{CONFIRM_DIR}") if storage.is_local(exp_dir) else None
@@ -121,10 +142,13 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                     name=CONFIRM_DIR, storage_path=exp_dir, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=options.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[ConfirmProgress(len(jobs))]),
+                    # the search's loggers (result.json always: the rows are read from it)
+                    callbacks=[ConfirmProgress(jobs, options.progress_interval)] + (
+                        [] if options.loggers is None else
+                        loggers.logger_callbacks(options.loggers, f"{meta.get('name', 'search')}-confirm"))),
             )
             t0 = time.time()
-            results = _fit(tuner, exp_dir)
+            results = _fit(tuner, exp_dir, options.loggers is not None)
             log(f"confirmation: {len(jobs)} runs in {time.time() - t0:.0f} s")
             return [_row(r) for r in results]
         finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from ray.exceptions import (LocalRayletDiedError, NodeDiedError, OwnerDiedError,
                             WorkerCrashedError)
 from ray.tune import Callback
 
+from layerout.formatting import pct
 from layerout.checks import cut
 from layerout.experiment import USER_ERROR
 from layerout.progress import JobProgress, StatusDisplay, say
@@ -44,11 +44,7 @@ _NODE_MARKED_DEAD = re.compile(r"node id: ([0-9a-f]+)\b.*has been marked dead", 
 
 
 def _pct(x: Any, digits: int = 1) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "   -  "
-    return "   -  " if math.isnan(v) else f"{100 * v:5.{digits}f}%"
+    return pct(x, digits, missing="-", width=5)
 
 
 def repeat_line(number: int, first: str, what: str, told: bool) -> str:

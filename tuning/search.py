@@ -291,25 +291,13 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
     """
     exp_dir = storage.storage_root(exp_dir)
     meta = read_experiment(exp_dir)
-    saved = meta.get("options") or {}
-    known = {f for f in SearchOptions.__dataclass_fields__}
-    options = SearchOptions(**{k: v for k, v in saved.items() if k in known})
-    options = replace(options, address=address,
-                      cpus_per_trial=saved.get("cpus_per_trial", 1.0) if cpus_per_trial is None else cpus_per_trial,
-                      gpus_per_trial=saved.get("gpus_per_trial", 0.0) if gpus_per_trial is None else gpus_per_trial,
-                      connect_timeout=options.connect_timeout if connect_timeout is None else connect_timeout,
-                      progress_interval=progress_interval)
-    options.check()
+    options = options_again(meta, address=address, progress_interval=progress_interval,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            connect_timeout=connect_timeout)
     callbacks = _user_callbacks(callbacks)
     code = meta.get("code") or {}
-    for role, obj in (("model", model), ("dataset", dataset)):
-        name = (code.get("objects") or {}).get(role)
-        if name is None:
-            continue
-        if obj is None or isinstance(obj, str):
-            raise UserError(f"{exp_dir}: its {role} {name} was a Python object given to run_search; resume it from "
-                            f"Python with resume_search({exp_dir!r}, {role}=...) and the same object")
-        userland.register_object(obj, name)
+    register_objects(exp_dir, code, model, dataset, f"resume it from Python with resume_search({exp_dir!r}, "
+                     "{role}=...)")
     restore = internals.has_saved_state(exp_dir)
     if restore:
         check_trusted(exp_dir)
@@ -346,7 +334,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                     cb.configure(interval=progress_interval, repeats=lambda: int(getattr(searcher, "repeats", 0)))
             restored += callbacks
             t0 = time.time()
-            results = _fit(tuner, exp_dir, saved.get("loggers") is not None)
+            results = _fit(tuner, exp_dir, (meta.get("options") or {}).get("loggers") is not None)
             meta.setdefault("resumed", []).append(_now())
             return _finish(exp_dir, meta, results, time.time() - t0, tuner)
         finally:
@@ -523,6 +511,33 @@ def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, addre
                for role, name in (code.get("objects") or {}).items()}
     res = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(fn, opts=opts, objects=objects), res)
+
+
+def options_again(meta: dict[str, Any], *, address: str | None, progress_interval: float | None,
+                  **given: Any) -> SearchOptions:
+    """The options a stored search ran with (experiment.json), for running on it again: its
+    ``address`` and the console's ``progress_interval`` are the new ones, the other ``given``
+    options replace the stored ones unless None. Checked."""
+    known = set(SearchOptions.__dataclass_fields__)
+    options = SearchOptions(**{k: v for k, v in (meta.get("options") or {}).items() if k in known})
+    options = replace(options, address=address, progress_interval=progress_interval,
+                      **{k: v for k, v in given.items() if v is not None})
+    options.check()
+    return options
+
+
+def register_objects(exp_dir: str, code: dict[str, Any], model: Any, dataset: Any, how: str) -> None:
+    """A search given its model or data as Python objects needs the same objects again: register
+    them under the names experiment.json's ``code`` recorded; ``how`` (with ``{role}``) says how
+    to give them, in the error when one is missing."""
+    for role, obj in (("model", model), ("dataset", dataset)):
+        name = (code.get("objects") or {}).get(role)
+        if name is None:
+            continue
+        if obj is None or isinstance(obj, str):
+            raise UserError(f"{exp_dir}: its {role} {name} was a Python object given to run_search; "
+                            f"{how.replace('{role}', role)} and the same object")
+        userland.register_object(obj, name)
 
 
 def _user_callbacks(callbacks: Any) -> list[Any]:
