@@ -34,6 +34,7 @@ train: {{epochs: 2, batch_size: 64, lr: 0.05, augment: false, device: cpu}}
 families:
   prefix: {{k: [1, 2], start_epoch: [0, 1]}}
 early_stopping: {{scheduler: none}}
+reference_budgets: false
 num_samples: 2
 max_concurrent: 1
 seed: 0

@@ -305,9 +305,9 @@ def test_cluster_of_two_nodes_with_token_auth_survives_a_node_death(tmp_path, pr
     assert "Traceback" not in out and "[state-dump]" not in out and "(raylet)" not in out, out[-5000:]
     log = (exp / "ray.log").read_text()
     assert f"Trial task failed for trial train_trial_{victim}" in log and "Raylet is terminated" in log
-    # what was shipped to the workers: the three packages trials import, nothing else of the checkout
+    # what was shipped to the workers: the four packages trials import, nothing else of the checkout
     shipped = sorted({p.name for p in private_tmp.glob("ray/session_*/runtime_resources/py_modules_files/*/*")})
-    assert shipped == ["layerout", "search_spaces", "tuning"], shipped
+    assert shipped == ["analysis", "layerout", "search_spaces", "tuning"], shipped
     assert not list(private_tmp.glob("ray/session_*/runtime_resources/working_dir_files/*"))
 
 
