@@ -282,3 +282,34 @@ seed: 0
 {extra}
 """)
     return p
+
+
+def kill_driver_when(cmd: list[str], cwd: Path, env: dict[str, str], ready, timeout: float,
+                     settle: float = 0.0) -> None:
+    """Start the search driver ``cmd`` (its output in ``cwd/driver.log``), wait until ``ready()``
+    is true (within ``timeout`` s; the driver must still run), ``settle`` s more, call ``ready()``
+    once more (the state just before the kill), then SIGKILL the driver alone, as a crash would,
+    and afterwards the Ray processes it started (its own session: ours to clean up). An
+    AssertionError with the log's tail if the driver ended first."""
+    import signal
+    import time
+
+    log_path = Path(cwd) / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while time.time() < deadline and proc.poll() is None and not ready():
+                time.sleep(0.2)
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert ready(), f"not ready within {timeout} s: " + log_path.read_text()[-3000:]
+            time.sleep(settle)
+            ready()
+            os.kill(proc.pid, signal.SIGKILL)  # the driver only
+            proc.wait()
+        finally:
+            time.sleep(1.0)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

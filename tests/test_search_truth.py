@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts Ray: loopback only
@@ -21,7 +19,7 @@ from optuna.trial import TrialState  # noqa: E402
 import tune_main  # noqa: E402
 from analysis.front import compute_front, hypervolume_history  # noqa: E402
 from analysis.results import load_experiment  # noqa: E402
-from helpers import digits_space  # noqa: E402
+from helpers import digits_space, kill_driver_when  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -164,31 +162,16 @@ def test_moasha_resume_after_the_driver_is_killed_keeps_its_decisions(tmp_path):
     n = 16
     space = _space(tmp_path, "kill", MIXED)
     exp = tmp_path / "res" / "killed"
-    log = open(tmp_path / "driver.log", "w")
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
            "--name", "killed", "--num-samples", str(n), "--max-concurrent", "1", "--no-analysis"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                            start_new_session=True)
-    saved = None
-    try:
-        deadline = time.time() + 200
-        while time.time() < deadline and proc.poll() is None:
-            saved = _saved_moasha(exp)
-            if saved and any(d["decision"] == "stop" for d in saved["decisions"]) and len(
-                    {d["trial_id"] for d in saved["decisions"]}) >= 7:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only
-        proc.wait()
-        saved = _saved_moasha(exp)  # the snapshot the resume starts from
-    finally:
-        time.sleep(1.0)
-        try:  # Ray processes the dead driver had started (its own session): ours to clean up
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        log.close()
+
+    def stopped_some() -> bool:
+        saved = _saved_moasha(exp)
+        return bool(saved and any(d["decision"] == "stop" for d in saved["decisions"])
+                    and len({d["trial_id"] for d in saved["decisions"]}) >= 7)
+
+    kill_driver_when(cmd, tmp_path, _env(), stopped_some, timeout=200)
+    saved = _saved_moasha(exp)  # the snapshot the resume starts from
     assert saved and any(d["decision"] == "stop" for d in saved["decisions"]), saved
     assert not (exp / "trials.csv").exists()
     before = _epochs_reported(exp)

@@ -22,7 +22,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 import pandas as pd  # noqa: E402
 
 import tune_main  # noqa: E402
-from helpers import METRIC_COLUMNS, digits_space  # noqa: E402
+from helpers import METRIC_COLUMNS, digits_space, kill_driver_when  # noqa: E402
 from layerout.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,30 +356,18 @@ def test_resume_after_the_driver_is_killed(tmp_path, private_tmp):
     n = 12  # warm digits trials take about a second: enough of them that the kill lands mid-search
     space = _space(tmp_path, "res", MIXED)
     exp = tmp_path / "res" / "killed"
-    log = open(tmp_path / "driver.log", "w")
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(space), "--storage", str(tmp_path / "res"),
            "--name", "killed", "--num-samples", str(n), "--max-concurrent", "1", "--scheduler", "none",
            "--no-analysis"]
     env = {**_env(), "TMPDIR": str(private_tmp)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 150
-        while time.time() < deadline and proc.poll() is None and len(_finished_trials(exp)) < 2:
-            time.sleep(0.3)
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-        assert len(_finished_trials(exp)) >= 2, "no two trials finished in time"
-        time.sleep(0.3)
-        finished_before = _finished_trials(exp)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only
-        proc.wait()
-    finally:
-        time.sleep(1.0)
-        try:  # Ray processes the dead driver had started (its own session): ours to clean up
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        log.close()
+    finished: list = []
+
+    def two_finished() -> bool:
+        finished[:] = [_finished_trials(exp)]
+        return len(finished[0]) >= 2
+
+    kill_driver_when(cmd, tmp_path, env, two_finished, timeout=150, settle=0.3)  # the third has started
+    finished_before = finished[0]
     assert len(finished_before) < n
     assert not (exp / "trials.csv").exists()
     # the killed trial's scratch (a checkpoint) is in its own folder, not in the system's temp folder
