@@ -219,3 +219,16 @@ def test_a_confirm_csv_without_its_columns_is_one_line(tmp_path):
     with pytest.raises(UserError) as e:
         load_experiment(d)
     assert str(e.value) == f"{d / 'confirm.csv'}: missing column(s) seed, compute_saved_frac"
+
+
+@pytest.mark.parametrize("args, needles", [(["--progress-interval", "-1"], ["--progress-interval", "-1"]),
+                                           (["--seeds", "0"], ["--seeds", "[1, 100]", "0"])])
+def test_confirm_cli_bad_options_are_one_line_and_train_nothing(exp_dir, args, needles):
+    import subprocess
+    import sys
+
+    before = sorted(p.name for p in exp_dir.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "analysis.confirm", str(exp_dir), *args], cwd=helpers.REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, *needles)
+    assert sorted(p.name for p in exp_dir.iterdir()) == before  # no confirm.csv, no confirm/
