@@ -623,6 +623,48 @@ def test_resume_with_a_damaged_tuner_pkl_is_one_line(small_search, tmp_path):
     assert tree(exp) == before
 
 
+@pytest.mark.parametrize("pattern, damage", [("searcher-state-*.pkl", b"\x80\x05\x95 truncated"),
+                                            ("experiment_state-*.json", b'{"trial_data": [')])
+def test_resume_with_a_damaged_saved_state_refuses_before_anything_starts(small_search, tmp_path, pattern, damage):
+    """Ray Tune would log the damage and start the search from scratch in the same folder,
+    overwriting its tables: the newest saved states are read first, as Ray reads them."""
+    import shutil
+
+    from helpers import tree
+    from layerout.errors import UserError
+
+    exp = tmp_path / "copy"
+    shutil.copytree(small_search, exp)
+    target = max(exp.glob(pattern))
+    target.write_bytes(damage)
+    before = tree(exp)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(target))}: cannot restore the search from it \("
+                                        r".*\); Ray Tune's saved state is damaged$"):
+        tune_main.main(["--resume", str(exp), "--no-analysis"])
+    assert tree(exp) == before
+
+
+def test_a_restore_ray_gives_up_on_is_an_error_not_a_new_search(small_search, tmp_path, monkeypatch):
+    """What check_restorable cannot foresee: Ray's own "Failed to restore the run state" stops the
+    resume (internals.restore_failure_guard) before a trial runs; only ray.log changes."""
+    import shutil
+
+    import tuning.internals as internals
+    from helpers import tree
+    from layerout.errors import UserError
+
+    exp = tmp_path / "copy"
+    shutil.copytree(small_search, exp)
+    max(exp.glob("searcher-state-*.pkl")).write_bytes(b"\x80\x05\x95 truncated")
+    monkeypatch.setattr(internals, "check_restorable", lambda exp_dir: None)
+    before = {k: v for k, v in tree(exp).items() if k != "ray.log"}
+    with pytest.raises(UserError, match=r"Ray Tune could not restore the search from its saved state "
+                                        r"\(\w+Error\b.*\); nothing was trained"):
+        tune_main.main(["--resume", str(exp), "--no-analysis"])
+    assert {k: v for k, v in tree(exp).items() if k != "ray.log"} == before
+    assert "Failed to restore the run state" in (exp / "ray.log").read_text()
+
+
 def test_address_where_no_cluster_answers_is_one_line(tmp_path):
     import socket
 

@@ -19,6 +19,11 @@ records the version it was written for (``CHECKED_WITH``):
   added to it run too).
 - ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
   continue from, and the files in the experiment folder it unpickles when it does;
+- ``check_restorable``, ``restore_failure_guard``: when a saved state ``fit()`` restores from is
+  damaged, Ray Tune logs "Failed to restore the run state" and starts the search *from scratch*
+  in the same folder, so its tables would be overwritten with a new search's. The first reads
+  the newest saved states as Ray will (before anything starts); the second turns that log
+  record into an exception (``RestoreFailed``), for whatever the first could not foresee;
 - ``last_trial_error``: in the driver, the exception of a trial's latest failed attempt (Ray
   pickles it into the trial's driver-side folder before it calls the callbacks);
 - ``driver_error_messages``: the error messages Ray's GCS publishes to the driver (a raylet that
@@ -30,11 +35,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from layerout.checks import cut
+from layerout.errors import UserError
 from tuning import storage
 
 CHECKED_WITH = {"ray": "2.60.0"}
@@ -64,6 +73,69 @@ def has_saved_state(exp_dir: str) -> bool:
 def restore_files(exp_dir: str) -> list[str]:
     """Names of the files in ``exp_dir`` that a restore unpickles (directly or inside JSON)."""
     return [n for n in storage.list_names(exp_dir) if _RESTORE_FILE.fullmatch(n)]
+
+
+# the saved states a restore reads, each the newest of its kind (Ray picks the largest name)
+_SAVED_STATES = (("experiment_state-", ".json"), ("searcher-state-", ".pkl"), ("callback-states-", ".pkl"))
+_RESTORE_LOGGER = "ray.tune.execution.tune_controller"
+_RESTORE_FAILED = "Failed to restore the run state"
+
+
+def damaged(path: str, exc: BaseException) -> UserError:
+    """The one error line for a saved state a search cannot be restored from."""
+    msg = cut(" ".join(str(exc).split()), 120)
+    return UserError(f"{path}: cannot restore the search from it ({exc.__class__.__name__}: {msg}); Ray Tune's "
+                     "saved state is damaged")
+
+
+def check_restorable(exp_dir: str) -> None:
+    """Read the newest experiment state, searcher state and callback states as a restore will
+    (JSON, pickles); a UserError naming the first that cannot be read. Only for a folder the
+    user trusts (``tuning.search.check_trusted``): it unpickles what Ray would unpickle."""
+    names = storage.list_names(exp_dir)
+    for prefix, suffix in _SAVED_STATES:
+        found = [n for n in names if n.startswith(prefix) and n.endswith(suffix)]
+        if not found:
+            continue
+        path = f"{exp_dir}/{max(found)}"
+        data = storage.read_bytes(path)
+        try:
+            if data is None:
+                raise OSError("cannot be read")
+            state = json.loads(data) if suffix == ".json" else pickle.loads(data)  # noqa: S301 - trusted folder
+            if suffix == ".json" and not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except Exception as exc:  # noqa: BLE001 - whatever reading a damaged file raises
+            raise damaged(path, exc) from None
+
+
+class RestoreFailed(Exception):
+    """Ray Tune could not restore a search's saved state (and would start it from scratch)."""
+
+
+class _RaiseOnRestoreFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(_RESTORE_FAILED):
+            logging.getLogger(record.name).callHandlers(record)  # its traceback still goes where Ray's go
+            cause = record.exc_info[1] if record.exc_info else None
+            if cause is None:
+                raise RestoreFailed(record.getMessage())
+            raise RestoreFailed(f"{cause.__class__.__name__}: {cause}" if str(cause) else cause.__class__.__name__)
+        return True
+
+
+@contextlib.contextmanager
+def restore_failure_guard() -> Iterator[None]:
+    """While a restored search's ``fit()`` starts: Ray's "Failed to restore the run state" raises
+    ``RestoreFailed`` out of ``fit()`` (a logging filter's exception reaches the logging call)
+    instead of a new search starting in the old one's folder."""
+    log = logging.getLogger(_RESTORE_LOGGER)
+    guard = _RaiseOnRestoreFailure()
+    log.addFilter(guard)
+    try:
+        yield
+    finally:
+        log.removeFilter(guard)
 
 
 def _newest_state(exp_dir: str) -> dict[str, Any] | None:

@@ -301,6 +301,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
     restore = internals.has_saved_state(exp_dir)
     if restore:
         check_trusted(exp_dir)
+        internals.check_restorable(exp_dir)  # a damaged one would make Ray start afresh over it
     else:
         space = _stored_space(meta, exp_dir)
     storage.check_writable(exp_dir, "--resume")
@@ -324,9 +325,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                 tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options, code, address),
                                            resume_unfinished=True, resume_errored=True)
             except Exception as exc:  # noqa: BLE001 - whatever unpickling a damaged file raises
-                msg = cut(" ".join(str(exc).split()), 120)
-                raise UserError(f"{exp_dir}/{internals.TUNER_PKL}: cannot restore the search from it "
-                                f"({exc.__class__.__name__}: {msg}); Ray Tune's saved state is damaged") from None
+                raise internals.damaged(f"{exp_dir}/{internals.TUNER_PKL}", exc) from None
             restored = internals.tuner_callbacks(tuner)
             searcher = internals.tuner_searcher(tuner)
             for cb in restored:
@@ -334,7 +333,12 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                     cb.configure(interval=progress_interval, repeats=lambda: int(getattr(searcher, "repeats", 0)))
             restored += callbacks
             t0 = time.time()
-            results = _fit(tuner, exp_dir, (meta.get("options") or {}).get("loggers") is not None)
+            try:
+                with internals.restore_failure_guard():
+                    results = _fit(tuner, exp_dir, (meta.get("options") or {}).get("loggers") is not None)
+            except internals.RestoreFailed as exc:
+                raise UserError(f"{exp_dir}: Ray Tune could not restore the search from its saved state "
+                                f"({cut(str(exc), 160)}); nothing was trained (details in {exp_dir}/{RAY_LOG})") from None
             meta.setdefault("resumed", []).append(_now())
             return _finish(exp_dir, meta, results, time.time() - t0, tuner)
         finally:

@@ -52,6 +52,18 @@ def read_text(path: str) -> str | None:
         return None
 
 
+def read_bytes(path: str) -> bytes | None:
+    """The file's bytes, or None when it is missing or unreadable."""
+    fs, p = storage_fs(path)
+    try:
+        if fs.get_file_info(p).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(p) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def check_writable(folder: str, flag: str) -> None:
     """A local folder that exists (created if missing) and takes new files; else one UserError
     naming ``flag`` (``--storage``, ``--resume``). Remote storage is checked by its first write."""
