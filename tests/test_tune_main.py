@@ -456,31 +456,29 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: digits_cnn\nfamilies: {layerout: [\n")
-    out = _cli("--space", str(bad), cwd=tmp_path)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert out.stderr.startswith(f"error: {bad}: not valid YAML") and "Traceback" not in out.stderr
-
-    out = _cli("--preset", "no-such-preset", cwd=tmp_path)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "unknown preset 'no-such-preset'; available: demo" in out.stderr
-
     notexp = tmp_path / "notexp"
     notexp.mkdir()
     (notexp / "notes.txt").write_text("keep me")
-    out = _cli("--resume", str(notexp), cwd=tmp_path)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "not an experiment directory" in out.stderr
+    cases = {"yaml": ["--space", str(bad)], "preset": ["--preset", "no-such-preset"],
+             "notexp": ["--resume", str(notexp)], "missing": ["--resume", str(tmp_path / "missing")],
+             "gpus": ["--preset", "demo", "--gpus-per-trial", "-1"], "list": ["--list-presets"]}
+    with ThreadPoolExecutor(max_workers=3) as pool:  # side by side: each is mostly interpreter start-up
+        outs = dict(zip(cases, pool.map(lambda args: _cli(*args, cwd=tmp_path), cases.values())))
+    for name, out in outs.items():
+        if name != "list":
+            assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (name, out.stderr)
+            assert "Traceback" not in out.stderr
+    assert outs["yaml"].stderr.startswith(f"error: {bad}: not valid YAML")
+    assert "unknown preset 'no-such-preset'; available: demo" in outs["preset"].stderr
+    assert "not an experiment directory" in outs["notexp"].stderr
     assert sorted(p.name for p in notexp.iterdir()) == ["notes.txt"] and (notexp / "notes.txt").read_text() == "keep me"
+    assert "--gpus-per-trial" in outs["gpus"].stderr
 
-    out = _cli("--resume", str(tmp_path / "missing"), cwd=tmp_path)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-
-    out = _cli("--preset", "demo", "--gpus-per-trial", "-1", cwd=tmp_path)
-    assert out.returncode == 2 and "--gpus-per-trial" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-
-    out = _cli("--list-presets", cwd=tmp_path)
+    out = outs["list"]
     assert out.returncode == 0
     names = [line.split()[0] for line in out.stdout.strip().splitlines()]
     assert {"demo", "paper-mnist", "paper-cifar10-vgg16", "paper-cifar10-resnet110", "paper-cifar100-vgg16",
