@@ -78,6 +78,8 @@ def test_confirm_writes_n_runs_per_policy_on_seeds_the_search_never_used(searche
     assert "[confirm] 6/6 runs finished, 0 running, 0 queued; epochs 20/20 planned" in out, out[-2000:]
     # Ray's runs of the confirmation stay out of the search's tables
     assert (exp / "confirm").is_dir() and len(trials) == 4
+    assert len(list((exp / "confirm").glob("trial_*/result.json"))) == 6
+    assert list((exp / "confirm").glob("trial_*/checkpoint_*")) == []  # removed once the runs ended
     # the analysis that followed: confirmed means, the verdict with its interval, last in the output
     pareto = pd.read_csv(exp / "pareto.csv", dtype={"trial_id": str})
     assert "margin" in pareto.columns and pareto["confirmed_runs"].max() == SEEDS

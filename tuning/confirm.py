@@ -150,7 +150,11 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
             t0 = time.time()
             results = _fit(tuner, exp_dir, options.loggers is not None)
             log(f"confirmation: {len(jobs)} runs in {time.time() - t0:.0f} s")
-            return [_row(r) for r in results]
+            rows = [_row(r) for r in results]
+            if folder is not None:  # the runs ended: their checkpoints (a model each) only take space now
+                for checkpoint in folder.glob("trial_*/checkpoint_*"):
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+            return rows
         finally:
             ray.shutdown()
 
