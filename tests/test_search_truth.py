@@ -90,6 +90,16 @@ def test_the_study_front_is_the_tools_front_and_stopped_trials_are_pruned(tmp_pa
     assert hist["hypervolume"].iloc[-1] == front.hypervolume["(0, 0)"]
     assert hist["hypervolume"].is_monotonic_increasing and (exp / "hypervolume.png").stat().st_size > 10_000
 
+    # a driver killed after proposing trials Ray had not saved yet leaves them RUNNING in the
+    # database: --resume tells them FAIL (one proposed for a Ray trial, one killed before it had one)
+    lost = [study.ask(), study.ask()]
+    lost[0].set_user_attr("ray_trial_id", "deadbeef")
+    before = {t.number: (t.state, t.values) for t in study.trials}
+    assert tune_main.main(["--resume", str(exp), "--no-analysis"]) == 0
+    assert "Optuna trials 10, 11 of the study ran in no trial Ray Tune saved" in capsys.readouterr().out
+    after = {t.number: (t.state, t.values) for t in optuna.load_study(study_name="truth", storage=f"sqlite:///{db}").trials}
+    assert after == before | {t.number: (TrialState.FAIL, None) for t in lost}
+
 
 def test_a_repeated_configuration_is_not_trained_twice_in_a_search(tmp_path, capsys):
     # five configurations in all: none, and prefix k in {1, 2} from epoch 0 or 1

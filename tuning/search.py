@@ -328,6 +328,11 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                 raise internals.damaged(f"{exp_dir}/{internals.TUNER_PKL}", exc) from None
             restored = internals.tuner_callbacks(tuner)
             searcher = internals.tuner_searcher(tuner)
+            if isinstance(searcher, TruthfulOptunaSearch):
+                lost = searcher.fail_lost({t.trial_id for t in internals.saved_trial_states(exp_dir)})
+                if lost:
+                    log(f"  Optuna trial{'s' * (len(lost) > 1)} {', '.join(map(str, lost))} of the study ran in "
+                        "no trial Ray Tune saved (the driver stopped before its next save): told FAIL")
             for cb in restored:
                 if isinstance(cb, TrialProgress):
                     cb.configure(interval=progress_interval, repeats=lambda: int(getattr(searcher, "repeats", 0)))

@@ -9,7 +9,9 @@ them):
 - a trial that ended short of its budget: ``PRUNED``, no values. Ray Tune tells the searcher only
   about trials that ended (finished, stopped by the scheduler, failed for good); a trial running
   when the search was interrupted is not told anything and stays ``RUNNING`` in the study until
-  ``--resume`` finishes it;
+  ``--resume`` finishes it; one the restored search does not have (a database study is ahead of
+  Ray's last saved state when the driver was killed) is told ``FAIL`` by ``--resume``
+  (``fail_lost``);
 - a trial that failed (or whose objectives are missing): ``FAIL``.
 
 Each Optuna trial gets the user attribute ``ray_trial_id`` when it is suggested, and before it is
@@ -95,6 +97,22 @@ class TruthfulOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         """The Optuna study (after ``--resume``: the restored searcher's copy)."""
         return self._ot_study
+
+    def fail_lost(self, known: set[str]) -> list[int]:
+        """After a restore: tell ``FAIL`` the study's ``RUNNING`` trials whose Ray trial (or the
+        run they repeat) is not among ``known``, the trials the restored search has. They were
+        proposed after Ray's last saved state (the driver was killed), nothing will ever end them,
+        and the study (optuna-dashboard) would show them running forever. Their numbers."""
+        lost = []
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if (t.user_attrs.get("ray_trial_id") or t.user_attrs.get("repeat_of")) in known:
+                continue
+            try:
+                self._ot_study.tell(t.number, state=TrialState.FAIL)
+                lost.append(t.number)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
+                logger.warning("Optuna trial %s not updated: %s", t.number, exc)
+        return lost
 
     # ------------------------------------------------------------------ suggest
     def suggest(self, trial_id: str) -> dict | str | None:
