@@ -170,6 +170,30 @@ def test_nsga2_population_is_sized_to_the_run():
     assert len(lines) == 1
 
 
+def test_nsga2_warns_that_it_evolves_only_the_shared_parameters_of_several_families():
+    """Optuna's NSGA-II crosses over the intersection search space: with two families whose
+    parameters differ, only ``family`` evolves (checked on Optuna itself), and the tool says so."""
+    from tuning.search import _sampler
+
+    lines: list[str] = []
+    sampler = _sampler("nsga2", 0, 24, lines.append, ["layerout", "prefix"])
+    assert lines == ["warning: --sampler nsga2: the 2 freezing families (layerout, prefix) have parameters of their "
+                     "own, and NSGA-II evolves only those every trial has (the family); it draws the others at "
+                     "random. tpe models each parameter; or search one family per space"]
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if trial.suggest_categorical("family", ["layerout", "prefix"]) == "layerout":
+            return trial.suggest_float("layerout.v", 0.0, 0.9), 0.5
+        return float(trial.suggest_int("prefix.k", 1, 2)), 0.5
+
+    study.optimize(objective, n_trials=8)
+    study.ask()
+    assert set(sampler.infer_relative_search_space(study, study.trials[-1])) == {"family"}
+    _sampler("nsga2", 0, 24, lines.append, ["prefix"])  # one family: nothing to say
+    assert len(lines) == 1
+
+
 def test_a_trial_the_storage_already_finished_is_left_alone():
     """A database study can be ahead of the searcher state restored after a killed driver."""
     s = _searcher()

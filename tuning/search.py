@@ -27,7 +27,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 import pandas as pd
@@ -436,9 +436,14 @@ def nsga2_population(num_samples: int) -> int:
     return min(50, max(4, num_samples // 4))
 
 
-def _sampler(name: str, seed: int, num_samples: int, log: Log = _print) -> optuna.samplers.BaseSampler:
+def _sampler(name: str, seed: int, num_samples: int, log: Log = _print,
+             families: Sequence[str] = ()) -> optuna.samplers.BaseSampler:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if name == "nsga2":
+        if len(families) > 1:  # Optuna's NSGA-II evolves the intersection search space only
+            log(f"warning: --sampler nsga2: the {len(families)} freezing families ({', '.join(families)}) have "
+                "parameters of their own, and NSGA-II evolves only those every trial has (the family); it draws "
+                "the others at random. tpe models each parameter; or search one family per space")
         pop = nsga2_population(num_samples)
         if num_samples < 2 * pop:
             log(f"warning: --sampler nsga2: {num_samples} trials are fewer than two generations of its population "
@@ -475,7 +480,7 @@ def _searcher(space: SearchSpace, name: str, sampler: str, num_samples: int, ot_
             study.enqueue_trial(fixed, user_attrs=attrs)
     return TruthfulOptunaSearch(space=define_by_run(space, space.num_units), metric=[n for n, _ in objectives],
                                 mode=[m for _, m in objectives],
-                                sampler=_sampler(sampler, space.seed, num_samples, log),
+                                sampler=_sampler(sampler, space.seed, num_samples, log, list(space.families)),
                                 study_name=name, storage=ot_storage, epochs=space.epochs, seed=space.seed)
 
 
