@@ -88,6 +88,34 @@ def test_asha_fields():
     assert sched._num_stopped == before - 1
 
 
+def test_asha_rungs_survive_a_resume_through_the_scheduler_state():
+    """ASHA's rungs (private in Ray) go into SchedulerState's saved state and back: a restored
+    scheduler stops a poor result that a fresh one (empty rungs) would let continue."""
+    import pickle
+    from types import SimpleNamespace
+
+    from tuning.schedulers import CONTINUE, STOP, SchedulerState
+
+    def asha():
+        return PaperASHA(time_attr="epoch", metric="val_accuracy", mode="max", max_t=8, grace_period=1,
+                         reduction_factor=2)
+
+    def report(sched, tid, acc):
+        trial = SimpleNamespace(trial_id=tid, config={"family": "prefix"})
+        sched.on_trial_add(None, trial)
+        return sched.on_trial_result(None, trial, {"epoch": 1, "val_accuracy": acc})
+
+    before = asha()
+    for tid, acc in (("a", 0.9), ("b", 0.7), ("c", 0.8)):
+        report(before, tid, acc)
+    state = pickle.loads(pickle.dumps(SchedulerState(before).get_state()))  # as Ray saves it
+    after = asha()
+    SchedulerState(after).set_state(state)
+    assert internals.asha_state(after) == internals.asha_state(before)
+    assert {"a": 0.9, "b": 0.7, "c": 0.8}.items() <= dict(internals.asha_state(after)["brackets"][0][-1][1]).items()
+    assert report(after, "d", 0.1) == STOP and report(asha(), "d", 0.1) == CONTINUE
+
+
 def _reports_x(config):
     tune.report({"epoch": 1, "score": config["x"]})
 

@@ -9,8 +9,9 @@ records the version it was written for (``CHECKED_WITH``):
   TERMINATED, but the saved state still says RUNNING / PENDING / PAUSED for unfinished ones);
 - ``checkpoint_names``: the checkpoint folder names a saved trial refers to (its pickled
   checkpoint manager, stored hex-encoded);
-- ``uncount_asha_stop``, ``asha_settings``: ASHA's count of stopped trials (corrected when we
-  overrule its decision), its time attribute and budget;
+- ``uncount_asha_stop``, ``asha_settings``, ``asha_state``, ``load_asha_state``: ASHA's count of
+  stopped trials (corrected when we overrule its decision), its time attribute and budget, its
+  rungs (saved for ``--resume`` by ``tuning.schedulers.SchedulerState``);
 - ``tuner_searcher``, ``tuner_scheduler``, ``tuner_callbacks``: the searcher, scheduler and
   callbacks a ``Tuner`` runs with. For a new Tuner they are the objects passed in; after
   ``Tuner.restore`` they are the ones unpickled from ``tuner.pkl`` (the searcher then restored
@@ -186,6 +187,20 @@ def uncount_asha_stop(scheduler: Any) -> None:
 def asha_settings(scheduler: Any) -> tuple[str, float]:
     """(time attribute, max_t) of an AsyncHyperBandScheduler."""
     return scheduler._time_attr, scheduler._max_t
+
+
+def asha_state(scheduler: Any) -> dict[str, Any]:
+    """What an AsyncHyperBandScheduler has learnt: each bracket's rungs (milestone, and the result
+    recorded there per trial id) and its count of stopped trials. Plain data, for pickling."""
+    return {"brackets": [[[milestone, dict(recorded)] for milestone, recorded in b._rungs]
+                         for b in scheduler._brackets], "num_stopped": scheduler._num_stopped}
+
+
+def load_asha_state(scheduler: Any, state: dict[str, Any]) -> None:
+    """Put ``asha_state``'s rungs back into a scheduler with the same brackets and milestones."""
+    for bracket, rungs in zip(scheduler._brackets, state["brackets"]):
+        bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+    scheduler._num_stopped = state["num_stopped"]
 
 
 

@@ -18,7 +18,7 @@ five, the reference points every Pareto plot shows) or a ``reference`` (``PROTEC
 results still count at the rungs.
 
 Ray pickles the scheduler into ``tuner.pkl`` when a search starts and never saves it again, so a
-resumed search would get MOASHA back with empty rungs. ``SchedulerState`` is a Ray Tune callback
+resumed search would get MOASHA (or ASHA) back with empty rungs. ``SchedulerState`` is a Ray Tune callback
 holding the scheduler: callback states are saved with every experiment snapshot (the trials and
 the searcher in the same one) and restored before the restored trials reach the scheduler, so
 its rungs and decisions survive ``--resume``, also after the driver was killed.
@@ -33,7 +33,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from analysis.pareto import pareto_mask
-from tuning.internals import asha_settings, uncount_asha_stop
+from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
 
 PROTECTED_KEYS = ("paper_config", "reference")
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -202,19 +202,24 @@ class MOASHA(FIFOScheduler):
 
 
 class SchedulerState(Callback):
-    """Saves MOASHA's rungs and decisions with every Ray Tune experiment snapshot and puts them
-    back on ``--resume`` (see the module docstring). The scheduler and this callback come out of
-    the same ``tuner.pkl``, so the reference still points at the scheduler Ray uses."""
+    """Saves MOASHA's rungs and decisions (or ASHA's rungs) with every Ray Tune experiment
+    snapshot and puts them back on ``--resume`` (see the module docstring). The scheduler and this
+    callback come out of the same ``tuner.pkl``, so the reference still points at the scheduler
+    Ray uses."""
 
-    def __init__(self, scheduler: MOASHA) -> None:
+    def __init__(self, scheduler: MOASHA | AsyncHyperBandScheduler) -> None:
         self.scheduler = scheduler
 
-    def get_state(self) -> dict[str, Any] | None:
-        return {"moasha": self.scheduler.state_dict()}  # never empty: Ray writes no file for an empty state
+    def get_state(self) -> dict[str, Any] | None:  # never empty: Ray writes no file for an empty state
+        if isinstance(self.scheduler, MOASHA):
+            return {"moasha": self.scheduler.state_dict()}
+        return {"asha": asha_state(self.scheduler)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state and "moasha" in state:
+        if state and "moasha" in state and isinstance(self.scheduler, MOASHA):
             self.scheduler.load_state_dict(state["moasha"])
+        elif state and "asha" in state and isinstance(self.scheduler, AsyncHyperBandScheduler):
+            load_asha_state(self.scheduler, state["asha"])
 
 
 # ------------------------------------------------------------------------------ ASHA

@@ -238,7 +238,7 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
     progress = TrialProgress(num_samples, space.epochs, scheduler=scheduler, interval=options.progress_interval)
     progress.configure(repeats=lambda: searcher.repeats)
     callbacks: list[Any] = [progress]
-    if isinstance(sched, MOASHA):
+    if isinstance(sched, (MOASHA, PaperASHA)):
         callbacks.append(SchedulerState(sched))  # its rungs survive --resume
     if options.loggers is not None:  # result.json and the chosen loggers; Ray adds none of its own (_fit)
         callbacks += loggers.logger_callbacks(options.loggers, name)
