@@ -42,14 +42,8 @@ def exists(path: str) -> bool:
 
 def read_text(path: str) -> str | None:
     """The file's text, or None when it is missing or unreadable."""
-    fs, p = storage_fs(path)
-    try:
-        if fs.get_file_info(p).type != pafs.FileType.File:
-            return None
-        with fs.open_input_stream(p) as f:
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
+    data = read_bytes(path)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def read_bytes(path: str) -> bytes | None:
