@@ -38,6 +38,7 @@ from analysis.stats import summarize
 from layerout.errors import UserError
 from layerout.experiment import CONFIRM_CSV, POLICIES_DIR
 from layerout.files import atomic_write
+from layerout.progress import check_interval
 
 DEFAULT_TOP = 3
 DEFAULT_SEEDS = 3
@@ -253,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.experiment_dir).is_dir():
         raise UserError(f"{args.experiment_dir}: no such directory (a local experiment directory; copy a remote "
                         "one first)")
-    if args.progress_interval is not None and not args.progress_interval >= 0:  # before anything is trained
-        raise UserError(f"--progress-interval: must be a number of seconds >= 0 (0: no status), got "
-                        f"{args.progress_interval}")
+    check_interval(args.progress_interval)  # before anything is chosen or trained
     res = confirm(args.experiment_dir, top=args.top, seeds=args.seeds, address=args.address,
                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                   max_concurrent=args.max_concurrent, progress_interval=args.progress_interval)

@@ -48,6 +48,9 @@ from typing import IO, Any, Callable, Iterator
 
 from tqdm import tqdm
 
+from layerout.checks import short
+from layerout.errors import UserError
+
 Clock = Callable[[], float]
 TERMINAL_INTERVAL_S = 5.0  # how often the status is redrawn on a terminal
 LOG_INTERVAL_S = 60.0  # how often a status line is written when stdout is a file or a pipe
@@ -71,6 +74,13 @@ def is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def check_interval(value: Any, flag: str = "--progress-interval") -> None:
+    """A status interval is None (the default) or a finite number of seconds >= 0; one UserError otherwise."""
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and math.isfinite(value) and value >= 0):
+        raise UserError(f"{flag}: must be a number of seconds >= 0 (0: no status), got {short(value)}")
 
 
 def default_interval(stream: Any = None) -> float:

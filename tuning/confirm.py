@@ -122,8 +122,7 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                             max_concurrent=max_concurrent, connect_timeout=connect_timeout)
     loggers.check_loggers(options.loggers, f"{exp_dir}/experiment.json: options.loggers")
     code = meta.get("code") or {}
-    register_objects(exp_dir, code, model, dataset, f"confirm it from Python with analysis.confirm.confirm("
-                     f"{exp_dir!r}, {{role}}=...)")
+    register_objects(exp_dir, code, model, dataset, "confirm", "analysis.confirm.confirm")
     if not jobs:
         return []
     folder = storage.local_path(f"{exp_dir}/{CONFIRM_DIR}") if storage.is_local(exp_dir) else None

@@ -52,6 +52,7 @@ _CHECKPOINT_NAME = re.compile(r"checkpoint_\d{6}")
 TUNER_PKL = "tuner.pkl"  # the Tuner (its searcher, scheduler, callbacks), pickled when the search starts
 # what a restore reads that holds pickles: the Tuner, the experiment state (each trial's pickled
 # checkpoint manager, hex-encoded), the searcher's and the callbacks' states
+_EXPERIMENT_STATE = ("experiment_state-", ".json")  # Ray's snapshot of the trials (prefix, suffix)
 _RESTORE_FILE = re.compile(r"tuner\.pkl|experiment_state-.*\.json|searcher-state-.*\.pkl|callback-states-.*\.pkl")
 
 
@@ -63,12 +64,18 @@ class SavedTrial:
     checkpoint_names: list[str]
 
 
+def _newest(names: list[str], kind: tuple[str, str]) -> str | None:
+    """The newest saved state of ``kind`` (prefix, suffix) among ``names``: Ray picks the largest name."""
+    found = [n for n in names if n.startswith(kind[0]) and n.endswith(kind[1])]
+    return max(found) if found else None
+
+
 def has_saved_state(exp_dir: str) -> bool:
     """True when ``Tuner.restore`` has something to continue: the pickled Tuner and at least one
     saved experiment state. A driver killed before Ray's first save leaves neither, or only the
     Tuner."""
     names = storage.list_names(exp_dir)
-    return TUNER_PKL in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+    return TUNER_PKL in names and _newest(names, _EXPERIMENT_STATE) is not None
 
 
 def restore_files(exp_dir: str) -> list[str]:
@@ -76,8 +83,8 @@ def restore_files(exp_dir: str) -> list[str]:
     return [n for n in storage.list_names(exp_dir) if _RESTORE_FILE.fullmatch(n)]
 
 
-# the saved states a restore reads, each the newest of its kind (Ray picks the largest name)
-_SAVED_STATES = (("experiment_state-", ".json"), ("searcher-state-", ".pkl"), ("callback-states-", ".pkl"))
+# the saved states a restore reads, each the newest of its kind
+_SAVED_STATES = (_EXPERIMENT_STATE, ("searcher-state-", ".pkl"), ("callback-states-", ".pkl"))
 _RESTORE_LOGGER = "ray.tune.execution.tune_controller"
 _RESTORE_FAILED = "Failed to restore the run state"
 
@@ -94,11 +101,12 @@ def check_restorable(exp_dir: str) -> None:
     (JSON, pickles); a UserError naming the first that cannot be read. Only for a folder the
     user trusts (``tuning.search.check_trusted``): it unpickles what Ray would unpickle."""
     names = storage.list_names(exp_dir)
-    for prefix, suffix in _SAVED_STATES:
-        found = [n for n in names if n.startswith(prefix) and n.endswith(suffix)]
-        if not found:
+    for kind in _SAVED_STATES:
+        newest = _newest(names, kind)
+        if newest is None:
             continue
-        path = f"{exp_dir}/{max(found)}"
+        suffix = kind[1]
+        path = f"{exp_dir}/{newest}"
         data = storage.read_bytes(path)
         try:
             if data is None:
@@ -140,11 +148,11 @@ def restore_failure_guard() -> Iterator[None]:
 
 
 def _newest_state(exp_dir: str) -> dict[str, Any] | None:
-    states = [n for n in storage.list_names(exp_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
-    if not states:
+    newest = _newest(storage.list_names(exp_dir), _EXPERIMENT_STATE)
+    if newest is None:
         return None
     try:
-        doc = json.loads(storage.read_text(f"{exp_dir}/{sorted(states)[-1]}") or "{}")
+        doc = json.loads(storage.read_text(f"{exp_dir}/{newest}") or "{}")
     except json.JSONDecodeError:
         return None
     return doc if isinstance(doc, dict) else None

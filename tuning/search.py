@@ -42,7 +42,7 @@ from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, VERSION,
                                  TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines, rungs_csv,
                                  tables_csv)
-from layerout.progress import slow_notice
+from layerout.progress import check_interval, slow_notice
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
 from search_spaces.trials import budget_range, define_by_run, paper_enqueue, reference_enqueue, reference_points
 from tuning import internals, loggers, storage
@@ -116,11 +116,7 @@ class SearchOptions:
             raise UserError(f"--connect-timeout: must be a number of seconds > 0, got {short(self.connect_timeout)}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
-        if self.progress_interval is not None and not (
-                isinstance(self.progress_interval, (int, float)) and not isinstance(self.progress_interval, bool)
-                and math.isfinite(self.progress_interval) and self.progress_interval >= 0):
-            raise UserError(f"--progress-interval: must be a number of seconds >= 0 (0: no status), "
-                            f"got {short(self.progress_interval)}")
+        check_interval(self.progress_interval)
         if self.loggers is not None and (isinstance(self.loggers, str) or not isinstance(self.loggers, (list, tuple))):
             raise UserError(f"--logger: must be a list of {', '.join(loggers.LOGGERS)}, got {short(self.loggers)}")
         loggers.check_loggers(self.loggers)
@@ -296,8 +292,7 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                             connect_timeout=connect_timeout)
     callbacks = _user_callbacks(callbacks)
     code = meta.get("code") or {}
-    register_objects(exp_dir, code, model, dataset, f"resume it from Python with resume_search({exp_dir!r}, "
-                     "{role}=...)")
+    register_objects(exp_dir, code, model, dataset, "resume", "resume_search")
     restore = internals.has_saved_state(exp_dir)
     if restore:
         check_trusted(exp_dir)
@@ -540,17 +535,17 @@ def options_again(meta: dict[str, Any], *, address: str | None, progress_interva
     return options
 
 
-def register_objects(exp_dir: str, code: dict[str, Any], model: Any, dataset: Any, how: str) -> None:
+def register_objects(exp_dir: str, code: dict[str, Any], model: Any, dataset: Any, verb: str, call: str) -> None:
     """A search given its model or data as Python objects needs the same objects again: register
-    them under the names experiment.json's ``code`` recorded; ``how`` (with ``{role}``) says how
-    to give them, in the error when one is missing."""
+    them under the names experiment.json's ``code`` recorded. The error when one is missing says
+    to ``verb`` it from Python with ``call(exp_dir, <role>=...)``."""
     for role, obj in (("model", model), ("dataset", dataset)):
         name = (code.get("objects") or {}).get(role)
         if name is None:
             continue
         if obj is None or isinstance(obj, str):
             raise UserError(f"{exp_dir}: its {role} {name} was a Python object given to run_search; "
-                            f"{how.replace('{role}', role)} and the same object")
+                            f"{verb} it from Python with {call}({exp_dir!r}, {role}=...) and the same object")
         userland.register_object(obj, name)
 
 
