@@ -29,6 +29,14 @@ BASELINE = "baseline"  # the reference point that trains the whole budget (the p
 BUDGET_PARAM = "budget.epochs"  # the Optuna parameter of budget_frac: the epochs a trial trains
 
 
+def config_epochs(config: dict[str, Any] | None, default: int) -> int:
+    """The epochs a trial config (``trial_to_config``'s, or a confirmation job's) trains: its
+    ``train.epochs`` (fewer than the search's for a shorter-training trial), else ``default``."""
+    train = (config or {}).get("train")
+    own = train.get("epochs") if isinstance(train, dict) else None
+    return own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else int(default)
+
+
 def reference_points(space: SearchSpace) -> list[tuple[str, int]]:
     """The shorter-training reference points as (name, epochs), fewest epochs first: the unfrozen
     model trained for ``round(f * epochs)`` (half up) epochs for each fraction f of

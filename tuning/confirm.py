@@ -22,8 +22,9 @@ from ray.tune import Callback
 
 from layerout.checks import cut
 from layerout.formatting import pct
-from layerout.progress import JobProgress, StatusDisplay
 from layerout.experiment import CONFIRM_DIR, RESULT_JSON, USER_ERROR, epochs_of, parse_result_lines
+from layerout.progress import JobProgress, StatusDisplay
+from search_spaces.trials import config_epochs
 from tuning import loggers, storage
 from tuning.search import (_check_resources, _fit, _init_ray, _private_files, _trainable, options_again,
                            read_experiment, register_objects)
@@ -44,7 +45,7 @@ class ConfirmProgress(Callback):
 
     def __init__(self, jobs: list[dict[str, Any]], interval: float | None = None) -> None:
         self.total, self.done = len(jobs), 0
-        self.budgets = {_key(j): _budget(j) for j in jobs}
+        self.budgets = {_key(j): config_epochs(j, 0) for j in jobs}
         self.interval = interval
         self._shown: StatusDisplay | None = None
 
@@ -95,10 +96,6 @@ class ConfirmProgress(Callback):
 
 def _key(job: dict[str, Any]) -> str:
     return f"{job.get('trial_id')}/{job.get('seed')}"
-
-
-def _budget(job: dict[str, Any]) -> int:
-    return int((job.get("train") or {}).get("epochs") or 0)
 
 
 def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address: str | None = None,
@@ -166,7 +163,7 @@ def _row(result: Any) -> dict[str, Any]:
     rows = epochs_of([r for r in lines if not r.get(USER_ERROR)])
     last = rows[-1] if rows else {}
     user_error = next((str(r[USER_ERROR]) for r in lines if r.get(USER_ERROR)), None)
-    budget = int((job.get("train") or {}).get("epochs") or 0)
+    budget = config_epochs(job, 0)
     error = user_error or (cut(" ".join(str(result.error).split()), 300) if result.error is not None else None)
     if error is None and int(last.get("epoch") or 0) < budget:
         error = f"ended after {int(last.get('epoch') or 0)} of {budget} epochs"

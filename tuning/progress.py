@@ -23,10 +23,11 @@ from ray.exceptions import (LocalRayletDiedError, NodeDiedError, OwnerDiedError,
                             WorkerCrashedError)
 from ray.tune import Callback
 
-from layerout.formatting import pct
 from layerout.checks import cut
 from layerout.experiment import USER_ERROR
+from layerout.formatting import pct
 from layerout.progress import JobProgress, StatusDisplay, say
+from search_spaces.trials import config_epochs
 from tuning import internals
 
 RAY_LOG = "ray.log"  # in the experiment directory: Ray's warnings and errors during the search
@@ -122,7 +123,7 @@ class TrialProgress(Callback):
         epoch = res.get("epoch")
         what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else
                                                   f" ({cfg['reference']})" if cfg.get("reference") else "")
-        budget = _budget(trial, self.epochs)
+        budget = config_epochs(trial.config, self.epochs)
         head = f"[{done:>{width}}/{self.num_samples}] trial {trial.trial_id}  {what:<26}"
         if error:
             self._print(f"{head} FAILED after {epoch or 0}/{budget} epochs (see {trial.path}/error.txt)")
@@ -193,7 +194,7 @@ class TrialProgress(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._known(trials)
-        self.display.job.started(trial.trial_id, epochs=_budget(trial, self.epochs))
+        self.display.job.started(trial.trial_id, epochs=config_epochs(trial.config, self.epochs))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.display.job.trained(trial.trial_id, _epoch(result))
@@ -234,7 +235,7 @@ class TrialProgress(Callback):
         for t in trials:
             if t.trial_id in job:
                 continue
-            epochs, budget = _epoch(t.last_result), _budget(t, self.epochs)
+            epochs, budget = _epoch(t.last_result), config_epochs(t.config, self.epochs)
             if t.status in ("TERMINATED", "ERROR"):
                 job.restored(t.trial_id, epochs, ended=True, failed=t.status == "ERROR", budget=budget)
             elif epochs or t.status == "RUNNING":
@@ -249,11 +250,6 @@ class TrialProgress(Callback):
                 job.repeated(int(self._repeats()) - job.repeats)
             except Exception:  # noqa: BLE001 - only a number on the status line
                 pass
-
-
-def _budget(trial: Any, default: int) -> int:
-    """The epochs a trial plans to train: fewer than the search's for a shorter-training trial."""
-    return int(((trial.config or {}).get("train") or {}).get("epochs") or default)
 
 
 def _epoch(result: dict | None) -> int:

@@ -33,6 +33,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from analysis.pareto import pareto_mask
+from search_spaces.trials import config_epochs
 from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
 
 PROTECTED_KEYS = ("paper_config", "reference")
@@ -150,8 +151,7 @@ class MOASHA(FIFOScheduler):
     def decide(self, trial_id: str, config: dict[str, Any] | None, result: dict) -> str:
         """CONTINUE or STOP for one result of a trial (``on_trial_result`` without Ray)."""
         t = result.get(self.time_attr)
-        own = ((config or {}).get("train") or {}).get("epochs")  # a trial asked for fewer epochs ends there
-        end = min(self.max_t, own) if isinstance(own, int) and not isinstance(own, bool) and own > 0 else self.max_t
+        end = min(self.max_t, config_epochs(config, self.max_t))  # a trial asked for fewer epochs ends there
         if not isinstance(t, (int, float)) or t >= end:
             return CONTINUE
         passed = [m for m in self.milestones if m <= t]

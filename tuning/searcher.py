@@ -44,6 +44,7 @@ from ray.tune.search.optuna import OptunaSearch
 from layerout.experiment import USER_ERROR
 from layerout.schedules import schedule_from_dict
 from layerout.progress import say
+from search_spaces.trials import config_epochs
 from tuning.progress import exhausted_line, repeat_line
 
 RANDOM_AFTER = 3
@@ -132,8 +133,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             if first is None or first == trial_id:
                 self._first_run[key] = trial_id
                 self._key_of[trial_id] = key
-                train = config.get("train") if isinstance(config.get("train"), dict) else {}
-                self.__dict__.setdefault("_budget", {})[trial_id] = int(train.get("epochs") or self._epochs)
+                self.__dict__.setdefault("_budget", {})[trial_id] = config_epochs(config, self._epochs)
                 self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)  # for the dashboard, at once
                 return config
             self._repeat(self._ot_trials.pop(trial_id), first, config)
