@@ -151,14 +151,14 @@ def _analysis(result: SearchResult) -> None:
         print("\n" + res.table)
         print(f"\nPareto plot: {exp / 'pareto.png'}\nreport:      {exp / 'report.html'}")
         knee_file = exp / POLICIES_DIR / "knee.json"
-        try:  # the knee among the policies that beat training for fewer epochs
+        try:  # the knee of the table above, exported when it beats training for fewer epochs
             knee = export_policy(exp, pick="knee", out=knee_file)
         except UserError as exc:
             knee_file.unlink(missing_ok=True)
             print(f"knee policy: none: {exc}\n(all {len(res.policies)} front policies in {exp / POLICIES_DIR}; the "
-                  f"front's knee anyway: python -m analysis.export {exp_dir} --pick knee --ignore-curve -o knee.json)")
+                  f"knee anyway: python -m analysis.export {exp_dir} --pick knee --ignore-curve -o knee.json)")
         else:
-            print(f"knee policy: {knee}  (among the policies above the shorter-training curve; all "
+            print(f"knee policy: {knee}  (trial {res.result.knee}, the knee above; all "
                   f"{len(res.policies)} front policies in {exp / POLICIES_DIR})")
             print(f"train with it: python -m layerout.train --policy {knee} --out {exp / 'runs' / 'knee'}")
         print(f"other picks: python -m analysis.export {exp_dir} --pick max-accuracy (or min-compute, "

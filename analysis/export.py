@@ -7,7 +7,9 @@ By default the pick is made among the front policies that beat training the unfr
 fewer epochs at the same compute (a margin above 0 over the shorter-training curve,
 ``analysis.curve``; the confirmed mean when confirm.csv exists). When none does, nothing is
 written: one line says so and names the shorter-training run to use instead (exit status 2);
-``--ignore-curve`` picks among every front policy, as before.
+``--ignore-curve`` picks among every front policy. The knee is the experiment's one knee
+(``analysis.front.choose_knee``: among the policies above the curve when there are any, else the
+whole front's), the trial the console, ``pareto.csv``, the plots and the report call the knee.
 
 The file has the policy-file shape (docs/FORMATS.md):
 ``{"format": "layerout-policy", "version": 1, "model", "units", "schedule", "measured",
@@ -328,24 +330,33 @@ def shorter_instead(fr: Front, row: pd.Series, budget: int | None) -> str:
 def below_curve_line(fr: Front, pick: str, min_accuracy: float | None, budget: int | None) -> str:
     """The one line of an export that finds no front policy above the shorter-training curve: how
     far below it the freezing policy ``pick`` would have chosen is, and the shorter-training run
-    to use instead."""
+    to use instead. For the knee that is the experiment's one knee (``Front.knee``: the whole
+    front's, since none beats the curve), or the best freezing policy where the knee is unfrozen."""
     free = fr.front[fr.front["family"] != "none"]
     what = f"--min-accuracy {min_accuracy * 100:g}%" if min_accuracy is not None else f"the {pick}"
     if free.empty:
         row = fr.knee_row
         how = "no freezing policy is on the front"
     else:
-        try:
-            row = pick_trial(fr, pick=pick, min_accuracy=min_accuracy, among=free)
-        except UserError:
+        knee_unfrozen = min_accuracy is None and pick == "knee" and fr.knee_row["family"] == "none"
+        row = None if knee_unfrozen else _pick_or_none(fr, pick, min_accuracy, free)
+        if row is None:
             row = free.loc[pd.to_numeric(free["margin"]).idxmax()]
-            what = "the best freezing policy"
+            what = (f"the knee is trial {fr.knee} (unfrozen); the best freezing policy" if knee_unfrozen
+                    else "the best freezing policy")
         m = float(row["margin"])
         where = (f"{100 * abs(m):.2f} points {'below' if m < 0 else 'above'} it" if abs(m) >= 5e-5 else "on it")
         how = (f"{what} among the freezing policies, trial {row['trial_id']} ({row['family']}), is {where} at "
                f"{100 * float(row['compute_saved_frac']):.1f}% compute saved")
     return (f"no front policy beats training for fewer epochs ({how}); {shorter_instead(fr, row, budget)}, "
             "or export it anyway with --ignore-curve")
+
+
+def _pick_or_none(fr: Front, pick: str, min_accuracy: float | None, among: pd.DataFrame) -> pd.Series | None:
+    try:
+        return pick_trial(fr, pick=pick, min_accuracy=min_accuracy, among=among)
+    except UserError:  # nothing among them reaches --min-accuracy
+        return None
 
 
 def export_policy(
@@ -410,8 +421,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("experiment_dir", metavar="EXPERIMENT_DIR", help="the experiment directory tune_main.py printed")
     p.add_argument("--pick", choices=PICKS, default=None,
-                   help="which front policy: the knee (default), the highest validation accuracy, "
-                   "or the most compute saved")
+                   help="which front policy: the knee (default; the trial the report and pareto.csv call the "
+                   "knee), the highest validation accuracy, or the most compute saved")
     p.add_argument("--min-accuracy", metavar="X",
                    help="instead of --pick: the most compute-saving front policy whose validation accuracy "
                    "is at least X. X is a fraction (0.95) or a percent (95 or 95%%): values above 1 are "
@@ -425,7 +436,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="let trials stopped early by the scheduler enter the front (default: full epoch budget only)")
     p.add_argument("--ignore-curve", action="store_true",
                    help="pick among every front policy; by default only among those that beat training the "
-                   "unfrozen model for fewer epochs at the same compute (above the shorter-training curve)")
+                   "unfrozen model for fewer epochs at the same compute (above the shorter-training curve). "
+                   "With --pick knee it exports the knee even when no policy beats the curve")
     return p
 
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 import numpy as np
 
-from analysis.curve import add_margins, shorter_curve, verdict
+from analysis.curve import add_margins, beats_curve, shorter_curve, verdict
 from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_front
 from analysis.results import Experiment, baseline_trials, finished_mask, select_trials
 from analysis.stats import summarize
@@ -25,7 +26,9 @@ HISTORY_COLUMNS = ["trials_ended", "epochs_trained", "hypervolume", "trial_id"]
 class Front:
     """``candidates``: trials allowed on the front (``stopped`` marks ones the scheduler stopped early);
     ``front``: the Pareto front rows (a ``knee`` bool column added), best accuracy first;
-    ``knee``: the knee's trial id; ``baseline_accuracy``: mean val accuracy of the finished
+    ``knee``: the knee's trial id, the one trial every output calls the knee (``choose_knee``);
+    ``knee_above_curve``: whether it was chosen among the policies above the shorter-training curve
+    (False: none beats the curve, so it is the whole front's knee); ``baseline_accuracy``: mean val accuracy of the finished
     unfrozen baseline trial(s), or None; ``hypervolume``: {"(0, 0)": hv, "(baseline, 0)": hv}
     in (fraction x fraction) units; ``dropped``: trial ids ignored for missing metrics;
     ``curve``: the shorter-training curve (``analysis.curve``); the front's rows carry their margin
@@ -47,6 +50,7 @@ class Front:
     confirm: pd.DataFrame | None = None
     val_images: int | None = None
     verdict: str = ""
+    knee_above_curve: bool = False
 
     @property
     def knee_row(self) -> pd.Series:
@@ -85,7 +89,7 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
     curve = shorter_curve(clean, exp.epoch_budget)
     clean = add_margins(clean, curve, exp.confirm)  # every candidate's margin over training shorter
     front = pareto_front(clean, objectives).copy()
-    knee_label = knee_point(front, objectives) if len(objectives) == 2 else front.index[0]
+    knee_label, above = choose_knee(front, objectives)
     front["knee"] = front.index == knee_label
     knee = str(front.loc[knee_label, "trial_id"])
 
@@ -111,7 +115,32 @@ def compute_front(exp: Experiment, include_stopped: bool = False) -> Front:
         confirm=exp.confirm,
         val_images=exp.val_images,
         verdict=verdict(clean, front, curve, exp.val_images, exp.path),
+        knee_above_curve=above,
     )
+
+
+def choose_knee(front: pd.DataFrame, objectives: tuple[tuple[str, str], ...]) -> tuple[Any, bool]:
+    """The knee's index label in ``front`` and whether it lies above the shorter-training curve.
+
+    The one rule behind every "knee" the tool prints or writes (the console, ``pareto.csv``, the
+    plots, the report, ``policies/knee.json``, ``--pick knee``): the knee of the freezing policies
+    above the shorter-training curve when there are any (what is worth exporting: a point that
+    trades accuracy for compute better than training less), else the knee of the whole front.
+    With other than two objectives: the front's first row (best first objective)."""
+    if len(objectives) != 2:
+        return front.index[0], False
+    above = beats_curve(front) if "margin" in front.columns else front.iloc[:0]
+    if len(above):
+        return knee_point(above, objectives), True
+    return knee_point(front, objectives), False
+
+
+def knee_rule_text(fr: Front) -> str:
+    """How the knee was chosen, in the words every output uses (``analysis.front.choose_knee``)."""
+    if fr.knee_above_curve:
+        n = len(beats_curve(fr.front))
+        return f"the knee of the {n} front polic{'y' if n == 1 else 'ies'} above the shorter-training curve"
+    return "no freezing policy beats the shorter-training curve, so this is the knee of the whole front"
 
 
 def confirmed_values(cand: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
@@ -136,8 +165,8 @@ def confirmed_values(cand: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFr
 def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None,
                among: pd.DataFrame | None = None) -> pd.Series:
     """The front row chosen by ``pick`` (knee | max-accuracy | min-compute) or ``min_accuracy``,
-    among the rows ``among`` (default: the whole front; the knee is then the front's knee, else
-    the knee of ``among``'s points).
+    among the rows ``among`` (default: the whole front). The knee is always ``fr.knee``, the one
+    knee of the experiment (``choose_knee``), whatever ``among`` holds.
 
     ``min_accuracy`` (a fraction) takes precedence: the most compute-saving front point whose
     val_accuracy is at least that; ``UserError`` if none reaches it. ``max-accuracy``: the highest
@@ -157,10 +186,8 @@ def pick_trial(fr: Front, pick: str = "knee", min_accuracy: float | None = None,
                 f"(best validation accuracy is {best * 100:.2f}%)"
             )
         return ok.sort_values(["compute_saved_frac", "val_accuracy", "_pos"], ascending=[False, False, True]).iloc[0]
-    if pick == "knee":
-        if among is None:
-            return fr.knee_row
-        return rows.loc[knee_point(rows, fr.objectives) if len(fr.objectives) == 2 else rows.index[0]]
+    if pick == "knee":  # one knee: the Front's, whichever rows are looked at (choose_knee)
+        return fr.knee_row
     if pick == "max-accuracy":
         return f.sort_values(["val_accuracy", "compute_saved_frac", "_pos"], ascending=[False, False, True]).iloc[0]
     if pick == "min-compute":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from analysis.curve import resolution_text
-from analysis.front import Front
+from analysis.front import Front, knee_rule_text
 from analysis.policies import parse_schedule, schedule_summary
 from analysis.results import SYNTHETIC_NOTE, Experiment, finished_mask, stopped_mask
 from analysis.stats import summarize
@@ -202,7 +202,8 @@ def build_report(
                             + (f"; ignored for missing metrics: {', '.join(fr.dropped)}" if fr.dropped else "") + ")",
         "objectives": ", ".join(f"{n} ({m})" for n, m in fr.objectives),
         "knee": f"{k['trial_id']} ({k['family']}): val acc {pct(k['val_accuracy'])}, "
-                f"compute saved {pct(k['compute_saved_frac'], 1)}, test acc {pct(k['test_accuracy'])}",
+                f"compute saved {pct(k['compute_saved_frac'], 1)}, test acc {pct(k['test_accuracy'])} "
+                f"({knee_rule_text(fr)})",
         "baseline val accuracy": pct(fr.baseline_accuracy) if fr.baseline_accuracy is not None else "no baseline trial",
         "shorter-training curve": curve_text(fr),
         "validation resolution": resolution_text(fr.val_images),
@@ -234,8 +235,10 @@ def build_report(
     if "pareto" in cap:
         parts.append(f"<img alt='Pareto front' src='{image_data_uri(cap['pareto'])}'>")
     parts.append(front_table_html(fr, policy_files))
-    parts.append("<p class='muted'>The knee is the front point farthest beyond the straight line joining the "
-                 "front's two ends, with both axes scaled to [0, 1]. Hypervolume: area (fraction × fraction) "
+    parts.append("<p class='muted'>The knee is the point farthest beyond the straight line joining the two "
+                 "ends of the front policies above the shorter-training curve (of the whole front when none is "
+                 "above it), with both axes scaled to [0, 1]; policies/knee.json and --pick knee hold this trial. "
+                 "Hypervolume: area (fraction × fraction) "
                  "dominated by the front above the reference point.</p>")
     parts.append("<p class='muted'>Margin over shorter training: the policy's validation accuracy minus that of the "
                  "unfrozen model trained for fewer epochs at the same compute saved (the dashed curve of the plot: "

@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.curve import resolution_text
 from analysis.export import build_policy, policy_filename, retrain_command, write_policy_file
-from analysis.front import Front, compute_front
+from analysis.front import Front, compute_front, knee_rule_text
 from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_hypervolume, plot_pareto
 from analysis.report import write_report
 from analysis.results import SYNTHETIC_NOTE, Experiment, load_experiment
@@ -100,7 +100,7 @@ def summary_text(exp: Experiment, fr: Front) -> str:
     k = fr.knee_row
     lines.append(f"knee: trial {k['trial_id']} ({k['family']}{', ' + k['paper_config'] if k['paper_config'] else ''}): "
                  f"val acc {pct(k['val_accuracy'])}, compute saved {pct(k['compute_saved_frac'], 1)}, "
-                 f"time saved {pct(k['time_saved_frac'], 1)}")
+                 f"time saved {pct(k['time_saved_frac'], 1)}; {knee_rule_text(fr)}")
     if fr.dropped:
         lines.append(f"ignored (missing metrics): {', '.join(fr.dropped)}")
     noise = f"noise: {resolution_text(fr.val_images)}; "

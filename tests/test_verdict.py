@@ -232,3 +232,54 @@ def test_confirm_cli_bad_options_are_one_line_and_train_nothing(exp_dir, args, n
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, *needles)
     assert sorted(p.name for p in exp_dir.iterdir()) == before  # no confirm.csv, no confirm/
+
+
+def test_one_knee_in_every_output(tmp_path, capsys):
+    """The whole front's knee (s75, an unfrozen run) and the knee of the policies above the curve
+    (above) differ here: every output names the same one, the latter."""
+    from analysis.pareto import knee_point
+    from analysis.run import run_analysis
+    from tune_main import _analysis
+    from tuning import SearchResult
+
+    d = write_experiment(tmp_path, CURVE + POLICIES, name="knees")
+    fr = compute_front(load_experiment(d))
+    assert fr.front.loc[knee_point(fr.front, fr.objectives), "trial_id"] == "s75"  # the rule not taken
+    assert fr.knee == "above" and fr.knee_above_curve
+    res = run_analysis(d, quiet=True)
+    assert "knee: trial above (prefix): val acc 95.31%" in res.table
+    assert "the knee of the 2 front policies above the shorter-training curve" in res.table
+    pareto = pd.read_csv(d / "pareto.csv", dtype={"trial_id": str})
+    assert pareto.loc[pareto["knee"], "trial_id"].tolist() == ["above"]
+    html = (d / "report.html").read_text()
+    assert html.count("★ knee") == 1 and "<td>above ★ knee</td>" in html
+    assert "<tr><td>knee</td><td>above (prefix): val acc 95.31%" in html
+    doc = json.loads((d / "policies" / "above.json").read_text())
+    assert doc["provenance"]["picked_by"] == "front (knee)"
+    for ignore in (False, True):
+        doc = json.loads(export_policy(d, pick="knee", ignore_curve=ignore, out=tmp_path / "k.json").read_text())
+        assert doc["provenance"]["trial_id"] == "above", ignore
+    # the end of a search: the console's table and the knee policy it writes
+    exp = load_experiment(d)
+    capsys.readouterr()
+    _analysis(SearchResult(exp_dir=str(d), meta=exp.meta, trials=exp.trials, epochs=exp.epochs, wall_s=1.0,
+                           planned=len(exp.trials)))
+    out = capsys.readouterr().out
+    assert "knee: trial above" in out and f"knee policy: {d / 'policies' / 'knee.json'}  (trial above" in out
+    assert json.loads((d / "policies" / "knee.json").read_text())["provenance"]["trial_id"] == "above"
+
+
+def test_without_a_policy_above_the_curve_the_knee_is_the_fronts(tmp_path):
+    d = write_experiment(tmp_path, CURVE + [p for p in POLICIES if p[0] in ("on", "below")], name="flat")
+    fr = compute_front(load_experiment(d))
+    assert not fr.knee_above_curve and fr.knee == "s50"
+    from analysis.run import run_analysis
+
+    res = run_analysis(d, quiet=True)
+    assert ("knee: trial s50 (none): val acc 87.50%, compute saved 50.0%, time saved 50.0%; no freezing policy beats "
+            "the shorter-training curve, so this is the knee of the whole front") in res.table
+    with pytest.raises(UserError, match=r"^no front policy beats training for fewer epochs \(the knee is trial s50 "
+                                        r"\(unfrozen\); the best freezing policy among the freezing policies, trial on"):
+        export_policy(d, pick="knee", out=tmp_path / "k.json")
+    doc = json.loads(export_policy(d, pick="knee", ignore_curve=True, out=tmp_path / "k.json").read_text())
+    assert doc["provenance"]["trial_id"] == "s50"
