@@ -184,13 +184,17 @@ def _default_runner(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def confirm(exp_dir: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SEEDS, *, runner: Runner | None = None,
-            quiet: bool = False, log: Callable[[str], None] = print, **run_options: Any) -> ConfirmResult:
+            quiet: bool = False, log: Callable[[str], None] = print, threads: int | None = None,
+            **run_options: Any) -> ConfirmResult:
     """Re-train the ``top`` best front policies, the baseline and the reference points of the
     experiment in ``exp_dir`` on ``seeds`` fresh seeds, write confirm.csv and analyse the
     experiment again (module docstring). ``runner`` trains the jobs (default:
     ``tuning.confirm.run_confirm_jobs`` on Ray, given ``run_options``: ``address``,
     ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``progress_interval``, ``model``,
-    ``dataset``)."""
+    ``dataset``). Every run computes with the intra-op threads its trial recorded, so that a fresh
+    seed is the only difference from the search (``threads``: another count, said in one line)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise UserError(f"--threads: must be an integer within [1, 1024], got {threads!r}")
     if not isinstance(top, int) or top < 0:
         raise UserError(f"--top: must be an integer >= 0, got {top!r}")
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
@@ -205,6 +209,12 @@ def confirm(exp_dir: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SE
     roles = {str(t): "curve" for t in curve["trial_id"]} | {str(t): "policy" for t in policies["trial_id"]}
     new = fresh_seeds(exp, seeds)
     jobs = confirm_jobs(exp, chosen, new)
+    if threads is not None:
+        recorded = sorted({j["train"]["threads"] for j in jobs if j["train"].get("threads")})
+        if recorded and recorded != [threads]:
+            log(f"note: computing with {threads} intra-op threads, while the search's trials used "
+                f"{', '.join(map(str, recorded))}: the runs differ from the search's by more than their seeds")
+        jobs = [{**j, "train": {**j["train"], "threads": threads}} for j in jobs]
     log(f"confirming {len(policies)} front polic{'y' if len(policies) == 1 else 'ies'} "
         f"({', '.join(map(str, policies['trial_id'])) or 'none'}) and {len(curve)} shorter-training point"
         f"{'' if len(curve) == 1 else 's'} ({', '.join(map(str, curve['trial_id'])) or 'none'}) on {len(new)} fresh "
@@ -243,6 +253,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default: the search's)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per run (default: the search's)")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: the search's)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op CPU threads per run (default: what each trial recorded, so the runs differ "
+                        "from the search's only in their seeds)")
     p.add_argument("--progress-interval", type=float, metavar="SECONDS",
                    help="seconds between status updates: a progress bar on a terminal, a status line in a log "
                         "(default 5 on a terminal, 60 otherwise; 0: none)")
@@ -257,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     check_interval(args.progress_interval)  # before anything is chosen or trained
     res = confirm(args.experiment_dir, top=args.top, seeds=args.seeds, address=args.address,
                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                  max_concurrent=args.max_concurrent, progress_interval=args.progress_interval)
+                  max_concurrent=args.max_concurrent, progress_interval=args.progress_interval, threads=args.threads)
     print(f"\nconfirm.csv: {res.path}")
     print(res.verdict)
     return 0

@@ -143,8 +143,10 @@ def _coerce(value: Any, annotation: str) -> Any:
 
 def train_recipe(exp: Experiment, row: pd.Series) -> dict[str, Any]:
     """The training recipe (TrainConfig fields) the trial ran with: the trial's ``config/train/*``
-    columns (older tables: ``config/<field>``), over the experiment's ``space.train``; without
-    ``LOCAL_FIELDS`` (device, data_dir, download, fast_path: where it ran, not what it did)."""
+    columns (older tables: ``config/<field>``), over the experiment's ``space.train``, and the
+    intra-op ``threads`` it computed with (its ``threads`` column; older tables: the search's
+    ``cpus_per_trial``, which set it); without ``LOCAL_FIELDS`` (device, data_dir, download,
+    fast_path: where it ran, not what it did)."""
     known = _train_fields()
     recipe: dict[str, Any] = {}
     space = exp.meta.get("space")
@@ -174,6 +176,12 @@ def train_recipe(exp: Experiment, row: pd.Series) -> dict[str, Any]:
         out["epochs"] = int(own or exp.epoch_budget)
     if out.get("budget_epochs") is not None and out["budget_epochs"] <= out.get("epochs", 0):
         out["budget_epochs"] = None  # not a shorter run
+    threads = _int_cell(row.get("threads"))  # what the trial computed with (layerout.arithmetic)
+    if threads is None and out.get("threads") is None:  # tables from before it was reported: what the search set
+        cpus = (exp.meta.get("options") or {}).get("cpus_per_trial")
+        threads = max(1, int(cpus)) if isinstance(cpus, (int, float)) and not isinstance(cpus, bool) else None
+    if threads:
+        out["threads"] = threads
     return out
 
 
@@ -271,9 +279,9 @@ def policy_filename(trial_id: str) -> str:
 _FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
           "weight_decay": "--weight-decay", "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
           "bn_frozen": "--bn-frozen", "val_frac": "--val-frac", "seed": "--seed",
-          "max_train_batches": "--max-train-batches"}
+          "max_train_batches": "--max-train-batches", "threads": "--threads"}
 _SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--random-erasing"),
-             "test_every_epoch": (True, "--test-every-epoch")}
+             "test_every_epoch": (True, "--test-every-epoch"), "deterministic": (True, "--deterministic")}
 
 
 def _defaults() -> dict[str, Any]:

@@ -15,14 +15,16 @@ METRICS: tuple[str, ...] = (
     "compute_saved_frac",   # 1 - training FLOPs spent / FLOPs of the unfrozen model on the same steps
     "planned_compute_saved_frac",  # compute_saved_frac at the end of the budget: so far + the schedule's plan
     "compute_spent_gflop",  # cumulative training GFLOPs
-    "time_saved_frac",      # 1 - training wall-clock / (steps x the unfrozen step time of the same run)
+    "time_saved_frac",      # 1 - training time / (steps x the unfrozen step time of the same run), on time_clock
     "train_time_s",         # training wall-clock so far
 )
 # Per-epoch extras: the global lr, the mask ("0110", 1 = frozen) and whether the data was synthetic.
 EXTRA_METRICS: tuple[str, ...] = ("lr", "frozen_units", "synthetic")
-# Per trial, reported by the search (trials.csv only): what replaying its policy needs, and the
-# validation split's size (one image is 1 / val_images of accuracy: the resolution of val_accuracy).
-TRIAL_METRICS: tuple[str, ...] = ("steps_per_epoch", "val_images")
+# Per trial, reported by the search (trials.csv only): what replaying its policy needs (its steps
+# per epoch and the intra-op threads it computed with), the validation split's size (one image is
+# 1 / val_images of accuracy: the resolution of val_accuracy) and the clock time_saved_frac was
+# measured on (layerout.compute.CLOCKS).
+TRIAL_METRICS: tuple[str, ...] = ("steps_per_epoch", "threads", "val_images", "time_clock")
 
 # Reported, never used to select: the test split may not be an objective (a space, experiment.json)
 # nor rank a trial anywhere.

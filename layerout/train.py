@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--image-size", type=int, default=None, help="imagefolder: resize and crop images to this (64)")
     tr.add_argument("--data-workers", type=int, default=None,
                     help="DataLoader worker processes for Datasets and image folders (default 2)")
+    tr.add_argument("--threads", type=int, default=None,
+                    help="intra-op CPU threads to compute with (default: a policy's recorded count, so the "
+                         "replay reproduces its run exactly; else as many as torch uses)")
+    tr.add_argument("--deterministic", action="store_true",
+                    help="deterministic kernels on CUDA (cuDNN), so that a replay on the same kind of GPU "
+                         "reproduces the run exactly; slower")
     ap.add_argument("--out", help="output folder for epochs.csv, summary.json, checkpoint.pt")
     ap.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     ap.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -156,7 +162,7 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
                       ("weight_decay", "weight_decay"), ("lr_gamma", "lr_gamma"), ("bn_frozen", "bn_frozen"),
                       ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"),
                       ("data_dir", "data_dir"), ("max_train_batches", "max_train_batches"),
-                      ("image_size", "image_size"), ("data_workers", "data_workers")):
+                      ("image_size", "image_size"), ("data_workers", "data_workers"), ("threads", "threads")):
         v = getattr(args, flag)
         if v is not None:
             cfg[key] = v
@@ -176,6 +182,8 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
         cfg["download"] = False
     if args.test_every_epoch:
         cfg["test_every_epoch"] = True
+    if args.deterministic:
+        cfg["deterministic"] = True
     return cfg
 
 
@@ -185,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
     userland.add_code_paths([os.getcwd()])  # your model's and data's modules: from here first
     if args.resume:
-        overrides = {"device": args.device, "data_dir": args.data_dir, "fast_path": args.fast_path}
+        overrides = {"device": args.device, "data_dir": args.data_dir, "fast_path": args.fast_path,
+                     "threads": args.threads}
         if args.no_download:
             overrides["download"] = False
         trainer = Trainer.resume(args.resume, verbose=not args.quiet, **overrides)
@@ -232,9 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     if dataset.startswith(IMAGEFOLDER) and args.dataset:  # absolute, as it is stored in the run's config
         dataset = IMAGEFOLDER + str(Path(os.path.expanduser(dataset[len(IMAGEFOLDER):])).resolve())
     cfg_dict = _config_dict(args, model, dataset)
+    recorded_threads = None
     if policy is not None:  # replay the run the policy came from; flags given here win
-        cfg_dict = {**_policy_recipe(policy, model, dataset), **cfg_dict}
+        recipe = _policy_recipe(policy, model, dataset)
+        recorded_threads = recipe.get("threads")
+        cfg_dict = {**recipe, **cfg_dict}
     cfg = TrainConfig.from_dict(cfg_dict)
+    if cfg.threads is not None:
+        from layerout.arithmetic import threads_note
+
+        note = threads_note(cfg.threads, recorded_threads, args.policy)
+        if note:
+            print(note, flush=True)
     note = data_dir_note(dataset, args.data_dir)
     if note:
         print(note, file=sys.stderr, flush=True)

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from layerout import userland
+from layerout.arithmetic import computing_with, current_threads
 from layerout.augment import augment_batch
 from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int, short
-from layerout.compute import ComputeLedger, FlopCache, synchronize, time_unfrozen_steps
+from layerout.compute import ComputeLedger, FlopCache, clock_for, read_clock, synchronize, time_unfrozen_steps
 from layerout.data import DataSplits, DatasetSplits, as_splits, is_user_dataset, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner
@@ -52,6 +53,9 @@ Callback = Callable[[dict[str, Any], "Trainer"], Any]
 # TrainConfig fields that say where and how fast a run ran, not what it computed: a resumed run
 # may change them, and a replayed policy's recipe never carries them.
 LOCAL_FIELDS = ("device", "data_dir", "download", "fast_path")
+# Fields that decide the run's arithmetic on its machine (layerout.arithmetic): recorded in the
+# recipe so that a replay computes the same, but a resumed run may change them.
+ARITHMETIC_FIELDS = ("threads", "deterministic")
 
 
 @dataclass
@@ -91,6 +95,10 @@ class TrainConfig:
     # a run shorter than its budget (layerout.budget): the epochs its compute and time saved are
     # measured against, as the unfrozen model trained that long; None = its own epochs
     budget_epochs: int | None = None
+    # intra-op CPU threads the run computes with (layerout.arithmetic); None: as many as torch uses
+    # when the Trainer is made. A Trainer records the resolved count, so a replay computes the same
+    threads: int | None = None
+    deterministic: bool = False  # deterministic kernels (cuDNN): exact replays on one kind of GPU, slower
 
     def __post_init__(self) -> None:
         """Every check of a training recipe, wherever it came from (a space's ``train:`` block, a
@@ -131,6 +139,9 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(f"train.{name}", getattr(self, name), 1)
         check_int("train.data_workers", self.data_workers, 0)
+        if self.threads is not None:
+            check_int("train.threads", self.threads, 1, 1024)
+        check_bool("train.deterministic", self.deterministic)
         if self.budget_epochs is not None:
             if not is_int(self.budget_epochs) or self.budget_epochs < epochs:
                 raise fail("train.budget_epochs", f"must be null or an integer >= epochs ({epochs}): the budget a "
@@ -208,9 +219,9 @@ class Trainer:
         ``verbose``: one line per epoch (and a note when loading the data takes over a second);
         ``progress_bar``: a bar over the steps of a long epoch (None: when verbose and stdout is a
         terminal; the trials of a search are quiet)."""
-        # bn_frozen "auto" becomes the schedule's choice here, so that checkpoints, summaries and
-        # policies record what ran
-        cfg = replace(cfg, bn_frozen=resolve_bn_frozen(cfg.bn_frozen, schedule))
+        # bn_frozen "auto" becomes the schedule's choice and threads the count torch uses here, so
+        # that checkpoints, summaries and policies record what ran
+        cfg = replace(cfg, bn_frozen=resolve_bn_frozen(cfg.bn_frozen, schedule), threads=cfg.threads or current_threads())
         self.cfg, self.schedule = cfg, schedule
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks or [])
@@ -256,7 +267,8 @@ class Trainer:
         self.total_params = count_params(self.model)
         self.unit_param_counts = unit_param_counts(self.model, self.units)
         # a shorter run of a longer budget: its savings are measured against the whole budget
-        self.ledger = ComputeLedger(budget_scale=(cfg.budget_epochs or cfg.epochs) / cfg.epochs)
+        self.ledger = ComputeLedger(budget_scale=(cfg.budget_epochs or cfg.epochs) / cfg.epochs,
+                                    clock=clock_for(self.device))
         self._plan: dict[int, tuple[float, float]] = {}  # epoch -> planned (spent, unfrozen) FLOPs
         self.epoch = 0  # epochs finished
         self.history: list[dict[str, Any]] = []
@@ -272,7 +284,7 @@ class Trainer:
                data: Any = None, model: nn.Module | Callable[..., nn.Module] | None = None,
                progress_bar: bool | None = None, **overrides: Any) -> "Trainer":
         """Continue the run checkpointed in ``out_dir``. ``overrides`` replace config fields that
-        do not change the result (``LOCAL_FIELDS``). A run started with ``data=``/``model=``
+        do not change the result (``LOCAL_FIELDS``) or only its rounding (``ARITHMETIC_FIELDS``). A run started with ``data=``/``model=``
         objects needs them again (the checkpoint holds the weights, not the code)."""
         path = Path(out_dir) / CHECKPOINT
         if not path.is_file():
@@ -283,7 +295,7 @@ class Trainer:
             raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{path}: format: not a layerout checkpoint")
-        allowed = set(LOCAL_FIELDS)
+        allowed = set(LOCAL_FIELDS) | set(ARITHMETIC_FIELDS)
         bad = sorted(set(overrides) - allowed)
         if bad:
             raise ValueError(f"resume can only override {sorted(allowed)}, not {bad}")
@@ -301,7 +313,12 @@ class Trainer:
         return self
 
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs; returns the last epoch's metrics (a callback returning True stops early)."""
+        """Train the remaining epochs; returns the last epoch's metrics (a callback returning True stops early).
+        Computes with the recipe's threads and determinism settings, restored afterwards."""
+        with computing_with(self.cfg.threads, self.cfg.deterministic):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.verbose and self.epoch == 0:
@@ -309,7 +326,8 @@ class Trainer:
                       f"{' (SYNTHETIC data: throughput only)' if self.data.synthetic else ''}: "
                       f"{len(self.units)} units, {self.total_params:,} parameters, schedule {self.schedule.kind}, "
                       f"{self.cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
-                      f"{', CUDA graphs' if self.runner.mode == 'cudagraph' else ''}")
+                      f"{', CUDA graphs' if self.runner.mode == 'cudagraph' else ''}, {self.cfg.threads} "
+                      f"thread{'s' if self.cfg.threads != 1 else ''}{', deterministic' if self.cfg.deterministic else ''}")
             if self.units_origin == "automatic":
                 self._log("units (automatic; declare them or give train.units to change them): "
                           + ", ".join("+".join(u.prefixes) for u in self.units))
@@ -359,8 +377,9 @@ class Trainer:
         batches = self.data.train_batches(cfg.batch_size, epoch, cfg.seed, cfg.augment, self.device)
         # a bar over the steps on a terminal, shown once the epoch has taken a second (host-side only)
         bar = step_bar(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", self.progress_bar)
+        clock = self.ledger.clock
         synchronize(self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), read_clock(clock)
         for step, (x, y) in enumerate(batches):
             if step >= self.steps_per_epoch:
                 break
@@ -374,7 +393,7 @@ class Trainer:
             if bar is not None:
                 bar.update()
         synchronize(self.device)
-        seconds = time.perf_counter() - t0
+        seconds, clock_seconds = time.perf_counter() - t0, read_clock(clock) - c0
         if bar is not None:
             bar.close()
         steps = min(len(batches), self.steps_per_epoch)
@@ -386,7 +405,8 @@ class Trainer:
             self.ledger.add_samples(self.flops(mask), unfrozen, count)
             frozen_frac_num += count * self._frozen_param_frac(mask)
         any_frozen = any(any(m) for m in samples_per_mask)
-        self.ledger.end_epoch(frozen_frac_num / max(1, n_seen), seconds, steps, unfrozen_epoch=not any_frozen)
+        self.ledger.end_epoch(frozen_frac_num / max(1, n_seen), seconds, steps, unfrozen_epoch=not any_frozen,
+                              clock_seconds=clock_seconds)
         if grad_sq is not None:
             # steps in which each unit was trainable (and so added its gradient norm)
             grad_steps = [sum(c for m, c in steps_per_mask.items() if not m[i]) for i in range(len(self.units))]
@@ -537,7 +557,8 @@ class Trainer:
         cpu_rng = torch.get_rng_state()
         try:
             # untimed: 2 steps, plus the graph path's warm-up steps, capture and self-check
-            seconds = time_unfrozen_steps(step, self.device, warmup=2 + (runner.warmup + 2) * (runner.mode != "eager"))
+            seconds = time_unfrozen_steps(step, self.device, warmup=2 + (runner.warmup + 2) * (runner.mode != "eager"),
+                                          clock=self.ledger.clock)
         finally:
             torch.set_rng_state(cpu_rng)
         if runner.mode == "eager" and self.runner.mode != "eager":  # its capture or self-check failed: so would ours
@@ -577,6 +598,8 @@ class Trainer:
             "device": str(self.device),
             "flops_per_sample": {("".join("1" if f else "0" for f in m)): v for m, v in self.flops.per_sample.items()},
             "unfrozen_step_s": self.ledger.unfrozen_step_s,
+            "time_clock": self.ledger.clock,  # what unfrozen_step_s and time_saved_frac were measured on
+            "train_clock_s": self.ledger.train_clock_s,
             "finished": self.epoch >= self.cfg.epochs,
         }
         atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")

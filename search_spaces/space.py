@@ -88,9 +88,11 @@ TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "famili
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",
             "max_concurrent", "seed", "loggers")
 # TrainConfig fields a space's `train:` block may set: the recipe, not where it runs from (the
-# command line's --data-dir/--no-download) nor the model, dataset, units and seed (top-level keys).
+# command line's --data-dir/--no-download), nor the model, dataset, units and seed (top-level
+# keys), nor the threads (one per CPU a trial holds: --cpus-per-trial).
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
-                     if f.name not in ("model", "dataset", "units", "seed", "data_dir", "download", "budget_epochs"))
+                     if f.name not in ("model", "dataset", "units", "seed", "data_dir", "download", "budget_epochs",
+                                       "threads"))
 # Is freezing worth it: the shorter-training reference points (the unfrozen model trained for these
 # fractions of the budget; the full-budget baseline always runs), the optional budget_frac
 # dimension, and the confirmation of the front on fresh seeds at the end of a search

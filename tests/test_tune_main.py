@@ -22,7 +22,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 import pandas as pd  # noqa: E402
 
 import tune_main  # noqa: E402
-from helpers import METRIC_COLUMNS, digits_space, kill_driver_when  # noqa: E402
+from helpers import METRIC_COLUMNS, cli_env, digits_space, kill_driver_when  # noqa: E402
 from layerout.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,22 +118,31 @@ def test_search_writes_experiment_trials_and_epochs(tmp_path, capsys):
         "digits", EPOCHS, 64, 0, 21)
     assert prov["train"]["augment"] is False and prov["train"]["lr_milestones"] == []
 
-    # efreeze's policy replayed by layerout.train: same masks, same FLOPs saved
+    # efreeze's policy replayed by layerout.train in a fresh process that would compute with 2
+    # threads: the recipe's recorded thread count (the trial's one) makes the replay exact
     from analysis.export import build_policy, write_policy_file
     from analysis.results import load_experiment
-    from layerout.train import main as train_main
 
     e = load_experiment(exp)
     row = e.trials[e.trials["paper_config"] == "efreeze"].iloc[0]
+    assert (trials["threads"] == 1).all() and (trials["time_clock"] == "process_cpu").all()
     pfile = write_policy_file(build_policy(e, row, "test"), tmp_path / "efreeze.json")
-    assert train_main(["--policy", str(pfile), "--out", str(tmp_path / "replay"), "--quiet"]) == 0
+    assert load_policy(pfile).provenance["train"]["threads"] == 1
+    proc = subprocess.run([sys.executable, "-m", "layerout.train", "--policy", str(pfile), "--out",
+                           str(tmp_path / "replay"), "--quiet"], env={**cli_env(), "OMP_NUM_THREADS": "2"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "intra-op threads" not in proc.stdout  # the recorded count: nothing to say
     summary = json.loads((tmp_path / "replay" / "summary.json").read_text())
     assert summary["config"]["epochs"] == EPOCHS and summary["config"]["augment"] is False
+    assert summary["config"]["threads"] == 1
     replay = pd.read_csv(tmp_path / "replay" / "epochs.csv", dtype={"frozen_units": str})
     ran = epochs[epochs["trial_id"] == row["trial_id"]]
     assert replay["frozen_units"].tolist() == ran["frozen_units"].tolist()
-    assert replay["compute_saved_frac"].tolist() == pytest.approx(ran["compute_saved_frac"].tolist(), abs=1e-9)
-    assert summary["metrics"]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=0.03)
+    for m in ("val_accuracy", "compute_saved_frac", "train_loss", "val_loss"):  # equal, not close
+        assert replay[m].tolist() == ran[m].tolist(), m
+    for m in ("val_accuracy", "test_accuracy", "compute_saved_frac"):
+        assert summary["metrics"][m] == row[m], m
 
 
 def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path, capsys):

@@ -93,6 +93,8 @@ def _train(config: dict[str, Any], opts: dict[str, Any]) -> None:
         # steps per epoch it was bound to (FreezeOut's step-wise masks depend on it).
         m["policy"] = json.dumps(trainer.schedule.to_dict(), sort_keys=True)
         m["steps_per_epoch"] = int(trainer.steps_per_epoch)
+        m["threads"] = int(trainer.cfg.threads)  # what its arithmetic depends on: a replay computes with the same
+        m["time_clock"] = trainer.ledger.clock  # what time_saved_frac was measured on
         m["val_images"] = int(trainer.data.n_val)  # the resolution of val_accuracy: one image = 1 / val_images
         m[NODE_ID] = node_id  # which node ran it, for the driver's line when a node is lost
         # report() copies out_dir (checkpoint.pt of this epoch) to the trial's storage before
