@@ -29,7 +29,7 @@ from analysis.results import experiment_from_tables
 from analysis.run import front_table_text, run_analysis
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.experiment import POLICIES_DIR
-from search_spaces.space import list_presets
+from search_spaces.space import CONFIRM_TOP, list_presets
 from tuning import SearchOptions, SearchResult, resume_search, run_search
 from tuning.loggers import LOGGERS
 from tuning.search import SAMPLERS, SCHEDULERS
@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm-seeds", type=int, metavar="N",
                    help="at the end, re-train the best front policies, the baseline and the shorter-training "
                         "reference points on N fresh seeds (python -m analysis.confirm; default: the space's "
-                        "confirm.seeds, 0 = no confirmation)")
+                        "confirm.seeds, else 3; 0 = no confirmation)")
     p.add_argument("--confirm-top", type=int, metavar="K",
-                   help="with --confirm-seeds: how many front policies (default: the space's confirm.top, 3)")
+                   help="how many front policies the confirmation re-trains (default: the space's confirm.top, "
+                        "else 2)")
     return p
 
 
@@ -95,7 +96,8 @@ def _options(args: argparse.Namespace) -> SearchOptions:
                          name=args.name,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                          max_failures=args.max_failures, data_dir=args.data_dir, download=not args.no_download,
-                         progress_interval=args.progress_interval, loggers=args.logger)
+                         progress_interval=args.progress_interval, loggers=args.logger,
+                         confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top)
 
 
 def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = None,
@@ -172,11 +174,15 @@ def _analysis(result: SearchResult) -> None:
 
 
 def _confirm(result: SearchResult, seeds: int | None, top: int | None) -> None:
-    """``python -m analysis.confirm`` at the end of a finished local search, when asked (the
-    option, else the space's ``confirm: {seeds, top}``)."""
-    space = result.meta.get("space") or {}
-    seeds = int(space.get("confirm_seeds") or 0) if seeds is None else seeds
-    top = int(space.get("confirm_top") or 3) if top is None else top
+    """``python -m analysis.confirm`` at the end of a finished local search: the options given now
+    (``--resume``), else those the search was started with (its flags, else the space's
+    ``confirm: {seeds, top}``)."""
+    opts, space = result.meta.get("options") or {}, result.meta.get("space") or {}
+    if seeds is None:
+        seeds = opts.get("confirm_seeds", space.get("confirm_seeds"))
+        seeds = 0 if seeds is None else int(seeds)  # a search from before confirmations were run by default
+    if top is None:
+        top = int(opts.get("confirm_top") or space.get("confirm_top") or CONFIRM_TOP)
     if seeds <= 0:
         return
     if result.interrupted or not is_local(result.exp_dir):

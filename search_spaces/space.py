@@ -41,7 +41,7 @@ This module never imports Ray. Format (every key optional except ``model`` and `
     paper_warmup_epochs: 2       # warm-up of the paper's "warm-up" configurations (paper: 20)
     reference_budgets: [0.25, 0.5, 0.75]   # the unfrozen model trained shorter (false: none)
     budget_frac: [0.5, 1.0]      # optional: policies trained for a fraction of the budget too
-    confirm: {seeds: 3, top: 3}  # optional: re-train the best front policies on fresh seeds at the end
+    confirm: {seeds: 3, top: 2}  # the default: re-train the best front policies on fresh seeds at the end (seeds: 0: not)
     num_samples: 24
     max_concurrent: 2
     seed: 0
@@ -98,7 +98,9 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
 # dimension, and the confirmation of the front on fresh seeds at the end of a search
 BUDGET_KEYS = ("reference_budgets", "budget_frac", "confirm")
 REFERENCE_BUDGETS = (0.25, 0.5, 0.75)
-CONFIRM_TOP = 3
+# every search confirms its front at the end by default (tune_main): one seed is an anecdote
+CONFIRM_SEEDS = 3
+CONFIRM_TOP = 2
 
 
 @dataclass
@@ -135,7 +137,7 @@ class SearchSpace:
     # fractions of the budget the unfrozen model is also trained for (search_spaces.trials.reference_points)
     reference_budgets: list[float] = field(default_factory=lambda: list(REFERENCE_BUDGETS))
     budget_frac: tuple[float, float] | None = None  # None: every trial trains the whole budget
-    confirm_seeds: int = 0  # > 0: tune_main re-trains the front on this many fresh seeds at the end
+    confirm_seeds: int = CONFIRM_SEEDS  # tune_main re-trains the front on this many fresh seeds at the end; 0: not
     confirm_top: int = CONFIRM_TOP
     # the document it was validated from (the parsed YAML), kept so that experiment.json can
     # rebuild the space (``space_from_dict``); None for a space built in code
@@ -345,7 +347,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
                    check.num_range("budget_frac", data["budget_frac"], 0.0, 1.0, low_open=True,
                                    what=" (fractions of the epoch budget a trial trains)"))
     conf = check.mapping("confirm", data.get("confirm"), ("seeds", "top"))
-    confirm_seeds = check.int_("confirm.seeds", conf.get("seeds", 0), 0, 100)
+    confirm_seeds = check.int_("confirm.seeds", conf.get("seeds", CONFIRM_SEEDS), 0, 100)
     confirm_top = check.int_("confirm.top", conf.get("top", CONFIRM_TOP), 1, 100)
     return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
                        description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,

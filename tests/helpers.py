@@ -262,8 +262,9 @@ BAD = _bad_policies()
 
 
 def digits_space(tmp_path: Path, name: str, families: str, epochs: int, scheduler: str = "moasha",
-                 paper: bool = True, extra: str = "") -> Path:
-    """A small search space file on the bundled digits (4 trials, 2 at once, no reference points)."""
+                 paper: bool = True, extra: str = "", confirm: int = 0) -> Path:
+    """A small search space file on the bundled digits (4 trials, 2 at once, no reference points,
+    no confirmation at the end unless ``confirm`` seeds)."""
     p = tmp_path / f"{name}.yaml"
     p.write_text(f"""
 name: {name}
@@ -275,6 +276,7 @@ families:
 paper_configs: {str(paper).lower()}
 paper_warmup_epochs: 1
 reference_budgets: false
+confirm: {{seeds: {confirm}}}
 early_stopping: {{scheduler: {scheduler}, grace_period: 1, reduction_factor: 2}}
 num_samples: 4
 max_concurrent: 2

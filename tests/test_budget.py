@@ -91,7 +91,8 @@ def _space(**extra):
 
 def test_reference_points_of_a_space():
     s = _space()
-    assert s.reference_budgets == [0.25, 0.5, 0.75] and s.budget_frac is None and s.confirm_seeds == 0
+    assert s.reference_budgets == [0.25, 0.5, 0.75] and s.budget_frac is None
+    assert (s.confirm_seeds, s.confirm_top) == (3, 2)  # every search confirms its front by default
     assert reference_points(s) == [("shorter-25%", 2), ("shorter-50%", 4), ("shorter-75%", 6)]
     # the baseline always, first; after the paper's five when they run (the paper's baseline is the baseline)
     assert [a["reference"] for _, a in reference_enqueue(s)] == ["baseline", "shorter-25%", "shorter-50%", "shorter-75%"]

@@ -74,6 +74,11 @@ def test_confirm_writes_n_runs_per_policy_on_seeds_the_search_never_used(searche
     assert runs["error"].isna().all() and runs["val_accuracy"].between(0, 1).all()
     half = runs[runs["name"] == "shorter-50%"]
     assert half["compute_saved_frac"].tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    # said before the search started: what the confirmation adds (the best front policy, the
+    # baseline and shorter-50% on 2 seeds: 6 runs of 4, 4 and 2 epochs)
+    assert ("then the confirmation on 2 fresh seeds: the best front policy, the baseline and 1 shorter-training "
+            "point: up to 6 more runs, 20 more epochs (the search: up to 16; --confirm-seeds 0 skips it)") in out
+    assert json.loads((exp / "experiment.json").read_text())["options"]["confirm_seeds"] == SEEDS
     # the confirmation's last status line (stdout is not a terminal): every run planned its own epochs
     assert "[confirm] 6/6 runs finished, 0 running, 0 queued; epochs 20/20 planned" in out, out[-2000:]
     # Ray's runs of the confirmation stay out of the search's tables

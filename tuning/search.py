@@ -94,6 +94,10 @@ class SearchOptions:
     progress_interval: float | None = None
     # Ray Tune's loggers besides result.json (tuning.loggers): None = the space's, else csv and tensorboard
     loggers: list[str] | None = None
+    # the confirmation tune_main runs at the end (analysis.confirm): fresh seeds (0: none) and front
+    # policies; None = the space's ``confirm:`` (by default 3 seeds, the top 2)
+    confirm_seeds: int | None = None
+    confirm_top: int | None = None
 
     def check(self) -> None:
         """One UserError naming the option for the first bad value."""
@@ -120,6 +124,9 @@ class SearchOptions:
         if self.loggers is not None and (isinstance(self.loggers, str) or not isinstance(self.loggers, (list, tuple))):
             raise UserError(f"--logger: must be a list of {', '.join(loggers.LOGGERS)}, got {short(self.loggers)}")
         loggers.check_loggers(self.loggers)
+        for flag, value, low in (("--confirm-seeds", self.confirm_seeds, 0), ("--confirm-top", self.confirm_top, 1)):
+            if value is not None and not (isinstance(value, int) and low <= value <= 100):
+                raise UserError(f"{flag}: must be an integer within [{low}, 100], got {short(value)}")
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
         if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
@@ -219,7 +226,9 @@ def _resolve(space: SearchSpace, options: SearchOptions, root: str, name: str) -
         _check_dataset(space, data_dir, options.download)
     return replace(options, num_samples=num_samples, max_concurrent=max_conc, scheduler=scheduler,
                    seed=space.seed, storage=root, name=name, data_dir=data_dir,
-                   loggers=loggers.resolved(options.loggers or space.loggers))
+                   loggers=loggers.resolved(options.loggers or space.loggers),
+                   confirm_seeds=space.confirm_seeds if options.confirm_seeds is None else options.confirm_seeds,
+                   confirm_top=space.confirm_top if options.confirm_top is None else options.confirm_top)
 
 
 def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dict[str, Any], ot_storage: Any,
@@ -253,7 +262,7 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
     log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
         f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
         f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
-        + _reference_line(space)
+        + _reference_line(space) + _confirm_line(space, options, num_samples)
         + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
         + (f"\n  loggers: result.json, {', '.join(options.loggers)}" if options.loggers else "")
         + _code_lines(space, code, options.address))
@@ -504,6 +513,21 @@ def _reference_line(space: SearchSpace) -> str:
     if span is not None:
         line += f"\n  budget_frac: trials train {span[0]} to {span[1]} of the {space.epochs} epochs"
     return line
+
+
+def _confirm_line(space: SearchSpace, options: SearchOptions, num_samples: int) -> str:
+    """What the confirmation at the end will add, said before the search starts."""
+    seeds, top = options.confirm_seeds, options.confirm_top
+    if not seeds:
+        return "\n  confirmation on fresh seeds: off (--confirm-seeds N turns it on)"
+    refs = reference_points(space)
+    runs = seeds * (top + 1 + len(refs))
+    epochs = seeds * (top * space.epochs + space.epochs + sum(e for _, e in refs))
+    best = "the best front policy" if top == 1 else f"the {top} best front policies"
+    return (f"\n  then the confirmation on {seeds} fresh seeds: {best}, the baseline"
+            + (f" and {len(refs)} shorter-training point{'s' if len(refs) != 1 else ''}" if refs else "")
+            + f": up to {runs} more runs, {epochs} more epochs (the search: up to {num_samples * space.epochs}; "
+            "--confirm-seeds 0 skips it)")
 
 
 def _trainable(options: SearchOptions, code: dict[str, Any] | None = None, address: str | None = None,
