@@ -35,7 +35,7 @@ families:
   prefix: {{k: [1, 2], start_epoch: [0, 1]}}
 early_stopping: {{scheduler: none}}
 reference_budgets: false
-confirm: {seeds: 0}
+confirm: {{seeds: 0}}
 num_samples: 2
 max_concurrent: 1
 seed: 0

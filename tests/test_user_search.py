@@ -45,7 +45,7 @@ families:
   layerout: {{vector: per_unit, v: [0.6, 0.9], warmup_epochs: 0, v_mode: manual}}
 early_stopping: {{scheduler: none}}
 reference_budgets: false
-confirm: {seeds: 0}
+confirm: {{seeds: 0}}
 num_samples: 3
 max_concurrent: 2
 {extra}
