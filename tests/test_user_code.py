@@ -456,3 +456,40 @@ def test_models_cli_shows_units_with_params_and_flops(tmp_path, monkeypatch, cap
     assert doc["train_step_flops_per_sample"] > sum(r["forward_flops"] for r in doc["units"])
     rc, out, _ = _in_process(main, ["--units", "uc_units:FixtureNet", "--input-shape", "1,8,8"], capsys)
     assert rc == 0 and "3 units (automatic)" in out and "stem + bn" in out
+
+
+POOL_NET = '''
+from torch import nn
+
+
+class PoolNet(nn.Module):
+    def __init__(self, num_classes=2, in_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        return self.head(self.conv(x))
+'''
+
+
+def test_models_cli_counts_flops_at_the_image_size_of_an_image_folder(tmp_path, monkeypatch, capsys):
+    from layerout.models import main
+
+    _png_folder(tmp_path / "pets")
+    (tmp_path / "uc_pool.py").write_text(POOL_NET)
+    monkeypatch.chdir(tmp_path)
+    conv = {}
+    for size in (None, 8, 16):
+        rc, out, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", f"imagefolder:{tmp_path / 'pets'}",
+                                          "--json", *(["--image-size", size] if size else [])], capsys)
+        assert rc == 0, err
+        conv[size] = json.loads(out)["units"][0]["forward_flops"]
+    # a 3x3 conv, 3 -> 4 channels: 2 * 4 * 3 * 9 FLOPs per output pixel; the images at 64 px unless told
+    assert conv == {None: 2 * 4 * 3 * 9 * 64 * 64, 8: 2 * 4 * 3 * 9 * 8 * 8, 16: 2 * 4 * 3 * 9 * 16 * 16}
+    rc, _, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", "digits", "--image-size", "16"], capsys)
+    assert rc == 2 and err.startswith("error: --image-size: resizes the images of --dataset imagefolder:PATH only")
+    assert err.count("\n") == 1
+    rc, _, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", f"imagefolder:{tmp_path / 'pets'}",
+                                    "--image-size", "0"], capsys)
+    assert rc == 2 and err.startswith("error: --image-size: must be") and err.count("\n") == 1
