@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+LABEL_DEEP_AT = 2001  # of the 4200 items of label_deep_in_the_data(): not one the check before training reads
+
 NET = '''
 import os
 
@@ -96,7 +98,7 @@ def digits_items(bad_at=None, repeat=1, kind=DigitsItems):
     return UserData(train=kind(x, y), test=kind(*d.test), num_classes=10)
 
 
-LABEL_DEEP_AT = 2001  # of 4200 items: not one of those the check before training reads (test_user_search)
+LABEL_DEEP_AT = @LABEL_DEEP_AT@
 
 
 def label_deep_in_the_data():
@@ -107,5 +109,5 @@ def label_deep_in_the_data():
 def write_module(folder: Path, name: str) -> Path:
     """Write the fixture module as ``folder/name.py``; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(NET)
+    (folder / f"{name}.py").write_text(NET.replace("@LABEL_DEEP_AT@", str(LABEL_DEEP_AT)))
     return folder
