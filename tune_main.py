@@ -110,7 +110,10 @@ def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = 
     epochs = int(result.meta.get("epochs") or 0)
     sched = (result.meta.get("options") or {}).get("scheduler") or "the scheduler"
     refs = result.trials["reference"].fillna("").astype(str) if n and "reference" in result.trials else None
-    shorter = int(((refs != "") & (result.trials["epochs_done"] < epochs)).sum()) if refs is not None else 0
+    done = result.trials["epochs_done"] if n else None
+    # the shorter-training reference points that trained their (fewer) epochs: not those that failed or never ran
+    shorter = int(((refs != "") & (result.trials["status"] == "TERMINATED") & (done > 0) & (done < epochs)).sum()
+                  ) if refs is not None else 0
     print(f"\n{n} of {result.planned} trials in {result.wall_s:.0f} s: {result.full_budget} trained the full "
           f"{epochs} epochs" + (f" (the {shorter} shorter-training reference points their fewer epochs)"
                                 if shorter else "")
@@ -124,6 +127,11 @@ def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = 
     if result.exhausted:
         print(f"the search ended after {n} distinct configurations: the samplers kept proposing ones already run")
     print(f"results: {exp_dir}/trials.csv, {exp_dir}/epochs.csv, {exp_dir}/experiment.json")
+    if result.user_error:  # nothing trained: no analysis, no confirmation (tuning.usercode)
+        print(f"error: the search stopped after {n} of {result.planned} trials: the first ones all failed with "
+              f"this error in your code or data (each trial's in trials.csv, column error): {result.user_error}",
+              file=sys.stderr)
+        return 2
     if n and not no_analysis:
         _confirm(result, confirm_seeds, confirm_top)
         _analysis(result)

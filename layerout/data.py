@@ -443,8 +443,20 @@ class DatasetSplits:
 
     def eval_batches(self, split: str, device: str | torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = torch.device(device)
-        for x, y in self._loader(self.val if split == "val" else self.test, device, batch_size=self.eval_batch_size):
+        ds, bs = (self.val if split == "val" else self.test), self.eval_batch_size
+        batches = [list(range(i, min(len(ds), i + bs))) for i in range(0, len(ds), bs)]
+        loader = self._loader(ds, device, batch_size=bs)
+        for x, y in checked_batches(loader, ds, batches, self.num_classes, self.error_prefix(split),
+                                    "of the evaluation"):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def error_prefix(self, split: str) -> str:
+        """How errors name a split's items: ``dataset: <name>: <split>``; the validation share held
+        out of ``train`` is named by its items' indices in ``train``."""
+        ds = getattr(self, split)
+        if split == "val" and isinstance(ds, Subset) and base_dataset(ds) is base_dataset(self.train):
+            return f"dataset: {self.name}: train (held out for validation)"
+        return f"dataset: {self.name}: {split}"
 
     def head(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = default_collate([self.train[i] for i in range(min(n, len(self.train)))])
@@ -473,10 +485,86 @@ class LoaderBatches:
         worker_seed = np.random.SeedSequence([int(self.seed) & 0xFFFFFFFF, int(self.epoch), 0xDA7A]).generate_state(1)
         loader = self.splits._loader(self.splits.train, self.device, batch_sampler=batches,
                                      generator=torch.Generator().manual_seed(int(worker_seed[0])))
-        for xb, yb in loader:
+        for xb, yb in checked_batches(loader, self.splits.train, batches, self.splits.num_classes,
+                                      self.splits.error_prefix("train"), f"of epoch {self.epoch + 1}"):
             xb = xb.to(self.device, non_blocking=True)
             yb = yb.to(self.device, non_blocking=True)
             yield augment_batch(xb, gen, self.augment), yb
+
+
+def dataset_index(ds: Any, i: int) -> int:
+    """Position ``i`` of ``ds`` as an index of the Dataset under it (through ``Subset``s, such as the
+    validation share held out of ``train``): the index a user looks up in their own Dataset."""
+    while isinstance(ds, Subset):
+        i, ds = int(ds.indices[i]), ds.dataset
+    return int(i)
+
+
+def base_dataset(ds: Any) -> Any:
+    """The Dataset under ``ds``'s ``Subset``s: the one the user gave."""
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
+
+
+def check_labels(y: Any, num_classes: int, where: str, index: Any = None) -> None:
+    """Labels as the loader collated them (on the CPU, before any copy to the device): integer class
+    indices in [0, num_classes). A UserError naming the first bad one's Dataset item
+    (``index(position)``) otherwise. A min/max over one batch: cheap next to the training step, and
+    an out-of-range label would otherwise fail inside the loss (on CUDA as a device-side assert that
+    names nothing)."""
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex() \
+            or y.dtype == torch.bool:
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise UserError(f"{where}: labels must be integer class indices, got {got}")
+    bad = ((y < 0) | (y >= num_classes)).nonzero().flatten()
+    if len(bad):
+        j = int(bad[0])
+        item = f"item {index(j)}" if index is not None else f"label {j}"
+        more = f"; {len(bad)} labels of this batch are outside" if len(bad) > 1 else ""
+        raise UserError(f"{where}: {item} has label {int(y[j])}, outside [0, {num_classes - 1}] "
+                        f"(num_classes = {num_classes}){more}")
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` of an exception; of the original one when a DataLoader worker raised it
+    (its message is then the worker's whole traceback)."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line.strip() for line in text.splitlines() if line.strip()]
+        return last[-1][:240] if last else type(exc).__name__
+    return userland.one_line(exc)
+
+
+def checked_batches(loader: Any, ds: Any, batches: list[list[int]], num_classes: int, where: str,
+                    when: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``loader``'s batches (``batches[b]``: the positions in ``ds`` of batch b), each label checked
+    (:func:`check_labels`). A failure to read or batch the user's items, or a bad label, is one
+    UserError naming the Dataset item where it can, and the batch (``batch b/B <when>``): the same on
+    every attempt, so a trial ends at once instead of being retried."""
+    reading = iter(loader)
+    for b, positions in enumerate(batches):
+        at = f"batch {b + 1}/{len(batches)} {when}"
+        try:
+            xb, yb = next(reading)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - the user's Dataset (or its files) failed
+            raise _read_error(ds, positions, f"{where}: {at}", e) from None
+        check_labels(yb, num_classes, f"{where}: {at}", lambda j: dataset_index(ds, positions[j]))
+        yield xb, yb
+
+
+def _read_error(ds: Any, positions: list[int], where: str, exc: BaseException) -> UserError:
+    """The error for a batch the loader could not make: the first of its items that fails when read
+    alone (here, in this process), else the batch as a whole (items that do not batch together, or
+    fail only in a worker process)."""
+    for p in positions:
+        try:
+            ds[p]
+        except Exception as e:  # noqa: BLE001 - the user's __getitem__
+            return UserError(f"{where}: reading item {dataset_index(ds, p)} failed ({_cause(e)})")
+    return UserError(f"{where}: could not be read or batched ({_cause(exc)})")
 
 
 def imagefolder(path: str, val_frac: float, seed: int, image_size: int | None = None, workers: int = 0,

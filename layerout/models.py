@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerout import userland
-from layerout.checks import short
+from layerout.checks import check_int, short
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.units import Unit, unit_origin, unit_param_counts, units_of
 
@@ -305,18 +305,26 @@ def unit_rows(model: nn.Module, units: list[Unit], probe: torch.Tensor | None) -
 
 
 def show_units(spec: str, dataset: str | None, input_shape: str | None, num_classes: int,
-               as_json: bool) -> None:
-    """``--units``: the units of a built-in or user model, with parameters and FLOPs per sample."""
+               as_json: bool, image_size: int | None = None) -> None:
+    """``--units``: the units of a built-in or user model, with parameters and FLOPs per sample.
+    ``image_size``: an image folder's images resized to it, as ``train.image_size`` does in a search
+    (the FLOPs of a conv net grow with the image's area)."""
     from layerout.compute import step_flops
+    from layerout.data import IMAGEFOLDER
     from layerout.units import unit_parameters
 
+    if image_size is not None:
+        check_int("--image-size", image_size, 1)
+        if not (dataset or "").startswith(IMAGEFOLDER):
+            raise UserError(f"--image-size: resizes the images of --dataset {IMAGEFOLDER}PATH only (a space's "
+                            "train.image_size); other data comes at its own size, or give --input-shape C,H,W")
     userland.add_code_paths([os.getcwd()])
     probe = labels = None
     in_channels = MODELS[spec].in_channels if spec in MODELS else 3
     if dataset:
         from layerout.data import load_data
 
-        data = load_data(dataset, device="cpu", seed=0)
+        data = load_data(dataset, device="cpu", seed=0, image_size=image_size)
         probe, labels = data.head(2)
         num_classes, in_channels = data.num_classes, data.in_channels
     elif input_shape:
@@ -373,9 +381,12 @@ def main(argv: list[str] | None = None) -> None:
                                                       "its units with parameters and forward FLOPs per sample")
     ap.add_argument("--dataset", help="with --units: take the input (and classes) from this dataset")
     ap.add_argument("--input-shape", metavar="C,H,W", help="with --units: one sample's shape, e.g. 3,32,32 or 13")
+    ap.add_argument("--image-size", type=int, metavar="N",
+                    help="with --dataset imagefolder:PATH: the size its images are resized and cropped to, as the "
+                         "space's train.image_size (default 64)")
     args = ap.parse_args(argv)
     if args.units:
-        show_units(args.units, args.dataset, args.input_shape, args.num_classes, args.json)
+        show_units(args.units, args.dataset, args.input_shape, args.num_classes, args.json, args.image_size)
         return
     rows = describe(args.num_classes)
     if args.json:

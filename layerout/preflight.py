@@ -2,6 +2,12 @@
 
 ``check_model_and_data`` imports the user's model and data function, calls them, takes the units
 (given, declared or automatic) and runs one forward and backward pass on two training samples.
+Labels given as tensors or arrays are range-checked in full when the data is loaded
+(``layerout.data``); of your ``Dataset``s it checks every label when the Dataset holds them as an
+array attribute (``targets`` or ``labels``, as torchvision's do, without reading any item), else
+the labels of up to ``LABEL_ITEMS`` items of each split, evenly spaced, within ``LABEL_SECONDS``
+(:func:`check_dataset_labels`); a note says how many. Training checks every batch's labels as it
+reads them (``layerout.data.checked_batches``).
 Each problem is a :class:`UserError` ``<field>: <string>: <problem>``: an import error, a
 callable returning the wrong thing, a forward pass that fails or returns the wrong shape, units
 that do not fit the model or leave parameters out. The search runs it in the driver (through
@@ -10,14 +16,17 @@ that do not fit the model or leave parameters out. The search runs it in the dri
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from layerout import userland
-from layerout.data import DATASETS, IMAGEFOLDER, is_user_dataset, load_data
+from layerout.data import (DATASETS, IMAGEFOLDER, DatasetSplits, base_dataset, check_labels, is_user_dataset,
+                           load_data, sample_pair)
 from layerout.errors import UserError
 from layerout.models import build_model, is_user_model
 from layerout.units import Unit, rest_parameters, unit_origin, units_of
@@ -27,6 +36,9 @@ DATASET_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "s
 DATASET_CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "synthetic": 3}
 DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 32, 32), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
                   "synthetic": (3, 32, 32)}
+LABEL_ITEMS = 2048  # of each of your Datasets without a label array: the items whose labels are read
+LABEL_SECONDS = 10.0  # reading them stops after this long (items that decode images can be slow)
+LABEL_ARRAYS = ("targets", "labels")  # attributes holding a Dataset's labels, one per item
 
 
 @dataclass
@@ -80,13 +92,91 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
         if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.ndim != 1:
             got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise UserError(f"dataset: {dataset}: labels must be integer class indices, got {got}")
+    labels_note = (check_dataset_labels(data, dataset) if dataset not in DATASETS and isinstance(data, DatasetSplits)
+                   and is_user_dataset(dataset) else None)
     torch.manual_seed(seed)
     m = build_model(model, num_classes=num_classes, in_channels=in_channels)
     found = _units(m, model, units)
     origin = unit_origin(m, units)
-    notes = _cover(m, found, origin, model, units)
+    notes = _cover(m, found, origin, model, units) + ([labels_note] if labels_note else [])
     check_forward(m, x, y, num_classes, model, dataset)
     return Checked(found, origin, num_classes, in_channels, notes)
+
+
+def label_positions(n: int, most: int) -> list[int]:
+    """The items of a Dataset of ``n`` whose labels the check reads: all when ``n <= most``, else
+    ``most`` evenly spaced ones, the first and the last included (errors at either end are common:
+    a class appended last)."""
+    if n <= most:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, max(2, most)).round()})
+
+
+def _label_array(ds: Any) -> tuple[str, torch.Tensor] | None:
+    """(attribute, labels) of a Dataset that holds one integer label per item in ``targets`` or
+    ``labels`` and applies no ``target_transform`` to them; None otherwise."""
+    if getattr(ds, "target_transform", None) is not None:
+        return None
+    for name in LABEL_ARRAYS:
+        value = getattr(ds, name, None)
+        if value is None or isinstance(value, (str, bytes)):
+            continue
+        try:
+            labels = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if labels.ndim == 1 and len(labels) == len(ds) and not labels.is_floating_point() \
+                and labels.dtype != torch.bool and not labels.is_complex():
+            return name, labels
+    return None
+
+
+def _label_of(item_label: Any, where: str, index: int) -> int:
+    try:
+        y = torch.as_tensor(item_label)
+    except (TypeError, ValueError, RuntimeError):
+        y = None
+    if y is None or y.ndim != 0 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if y is not None else type(item_label).__name__
+        raise UserError(f"{where}: item {index}: labels must be integer class indices, got {got}")
+    return int(y)
+
+
+def check_dataset_labels(data: DatasetSplits, dataset: str) -> str:
+    """Range-check the labels of your Datasets (train as you gave it, val if you gave one, test):
+    all of them from a label array (``_label_array``), else those of the items
+    ``label_positions(len, LABEL_ITEMS)`` read within ``LABEL_SECONDS`` in all. A UserError naming
+    the first item whose label is outside [0, num_classes); else the note saying what was checked."""
+    nc = data.num_classes
+    splits = {"train": base_dataset(data.train), "val": base_dataset(data.val), "test": base_dataset(data.test)}
+    if splits["val"] is splits["train"]:  # the validation share held out of train: checked with it
+        del splits["val"]
+    deadline = time.monotonic() + LABEL_SECONDS
+    parts, partial = [], False
+    for split, ds in splits.items():
+        where, n = f"dataset: {dataset}: {split}", len(ds)
+        found = _label_array(ds)
+        if found is not None:
+            name, labels = found
+            bad = ((labels < 0) | (labels >= nc)).nonzero().flatten()
+            # the item itself decides (its __getitem__ may map the array); an array it contradicts is not used
+            first = int(bad[0]) if len(bad) else None
+            if first is None or not 0 <= _label_of(sample_pair(ds, first, where)[1], where, first) < nc:
+                check_labels(labels, nc, where, lambda j: j)
+                parts.append(f"all {n:,} of {split} (its {name})")
+                continue
+        read: list[int] = []
+        values: list[int] = []
+        for i in label_positions(n, LABEL_ITEMS):
+            if read and time.monotonic() > deadline:
+                break
+            values.append(_label_of(sample_pair(ds, i, where)[1], where, i))
+            read.append(i)
+        check_labels(torch.tensor(values, dtype=torch.int64), nc, where, lambda j: read[j])
+        partial = partial or len(read) < n
+        parts.append(f"all {n:,} of {split}" if len(read) == n else f"{len(read):,} of the {n:,} of {split}")
+    return (f"labels checked before training: {', '.join(parts)}: all within [0, {nc - 1}]"
+            + ("; the others are checked as training reads them" if partial else ""))
 
 
 def _cover(m: nn.Module, found: list[Unit], origin: str, model: str, units: Any) -> list[str]:

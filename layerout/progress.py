@@ -183,6 +183,11 @@ class JobProgress:
             r.state, r.failed = "ended", bool(failed)
             r.stopped = not failed and r.epochs < r.budget
 
+    def forget(self, run: str) -> None:
+        """Run ``run`` ended before it trained or reported anything (the job was stopped): counted
+        as never started."""
+        self._runs.pop(run, None)
+
     def repeated(self, count: int = 1) -> None:
         """``count`` proposals were not trained: each repeats a run already made."""
         self.repeats += int(count)

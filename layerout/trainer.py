@@ -261,9 +261,17 @@ class Trainer:
         self.freezer = Freezer(self.model, self.optimizer, self.units, schedule, bn_frozen=cfg.bn_frozen)
         px, py = self.data.head(min(2, n_train))
         px, py = px.to(self.device), py.to(self.device)
-        if model_given or user_data or is_user_code(cfg.model, cfg.dataset):  # the user's code fails here, in one line
+        # the user's model or data: their failures are UserErrors (here on the probe batch, in one line;
+        # later at the step that failed, _user_failure)
+        self.user_code = bool(model_given or user_data or is_user_code(cfg.model, cfg.dataset))
+        if self.user_code:
             check_forward(self.model, px, py, self.data.num_classes, cfg.model, cfg.dataset)
         self.flops = FlopCache(self.model, self.freezer.params, px, py)
+        if self.user_code:  # the user's model in eval mode (the FLOP count runs it so) fails here, in one line
+            try:
+                self.flops((False,) * len(self.units))
+            except Exception as e:  # noqa: BLE001 - see _user_failure
+                raise self._user_failure(e, "counting its FLOPs in eval mode", px) from None
         self.total_params = count_params(self.model)
         self.unit_param_counts = unit_param_counts(self.model, self.units)
         # a shorter run of a longer budget: its savings are measured against the whole budget
@@ -388,7 +396,11 @@ class Trainer:
             n = x.shape[0]
             samples_per_mask[state.frozen] = samples_per_mask.get(state.frozen, 0) + n
             steps_per_mask[state.frozen] = steps_per_mask.get(state.frozen, 0) + 1
-            self.runner.step(x, y, state.frozen)  # forward, backward, grad stats, SGD; loss into loss_sum
+            try:
+                self.runner.step(x, y, state.frozen)  # forward, backward, grad stats, SGD; loss into loss_sum
+            except Exception as e:  # noqa: BLE001 - see _user_failure
+                raise self._user_failure(e, f"training step {step + 1}/{self.steps_per_epoch} of epoch {epoch + 1}",
+                                         x) from None
             n_seen += n
             if bar is not None:
                 bar.update()
@@ -415,10 +427,9 @@ class Trainer:
             self.schedule.observe_epoch(epoch, norms)
 
         planned = self.planned_compute_saved_frac(epoch + 1)  # after observe_epoch: adaptive's new decisions count
-        val_loss, val_acc = self.evaluate_batches(self.data.eval_batches("val", self.device))
+        val_loss, val_acc = self._evaluate_split("val", epoch)
         last = epoch + 1 == cfg.epochs
-        test_acc = (self.evaluate_batches(self.data.eval_batches("test", self.device))[1]
-                    if (last or cfg.test_every_epoch) else None)
+        test_acc = self._evaluate_split("test", epoch)[1] if (last or cfg.test_every_epoch) else None
         time_saved = self.ledger.time_saved_frac
         return {
             "epoch": epoch + 1,
@@ -490,6 +501,23 @@ class Trainer:
         self.model.train(was_training)
         n = max(1, n)
         return loss.item() / n, correct.item() / n
+
+    def _evaluate_split(self, split: str, epoch: int) -> tuple[float, float]:
+        try:
+            return self.evaluate_batches(self.data.eval_batches(split, self.device))
+        except Exception as e:  # noqa: BLE001 - see _user_failure
+            raise self._user_failure(e, f"evaluating the {split} split after epoch {epoch + 1}") from None
+
+    def _user_failure(self, exc: Exception, what: str, x: torch.Tensor | None = None) -> Exception:
+        """What to raise when a step or an evaluation (``what``) failed: where the model or data is
+        the user's, a UserError naming the step and the input shape, since it fails the same way on
+        every attempt (a search ends the trial at once rather than retrying it); a UserError (bad
+        data, already named), an out-of-memory error (may pass on a less crowded GPU) and a failure
+        of the built-in models on built-in data (a bug of ours) as they were."""
+        if not self.user_code or isinstance(exc, (UserError, torch.cuda.OutOfMemoryError)):
+            return exc
+        shape = f" on input shape {tuple(x.shape)}" if x is not None else ""
+        return UserError(f"model: {self.cfg.model}: {what} failed{shape} ({userland.one_line(exc)})")
 
     def policy_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """This run's policy in the policy-file format (docs/FORMATS.md), replayable with ``--policy``."""

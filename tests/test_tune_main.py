@@ -715,3 +715,21 @@ def test_only_the_packages_trials_import_are_shipped(monkeypatch):
     assert _runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
     monkeypatch.setenv("LAYEROUT_TUNE_SHIP_CODE", "0")
     assert _runtime_env() is None
+
+
+def test_the_end_summary_counts_only_what_trained(tmp_path, capsys):
+    """The shorter-training reference points are counted as having trained their fewer epochs only when
+    they did: not one that failed on a user error, not one that never ran."""
+    from tuning import SearchResult
+
+    rows = [("a", "TERMINATED", False, "baseline", 8), ("b", "TERMINATED", False, "shorter-25%", 2),
+            ("c", "TERMINATED", False, "shorter-50%", 4), ("d", "ERROR", False, "shorter-75%", 0),
+            ("e", "TERMINATED", True, "", 3)]
+    trials = pd.DataFrame(rows, columns=["trial_id", "status", "stopped_early", "reference", "epochs_done"])
+    result = SearchResult(exp_dir=str(tmp_path), meta={"epochs": 8, "options": {"scheduler": "moasha"}},
+                          trials=trials, epochs=pd.DataFrame(), wall_s=10.0, planned=5, errors=1)
+    assert tune_main.report(result, no_analysis=True) == 0
+    out = capsys.readouterr().out
+    assert ("5 of 5 trials in 10 s: 3 trained the full 8 epochs (the 2 shorter-training reference points their "
+            "fewer epochs), 1 stopped early by moasha, 1 errored") in out
+    assert "epochs trained: 17 of 40 (42%)" in out

@@ -130,6 +130,18 @@ class _Ends(tune.Callback):
         self.ends += 1
 
 
+class _Counts(tune.Stopper):
+    def __init__(self):
+        self.results = 0
+
+    def __call__(self, trial_id, result):
+        self.results += 1
+        return False
+
+    def stop_all(self):
+        return False
+
+
 def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
     import optuna
     from ray.tune.schedulers import FIFOScheduler
@@ -144,12 +156,13 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
         tuner = tune.Tuner(_reports_x, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                                    num_samples=2, max_concurrent_trials=1),
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
-                                                     callbacks=[ends := _Ends()]))
+                                                     callbacks=[ends := _Ends()], stop=(counts := _Counts())))
         # the objects passed in, also once Ray has wrapped the searcher in its ConcurrencyLimiter
         assert internals.tuner_callbacks(tuner)[0] is ends
         tuner.fit()
         assert internals.tuner_searcher(tuner) is searcher and internals.tuner_scheduler(tuner) is scheduler
         assert ends.ends == 1
+        assert internals.tuner_stopper(tuner) is counts and counts.results >= 2  # the stopper that saw the results
         restored = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_reports_x)
         # the callbacks unpickled from tuner.pkl; one added to the list runs too
         kept = [cb for cb in internals.tuner_callbacks(restored) if isinstance(cb, _Ends)]
@@ -161,6 +174,7 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
         # after a restore: the unpickled copies, the searcher with the saved study
         assert again is not searcher and isinstance(again, OptunaSearch)
         assert isinstance(internals.tuner_scheduler(restored), FIFOScheduler)
+        assert isinstance(internals.tuner_stopper(restored), _Counts) and internals.tuner_stopper(restored) is not counts
         assert len(again._ot_study.trials) == 2
     finally:
         ray.shutdown()

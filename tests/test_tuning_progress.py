@@ -153,3 +153,44 @@ def test_a_shorter_training_trial_plans_its_own_epochs(console):
     lines = console.lines()
     assert "3/3 epochs" in lines[0] and "stopped" not in lines[0]
     assert lines[-1].startswith("[search] 2/2 trials finished, 0 running, 0 queued; epochs 5/5 planned")
+
+
+def test_a_user_error_is_one_line_and_trials_a_stopped_search_ended_never_ran(console):
+    """A trial's user-error report prints its FAILED line at once (the search may stop it before Ray
+    completes it); a trial the stop ended before it reported counts as never started."""
+    p = TrialProgress(num_samples=6, epochs=1, interval=0)
+    a, b = (_trial(i, NODE_A, epoch=0, tmp=console.tmp) for i in ("a", "b"))
+    trials = [a, b]
+    for t in trials:
+        t.last_result = {}
+        p.on_trial_start(0, trials, t)
+    error = "dataset: d: train: batch 4/20 of epoch 1: item 700 has label 12, outside [0, 9] (num_classes = 10)"
+    a.last_result = {"epoch": 0, "user_error": error}
+    p.on_trial_result(1, trials, a, a.last_result)
+    a.status = "TERMINATED"
+    p.on_trial_complete(2, trials, a)  # its line is printed once
+    b.status = "TERMINATED"  # ended by the search's stop before it reported anything
+    p.on_experiment_end(trials)
+    lines = console.lines()
+    assert len(lines) == 1 and lines[0].startswith("[1/6] trial a  prefix") and lines[0].endswith(f"FAILED: {error}")
+    st = p.display.job.status()
+    assert (st.finished, st.failed, st.running, st.queued) == (1, 1, 0, 5)
+
+
+def test_rays_list_of_trials_that_did_not_complete_goes_to_ray_log(tmp_path):
+    import io
+    import logging
+
+    shown = io.StringIO()
+    console = logging.StreamHandler(shown)  # as Ray's own console handler
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(console)
+    try:
+        with progress.ray_log_to(tmp_path / "ray.log"):
+            logging.getLogger("ray.tune.tune").error("Trials did not complete: %s", ["train_trial_a"])
+            logging.getLogger("ray.tune.tune").error("something else")
+    finally:
+        ray_logger.removeHandler(console)
+    assert shown.getvalue() == "something else\n"
+    log = (tmp_path / "ray.log").read_text()
+    assert "Trials did not complete: ['train_trial_a']" in log and "something else" in log

@@ -276,6 +276,128 @@ def test_preflight_checks(tmp_path):
         assert str(e.value).startswith(msg) and "\n" not in str(e.value), str(e.value)
 
 
+# ------------------------------------------------------------------------------ user errors inside training
+def _fixture(tmp_path, name):
+    import importlib
+
+    userland.add_code_paths([write_module(tmp_path / "code", name)])
+    return importlib.import_module(name)
+
+
+def test_a_bad_label_deep_in_a_dataset_names_its_item_and_batch(tmp_path):
+    from layerout.data import epoch_generator
+
+    mod = _fixture(tmp_path, "uc_label")
+    cfg = TrainConfig(model="digits_cnn", dataset="mine", epochs=1, batch_size=64, seed=0, augment=False)
+
+    def fails_with(data):
+        with pytest.raises(UserError) as e:
+            Trainer(cfg, NoFreezeSchedule(), data=data, verbose=False).fit()
+        return str(e.value)
+
+    # an item of the training share, read at position 300 of the first epoch's order: batch 300 // 64 + 1
+    data = as_splits(mod.digits_items(), "mine", val_frac=0.1, seed=0)
+    order = torch.randperm(data.n_train, generator=epoch_generator(0, 0)).tolist()
+    bad = data.train.indices[order[300]]  # the index in the user's own Dataset, not in the training share
+    data.train.dataset.y[bad] = 12
+    assert fails_with(data) == (f"dataset: mine: train: batch 5/{-(-data.n_train // 64)} of epoch 1: item {bad} has "
+                                "label 12, outside [0, 9] (num_classes = 10)")
+    # an item of the validation share held out of train: found when the epoch is evaluated
+    data = as_splits(mod.digits_items(), "mine", val_frac=0.1, seed=0)
+    bad = data.val.indices[7]
+    data.val.dataset.y[bad] = -1
+    assert fails_with(data) == (f"dataset: mine: train (held out for validation): batch 1/1 of the evaluation: item "
+                                f"{bad} has label -1, outside [0, 9] (num_classes = 10)")
+
+    class Unreadable(mod.DigitsItems):
+        def __getitem__(self, i):
+            if i == bad:
+                raise OSError("truncated file")
+            return super().__getitem__(i)
+
+    # an item that cannot be read, in a DataLoader worker process: named by its index all the same
+    d = mod.digits_items()
+    data = as_splits(mod.UserData(Unreadable(d.train.x, d.train.y), d.test, 10), "mine", val_frac=0.1, seed=0,
+                     workers=2)
+    bad = data.train.indices[order[70]]
+    assert fails_with(data) == (f"dataset: mine: train: batch 2/{-(-data.n_train // 64)} of epoch 1: reading item "
+                                f"{bad} failed (OSError: truncated file)")
+
+
+class OddBatch(nn.Module):
+    """Fails on a batch of 7 in training; in eval mode on batches of more than ``eval_most``."""
+
+    def __init__(self, num_classes=10, in_channels=1, eval_most=None):
+        super().__init__()
+        self.eval_most = eval_most
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64 * in_channels, 16), nn.ReLU())
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        if len(x) == 7 or (self.eval_most is not None and not self.training and len(x) > self.eval_most):
+            raise RuntimeError("odd batch")
+        return self.head(self.body(x))
+
+
+def test_a_failure_of_your_model_during_training_names_the_step(digits, monkeypatch):
+    x, y = digits.train_x, digits.train_y
+    data = UserData(train=(x[:135], y[:135]), val=(x[135:200], y[135:200]), test=(x[200:300], y[200:300]),
+                    num_classes=10)  # 135 training samples: batches of 64, 64 and 7
+    cfg = TrainConfig(model="odd", dataset="mine", epochs=2, batch_size=64, augment=False)
+    with pytest.raises(UserError) as e:
+        Trainer(cfg, NoFreezeSchedule(), model=OddBatch, data=data, verbose=False).fit()
+    assert str(e.value) == ("model: odd: training step 3/3 of epoch 1 failed on input shape (7, 1, 8, 8) "
+                            "(RuntimeError: odd batch)")
+    cfg = dataclasses.replace(cfg, batch_size=45)
+    with pytest.raises(UserError) as e:
+        Trainer(cfg, NoFreezeSchedule(), model=lambda: OddBatch(eval_most=2), data=data, verbose=False).fit()
+    assert str(e.value) == "model: odd: evaluating the val split after epoch 1 failed (RuntimeError: odd batch)"
+    with pytest.raises(UserError) as e:  # failing in eval mode at all: before training, on the probe batch
+        Trainer(cfg, NoFreezeSchedule(), model=lambda: OddBatch(eval_most=0), data=data, verbose=False)
+    assert str(e.value) == ("model: odd: counting its FLOPs in eval mode failed on input shape (2, 1, 8, 8) "
+                            "(RuntimeError: odd batch)")
+    # the built-in model on built-in data: a failure there is the tool's own, raised as it was (a search retries it)
+    from layerout.fastpath import StepRunner
+
+    def broken(self, *a, **k):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(StepRunner, "step", broken)
+    with pytest.raises(RuntimeError, match="a bug of ours") as e:
+        Trainer(TrainConfig(model="digits_cnn", dataset="digits", epochs=1), NoFreezeSchedule(), data=digits,
+                verbose=False).fit()
+    assert not isinstance(e.value, UserError)
+
+
+def test_the_check_before_training_reads_a_datasets_labels(tmp_path, monkeypatch):
+    from layerout import preflight
+
+    mod = _fixture(tmp_path, "uc_labels")
+    cases = {"ok": mod.digits_items(), "last": mod.digits_items(bad_at=1399),
+             "targets": mod.digits_items(kind=mod.DigitsWithTargets),
+             "bad_target": mod.digits_items(bad_at=900, kind=mod.DigitsWithTargets)}
+    names = {k: userland.register_object(lambda d=d: d, f"uc_labels_{k}") for k, d in cases.items()}
+    # every item of a Dataset of 1,400 read (two used to be): the last one's label is out of range
+    ok = check_model_and_data("uc_labels:FixtureNet", names["ok"])
+    assert ok.notes == ["labels checked before training: all 1,400 of train, all 397 of test: all within [0, 9]"]
+    with pytest.raises(UserError) as e:
+        check_model_and_data("uc_labels:FixtureNet", names["last"])
+    assert str(e.value) == "dataset: uc_labels_last: train: item 1399 has label 12, outside [0, 9] (num_classes = 10)"
+    # a label array: every label checked without reading the items (the first two only, for the forward check)
+    got = check_model_and_data("uc_labels:FixtureNet", names["targets"])
+    assert got.notes == ["labels checked before training: all 1,400 of train (its targets), all 397 of test (its "
+                         "targets): all within [0, 9]"]
+    assert cases["targets"].train.reads <= 3 and cases["targets"].test.reads == 0
+    with pytest.raises(UserError, match=r"^dataset: uc_labels_bad_target: train: item 900 has label 12, outside"):
+        check_model_and_data("uc_labels:FixtureNet", names["bad_target"])
+    # a large Dataset: LABEL_ITEMS of it, evenly spaced, first and last included
+    monkeypatch.setattr(preflight, "LABEL_ITEMS", 50)
+    assert preflight.label_positions(1400, 50)[:3] == [0, 29, 57] and preflight.label_positions(1400, 50)[-1] == 1399
+    assert check_model_and_data("uc_labels:FixtureNet", names["ok"]).notes == [
+        "labels checked before training: 50 of the 1,400 of train, 50 of the 397 of test: all within [0, 9]; the "
+        "others are checked as training reads them"]
+
+
 # ------------------------------------------------------------------------------ command lines
 def _in_process(main, argv, capsys):
     """A command line's ``main`` run here as ``python -m`` would: (exit status, stdout, stderr)."""
@@ -334,3 +456,40 @@ def test_models_cli_shows_units_with_params_and_flops(tmp_path, monkeypatch, cap
     assert doc["train_step_flops_per_sample"] > sum(r["forward_flops"] for r in doc["units"])
     rc, out, _ = _in_process(main, ["--units", "uc_units:FixtureNet", "--input-shape", "1,8,8"], capsys)
     assert rc == 0 and "3 units (automatic)" in out and "stem + bn" in out
+
+
+POOL_NET = '''
+from torch import nn
+
+
+class PoolNet(nn.Module):
+    def __init__(self, num_classes=2, in_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+    def forward(self, x):
+        return self.head(self.conv(x))
+'''
+
+
+def test_models_cli_counts_flops_at_the_image_size_of_an_image_folder(tmp_path, monkeypatch, capsys):
+    from layerout.models import main
+
+    _png_folder(tmp_path / "pets")
+    (tmp_path / "uc_pool.py").write_text(POOL_NET)
+    monkeypatch.chdir(tmp_path)
+    conv = {}
+    for size in (None, 8, 16):
+        rc, out, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", f"imagefolder:{tmp_path / 'pets'}",
+                                          "--json", *(["--image-size", size] if size else [])], capsys)
+        assert rc == 0, err
+        conv[size] = json.loads(out)["units"][0]["forward_flops"]
+    # a 3x3 conv, 3 -> 4 channels: 2 * 4 * 3 * 9 FLOPs per output pixel; the images at 64 px unless told
+    assert conv == {None: 2 * 4 * 3 * 9 * 64 * 64, 8: 2 * 4 * 3 * 9 * 8 * 8, 16: 2 * 4 * 3 * 9 * 16 * 16}
+    rc, _, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", "digits", "--image-size", "16"], capsys)
+    assert rc == 2 and err.startswith("error: --image-size: resizes the images of --dataset imagefolder:PATH only")
+    assert err.count("\n") == 1
+    rc, _, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", f"imagefolder:{tmp_path / 'pets'}",
+                                    "--image-size", "0"], capsys)
+    assert rc == 2 and err.startswith("error: --image-size: must be") and err.count("\n") == 1

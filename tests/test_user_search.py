@@ -165,7 +165,7 @@ def test_a_user_error_inside_a_trial_is_not_retried(tmp_path, monkeypatch):
     journal = tmp_path / "study.log"
     rc = tune_main.main(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "fail",
                          "--max-failures", "2", "--optuna-storage", str(journal)])
-    assert rc == 1  # every trial failed
+    assert rc == 2  # both trials failed with the same error in the user's code: the search stopped on it
     exp = tmp_path / "res" / "fail"
     trials, epochs, _ = _read(exp)
     assert len(trials) == 2 and (trials["status"] == "ERROR").all() and len(epochs) == 0
@@ -178,6 +178,67 @@ def test_a_user_error_inside_a_trial_is_not_retried(tmp_path, monkeypatch):
     study = optuna.load_study(study_name="fail", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_the_stop_rule_the_first_trials_failing_with_the_same_user_error():
+    from tuning.usercode import UserErrorStop, failures_to_stop
+
+    # max_concurrent (None, 0: as resources allow), at most 3, at most num_samples
+    assert [failures_to_stop(c, 20) for c in (None, 0, 1, 2, 3, 8)] == [3, 3, 1, 2, 3, 3]
+    assert failures_to_stop(4, 2) == 2
+    err = "dataset: d: train: batch 4/20 of epoch 1: item 700 has label 12, outside [0, 9] (num_classes = 10)"
+    stop = UserErrorStop(2, quiet=True)
+    assert stop("a", {"epoch": 0, "user_error": err}) is True  # that trial ends now, through Ray's own stop
+    stop("a", {"epoch": 0, "user_error": err})  # Ray may pass a trial's last result twice: still one trial
+    assert not stop.stop_all() and stop.reason is None
+    stop("b", {"epoch": 0, "user_error": err.replace("4/20", "9/20")})  # the same error read in another batch
+    assert stop.stop_all() and stop.reason == err
+    other = UserErrorStop(2, quiet=True)  # two different errors first: the search goes on
+    for tid, e in (("a", err), ("b", "model: m: training step 3/3 of epoch 1 failed (RuntimeError: x)"), ("c", err)):
+        other(tid, {"epoch": 0, "user_error": e})
+    assert not other.stop_all()
+    trained = UserErrorStop(2, quiet=True)  # a trial trained an epoch: the code and data can train
+    assert trained("x", {"epoch": 1, "val_accuracy": 0.5}) is False
+    for tid in ("a", "b"):
+        trained(tid, {"epoch": 0, "user_error": err})
+    assert not trained.stop_all()
+
+
+def test_a_bad_label_deep_in_a_dataset_ends_each_trial_once_and_stops_the_search(tmp_path, capsys):
+    """A label out of range that the check before training does not read (item 2001 of 4200): each
+    trial that reads it fails once (never retried), its trials.csv row names the item and the batch,
+    and the search stops after its first trials (2: max_concurrent) with one error line, exit 2."""
+    from layerout.preflight import LABEL_ITEMS, label_positions
+    from usercode_fixture import LABEL_DEEP_AT
+
+    assert LABEL_DEEP_AT not in label_positions(4200, LABEL_ITEMS)  # the premise: only training reads it
+    code = write_module(tmp_path / "code", "us_label")
+    space = _space(code, "us_label", "label", dataset="label_deep_in_the_data",
+                   extra="num_samples: 6")  # max_concurrent 2: two trials fail, then it stops
+    space.write_text(space.read_text().replace(f"epochs: {EPOCHS},", "epochs: 1,"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        tune_main.cli(["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "label",
+                       "--max-failures", "2", "--progress-interval", "0"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the search stopped after 2 of 6 trials: "), err
+    assert f"item {LABEL_DEEP_AT} has label 12, outside [0, 9] (num_classes = 10)" in lines[0]
+    assert "attempt" not in out and "restarts" not in out and "reference points their" not in out, out
+    assert "2 of 6 trials" in out and "2 errored" in out
+    exp = tmp_path / "res" / "label"
+    trials, epochs, meta = _read(exp)
+    assert len(trials) == 2 and (trials["status"] == "ERROR").all() and len(epochs) == 0  # fewer than num_samples
+    pattern = (rf"^dataset: us_label:label_deep_in_the_data: train[^:]*: batch \d+/\d+ of (epoch 1|the evaluation): "
+               rf"item {LABEL_DEEP_AT} has label 12, outside \[0, 9\]")
+    assert trials["error"].str.match(pattern).all(), trials["error"].tolist()
+    assert meta["stopped_on_user_error"] == trials["error"].iloc[0] and meta["finished"]
+    for tid in trials["trial_id"]:  # each ran once: one result line (the error), no retry's error.txt
+        result = (exp / f"trial_{tid}" / "result.json").read_text().splitlines()
+        assert len(result) == 1 and json.loads(result[0])["user_error"] == trials["error"].iloc[0]
+        assert not (exp / f"trial_{tid}" / "error.txt").exists()
+    assert "Trials did not complete" not in err
 
 
 def test_python_api_with_a_factory_and_a_data_function(tmp_path, monkeypatch):
@@ -234,14 +295,14 @@ def test_examples_search_and_export_after_copying_the_folder(tmp_path, monkeypat
     mine = shutil.copytree(REPO / "examples" / example, tmp_path / "mine")
     space = yaml.safe_load((mine / "space.yaml").read_text())
     space["train"].update(epochs=EPOCHS, lr_milestones=[])  # a tiny search: 2 trials of 2 epochs
-    space.update(num_samples=2, paper_warmup_epochs=1, families={"layerout": {}}, early_stopping={"grace_period": 1},
-                 reference_budgets=False)
+    space["early_stopping"].update(grace_period=1)  # the example's scheduler: the default, moasha
+    space.update(num_samples=2, paper_warmup_epochs=1, families={"layerout": {}}, reference_budgets=False)
     (mine / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     assert tune_main.main(["--space", str(mine / "space.yaml"), "--storage", str(tmp_path / "results"), "--name",
                            "ex", "--no-analysis"]) == 0
     trials, _, meta = _read(tmp_path / "results" / "ex")
     assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
-    assert meta["units"] == units
+    assert meta["units"] == units and meta["options"]["scheduler"] == "moasha"
     from analysis.export import main as export_main
     from layerout.train import main as train_main
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+LABEL_DEEP_AT = 2001  # of the 4200 items of label_deep_in_the_data(): not one the check before training reads
+
 NET = '''
 import os
 
@@ -59,11 +61,53 @@ def only_in_the_driver():
     if os.getpid() != int(os.environ["UFIX_DRIVER_PID"]):
         raise RuntimeError("this data exists only in the driver")
     return digits()
+
+
+class DigitsItems(torch.utils.data.Dataset):
+    """The digits as a Dataset read item by item (no label array: the check before training reads items)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+class DigitsWithTargets(DigitsItems):
+    """Its labels also as an array, ``targets`` (as torchvision's Datasets have them); ``reads``: items read."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.targets = y
+        self.reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+def digits_items(bad_at=None, repeat=1, kind=DigitsItems):
+    """The digits' training rows ``repeat`` times as a Dataset, item ``bad_at`` labelled 12 (10 classes)."""
+    d = digits()
+    x, y = d.train[0].repeat(repeat, 1, 1, 1), d.train[1].repeat(repeat).clone()
+    if bad_at is not None:
+        y[bad_at] = 12
+    return UserData(train=kind(x, y), test=kind(*d.test), num_classes=10)
+
+
+LABEL_DEEP_AT = @LABEL_DEEP_AT@
+
+
+def label_deep_in_the_data():
+    return digits_items(bad_at=LABEL_DEEP_AT, repeat=3)
 '''
 
 
 def write_module(folder: Path, name: str) -> Path:
     """Write the fixture module as ``folder/name.py``; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(NET)
+    (folder / f"{name}.py").write_text(NET.replace("@LABEL_DEEP_AT@", str(LABEL_DEEP_AT)))
     return folder

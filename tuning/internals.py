@@ -237,6 +237,11 @@ def tuner_callbacks(tuner: Any) -> list:
     return run_config.callbacks
 
 
+def tuner_stopper(tuner: Any) -> Any:
+    """The experiment stopper a Tuner's ``fit()`` runs with (``RunConfig.stop``), or None."""
+    return tuner._local_tuner.get_run_config().stop
+
+
 def trial_folder() -> Path:
     """Inside a running trial: the trial's folder in the experiment directory (``trial_fs_path`` of
     the trial's StorageContext, a Ray DeveloperAPI) when the storage is a local (or mounted)

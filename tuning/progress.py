@@ -112,14 +112,14 @@ class TrialProgress(Callback):
     def _print(self, line: str) -> None:
         self.display.write(line)
 
-    def _ended(self, trials: list, trial: Any, error: bool) -> None:
+    def _ended(self, trials: list, trial: Any, error: bool, result: dict | None = None) -> None:
         if trial.trial_id in self._printed:
             return
         self._printed.add(trial.trial_id)
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
         width = len(str(self.num_samples))
         cfg = trial.config or {}
-        res = trial.last_result or {}
+        res = result or trial.last_result or {}
         epoch = res.get("epoch")
         what = f"{cfg.get('family', '?')}" + (f" ({cfg['paper_config']})" if cfg.get("paper_config") else
                                                   f" ({cfg['reference']})" if cfg.get("reference") else "")
@@ -198,6 +198,9 @@ class TrialProgress(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.display.job.trained(trial.trial_id, _epoch(result))
+        if result.get(USER_ERROR):  # its last report: its line now, even if the search then stops it
+            self.display.job.ended(trial.trial_id, failed=True)
+            self._ended(trials, trial, error=False, result=result)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._failure(trial, recovers=True)
@@ -214,6 +217,11 @@ class TrialProgress(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._watch_nodes(trials, force=True)
+        job = self.display.job
+        for t in trials:  # ended by a search that stopped (tuning.usercode) before they reported: never ran
+            if (t.trial_id not in self._printed and t.status in ("TERMINATED", "ERROR")
+                    and (t.last_result or {}).get("epoch") is None):  # every report of a trial has its epoch
+                job.forget(t.trial_id)
         self.close()
 
     def close(self) -> None:
@@ -291,10 +299,11 @@ def _log_hint(trial: Any) -> str:
 
 
 class _NotOnConsole(logging.Filter):
-    """Keeps Ray Tune's trial-failure tracebacks off the console (the log file has them)."""
+    """Keeps Ray Tune's trial-failure tracebacks and its list of trials that did not complete off the
+    console (the log file has them; the console has one line per trial and the end's summary)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Trial task failed for trial")
+        return not record.getMessage().startswith(("Trial task failed for trial", "Trials did not complete"))
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ from tuning.repair import repair_checkpoint_refs
 from tuning.schedulers import MOASHA, PaperASHA, SchedulerState
 from tuning.searcher import TruthfulOptunaSearch
 from tuning.trainable import train_trial, trial_dirname
-from tuning.usercode import SHIP_CODE_ENV, code_info, with_user_modules
+from tuning.usercode import SHIP_CODE_ENV, UserErrorStop, code_info, failures_to_stop, with_user_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -151,10 +151,12 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     exhausted: bool = False  # the searcher found no new configuration: fewer trials than planned, by design
     repeats: int = 0  # proposals that repeated a configuration already run (not trained again)
+    user_error: str | None = None  # the search stopped: its first trials failed with this error (tuning.usercode)
 
     @property
     def interrupted(self) -> bool:
-        return bool(self.unfinished or (len(self.trials) < self.planned and not self.exhausted))
+        return bool(not self.user_error and (self.unfinished or (len(self.trials) < self.planned
+                                                                  and not self.exhausted)))
 
     @property
     def full_budget(self) -> int:
@@ -257,6 +259,8 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
             name=name, storage_path=root, verbose=0,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # the same user error in the first trials: stop rather than run them all
+            stop=UserErrorStop(failures_to_stop(options.max_concurrent, num_samples)),
             callbacks=callbacks),
     )
     log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
@@ -840,15 +844,28 @@ def _records(exp_dir: str, results: tune.ResultGrid) -> tuple[list[TrialRecord],
     return records, skipped
 
 
+def _stopped_on_user_error(records: list[TrialRecord], searcher: Any) -> list[TrialRecord]:
+    """A search stopped because its first trials failed with the same user error (``tuning.usercode``):
+    the searcher hears how the trials stopped with it ended (Ray tells it nothing of those: Optuna
+    would show them running), and those that never reported leave the tables (they trained nothing)."""
+    if isinstance(searcher, TruthfulOptunaSearch):
+        for r in records:
+            searcher.on_trial_complete(r.trial_id, result=r.rows[-1] if r.rows else None)
+    return [r for r in records if r.rows or r.error]
+
+
 def _finish(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s: float,
             tuner: tune.Tuner) -> SearchResult:
     """Write trials.csv, epochs.csv, rungs.csv (MOASHA's decisions) and experiment.json."""
     records, skipped = _records(exp_dir, results)
+    searcher, scheduler = internals.tuner_searcher(tuner), internals.tuner_scheduler(tuner)
+    user_error = getattr(internals.tuner_stopper(tuner), "reason", None)
+    if user_error:
+        records = _stopped_on_user_error(records, searcher)
     trials, epochs = build_tables(records, int(meta.get("epochs") or 0))
     trials_text, epochs_text = tables_csv(trials, epochs)
     storage.write_text(f"{exp_dir}/{TRIALS_CSV}", trials_text)
     storage.write_text(f"{exp_dir}/{EPOCHS_CSV}", epochs_text)
-    searcher, scheduler = internals.tuner_searcher(tuner), internals.tuner_scheduler(tuner)
     if isinstance(scheduler, MOASHA):
         storage.write_text(f"{exp_dir}/{RUNGS_CSV}", rungs_csv(scheduler.decision_rows(),
                                                                [m for m, _ in scheduler.objectives]))
@@ -860,8 +877,10 @@ def _finish(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s
     errors = int((trials["status"] == "ERROR").sum()) if n else 0
     result = SearchResult(exp_dir=exp_dir, meta=meta, trials=trials, epochs=epochs, wall_s=wall_s, planned=planned,
                           errors=errors, unfinished=unfinished, skipped_lines=skipped, exhausted=exhausted,
-                          repeats=repeats)
+                          repeats=repeats, user_error=user_error)
     meta["repeats"] = repeats
+    if user_error:
+        meta["stopped_on_user_error"] = user_error
     if exhausted:
         meta["exhausted"] = True
     meta["finished"] = None if result.interrupted else _now()
