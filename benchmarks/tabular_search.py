@@ -10,14 +10,15 @@ Tune's calls by a simulated clock), so each method runs on many seeds, and the t
 Methods: ``--scheduler`` (moasha, asha, none) x ``--sampler`` (tpe, random, nsga2) as the tool
 builds them; anchors on the same table and reference points: plain Optuna with each sampler and
 no early stopping (``optuna:<sampler>``), and Syne Tune's MOASHA (``synetune:moasha``: its own
-random proposals and rung rule; needs ``pip install -e .[bench]``). Measures per search, as
+random proposals and rung rule; needs ``pip install -e .[bench]``), also with its non-dominated
+sort read as ranks (``synetune:moasha-ranked``, see ``tabular.replay._rank_priority``). Measures per search, as
 fractions of the oracle of its table seed: the hypervolume of the front (against (0, 0)), the
 area it adds above the shorter-training curve (``analysis.curve.area_above_curve``), both against
 epochs trained (median and interquartile range over seeds: the anytime plot), the epochs to reach
 95% and 99% of the oracle's, and whether its verdict (freezing beats training less, and the best
 margin within one validation image) is the oracle's.
 
-    python benchmarks/tabular_search.py                     # 20 seeds x 13 methods, 64 trials each
+    python benchmarks/tabular_search.py                     # 20 seeds x 14 methods, 64 trials each
     python benchmarks/tabular_search.py --quick             # 2 seeds, 24 trials: a look (and a test)
     python benchmarks/tabular_search.py --report benchmarks/results/tabular-search.json   # reprint
 """
@@ -48,7 +49,7 @@ def method_names(schedulers: list[str], samplers: list[str], anchors: list[str])
     if "optuna" in anchors:
         names += [f"optuna:{p}" for p in samplers]
     if "synetune" in anchors:
-        names.append("synetune:moasha")
+        names += ["synetune:moasha", "synetune:moasha-ranked"]
     return names
 
 
@@ -57,8 +58,8 @@ def make_method(name: str, space: Any, num_samples: int, domains: dict[str, list
 
     if name.startswith("optuna:"):
         return OptunaAnchor(space, name.split(":", 1)[1], num_samples)
-    if name == "synetune:moasha":
-        return SyneTuneMOASHA(space, domains, space.seed)
+    if name.startswith("synetune:"):
+        return SyneTuneMOASHA(space, domains, space.seed, ranked=name.endswith("-ranked"))
     scheduler, sampler = name.split("+")
     return ProjectMethod(space, scheduler, sampler, num_samples, f"{name}-s{space.seed}")
 
@@ -106,7 +107,8 @@ def at_epochs(runs: list[dict[str, Any]], key: str, epochs: float) -> float:
 
 def summarize(runs: list[dict[str, Any]], names: list[str]) -> tuple[list[str], list[list[Any]]]:
     header = ["method", "seeds", "HV % of oracle", "gain % of oracle", "epochs trained", "epochs to 95% HV",
-              "to 99% HV", "to 95% gain", "to 99% gain", "verdict = oracle's", "stopped", "repeats"]
+              "to 99% HV", "to 95% gain", "to 99% gain", "beats curve", "verdict = oracle's", "stopped",
+              "distinct", "repeats"]
     rows = []
     for name in names:
         rs = [r for r in runs if r["method"] == name]
@@ -116,9 +118,28 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> tuple[list[str], 
                      fmt_q([r["epochs_trained"] for r in rs], pct=False),
                      *(fmt_q([r[f"epochs_to_{k}_{round(100 * lv)}"] for r in rs], pct=False)
                        for k in ("hv", "gain") for lv in LEVELS),
-                     f"{sum(r['verdict_same'] for r in rs)}/{len(rs)}", float(np.median([r["stopped_early"] for r in rs])),
+                     f"{sum(r['beats_curve'] for r in rs)}/{len(rs)}", f"{sum(r['verdict_same'] for r in rs)}/{len(rs)}",
+                     float(np.median([r["stopped_early"] for r in rs])), float(np.median([r["distinct"] for r in rs])),
                      float(np.median([r["repeats"] for r in rs]))])
     return header, rows
+
+
+def equal_epochs(runs: list[dict[str, Any]], names: list[str], marks: list[float]) -> tuple[list[str], list[list[Any]]]:
+    """Median gain (and hypervolume) fraction of the oracle's once ``marks`` epochs were trained."""
+    header = ["method"] + [f"at {m:g} epochs: gain (HV)" for m in marks]
+    rows = []
+    for name in names:
+        rs = [r for r in runs if r["method"] == name]
+        if rs:
+            rows.append([name] + [f"{100 * at_epochs(rs, 'gain_frac', m):.1f}% ({100 * at_epochs(rs, 'hv_frac', m):.2f}%)"
+                                  for m in marks])
+    return header, rows
+
+
+def epoch_marks(settings: dict[str, Any], budget: int) -> list[float]:
+    """Where to compare at equal epochs: a quarter, half and three quarters of every trial's budget."""
+    whole = settings["num_samples"] * budget
+    return [round(f * whole) for f in (0.25, 0.5, 0.75)] + [whole]
 
 
 def targets(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -139,11 +160,13 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 f"none+random's"] = {"met": bool(ratio <= 0.4) if math.isfinite(ratio) else False,
                                      "value": f"{ours:g} vs {base:g} epochs (median): {100 * ratio:.0f}%"
                                      if math.isfinite(ratio) else f"{ours:g} vs {base:g} epochs (median)"}
-    if "moasha+tpe" in by and "synetune:moasha" in by:
-        eq = min(med("moasha+tpe", "epochs_trained"), med("synetune:moasha", "epochs_trained"))
+    for st in ("synetune:moasha", "synetune:moasha-ranked"):
+        if "moasha+tpe" not in by or st not in by:
+            continue
+        eq = min(med("moasha+tpe", "epochs_trained"), med(st, "epochs_trained"))
         for k in ("hv_frac", "gain_frac"):
-            ours, theirs = at_epochs(by["moasha+tpe"], k, eq), at_epochs(by["synetune:moasha"], k, eq)
-            out[f"moasha+tpe {k} >= Syne Tune MOASHA's at equal epochs ({eq:g}), median"] = {
+            ours, theirs = at_epochs(by["moasha+tpe"], k, eq), at_epochs(by[st], k, eq)
+            out[f"moasha+tpe {k} >= {st}'s at equal epochs ({eq:g}), median"] = {
                 "met": bool(ours >= theirs - 1e-12), "value": f"{100 * ours:.2f}% vs {100 * theirs:.2f}%"}
     for sched in ("moasha", "none", "asha"):
         a, b = by.get(f"{sched}+tpe"), by.get(f"{sched}+random")
@@ -163,14 +186,15 @@ def plot(runs: list[dict[str, Any]], names: list[str], samplers: list[str], path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    colors = {"moasha": "#d62728", "asha": "#1f77b4", "none": "#222222", "optuna": "#2ca02c", "synetune": "#9467bd"}
+    colors = {"moasha": "#d62728", "asha": "#1f77b4", "none": "#222222", "optuna": "#2ca02c", "synetune": "#9467bd",
+              "synetune-ranked": "#8c564b"}
     fig = Figure(figsize=(5.0 * len(samplers), 8.0), dpi=120)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(samplers), sharey="row", squeeze=False)
     top = max(r["epochs_trained"] for r in runs)
     grid = np.linspace(0, top, 400)
     for col, sp in enumerate(samplers):
-        shown = [n for n in names if n.endswith(f"+{sp}") or n == f"optuna:{sp}" or n == "synetune:moasha"]
+        shown = [n for n in names if n.endswith(f"+{sp}") or n == f"optuna:{sp}" or n.startswith("synetune:")]
         for row, key in enumerate(("hv_frac", "gain_frac")):
             ax = axes[row][col]
             for n in shown:
@@ -182,8 +206,8 @@ def plot(runs: list[dict[str, Any]], names: list[str], samplers: list[str], path
                     continue
                 end = float(np.median([r["epochs_trained"] for r in rs]))
                 keep = grid <= end
-                kind = n.split(":")[0] if ":" in n else n.split("+")[0]
-                style = "--" if n.startswith("optuna:") else ":" if n.startswith("synetune") else "-"
+                kind = ("synetune-ranked" if n.endswith("-ranked") else n.split(":")[0]) if ":" in n else n.split("+")[0]
+                style = {"optuna": "--", "synetune": ":", "synetune-ranked": "-."}.get(kind, "-")
                 q1, med, q3 = np.nanpercentile(vals, [25, 50, 75], axis=0)
                 ax.fill_between(grid[keep], q1[keep], q3[keep], step="post", color=colors[kind], alpha=0.12, lw=0)
                 ax.step(grid[keep], med[keep], where="post", color=colors[kind], ls=style, lw=1.8,
@@ -197,12 +221,18 @@ def plot(runs: list[dict[str, Any]], names: list[str], samplers: list[str], path
                 ax.set_xlabel("epochs trained (all trials ended so far)")
         axes[0][0].set_ylabel("hypervolume, fraction of the oracle's")
         axes[1][0].set_ylabel("area above the shorter-training curve,\nfraction of the oracle's")
-    lo = min(0.9, float(np.nanmin([min(x for x in r["anytime"]["hv_frac"][-1:] if x is not None) for r in runs])))
-    axes[0][0].set_ylim(max(0.0, lo - 0.02), 1.01)
+    # the reference points alone give most of the hypervolume: show the top of the scale
+    lo = float(np.nanmin([r["hv_frac"] for r in runs]))
+    axes[0][0].set_ylim(max(0.0, min(0.98, lo) - 0.01), 1.002)
     fig.suptitle(f"{title}: median over seeds, band = interquartile range", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     return path
+
+
+def plot_title(settings: dict[str, Any]) -> str:
+    return (f"tabulated digits_tiny, {settings['num_samples']} trials, {settings['concurrency']} at a time, "
+            f"{len(settings['seeds'])} seeds")
 
 
 def report(stored: dict[str, Any]) -> None:
@@ -214,6 +244,9 @@ def report(stored: dict[str, Any]) -> None:
               + (f" (best margin {100 * o['best_margin']:+.2f} points)" if o["beats_curve"] else ""))
     print()
     print(table(rows, header))
+    print()
+    eq_header, eq_rows = equal_epochs(stored["runs"], stored["settings"]["methods"], stored["settings"]["marks"])
+    print(table(eq_rows, eq_header))
     print()
     for what, t in stored["targets"].items():
         print(f"{what}: {t['value']}" + ("" if t["met"] is None else f"  -> {'met' if t['met'] else 'NOT met'}"))
@@ -233,7 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--anchors", nargs="*", default=list(ANCHORS), choices=ANCHORS)
     ap.add_argument("--quick", action="store_true", help="seeds 0 and 1, 24 trials: a look, and the test")
     ap.add_argument("--json", default=str(OUT_DIR / "tabular-search.json"))
-    ap.add_argument("--plot", default=str(OUT_DIR / "tabular-search.png"))
+    ap.add_argument("--plot", help=f"default {OUT_DIR / 'tabular-search.png'}; with --report: draw it again there")
     ap.add_argument("--report", metavar="JSON", help="print the tables of a stored run again, run nothing")
     args = ap.parse_args(argv)
     if args.quick:
@@ -244,8 +277,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.report:
-        report(json.loads(Path(args.report).read_text()))
+        stored = json.loads(Path(args.report).read_text())
+        report(stored)
+        if args.plot:
+            st = stored["settings"]
+            samplers = [p for p in SAMPLERS if any(m.endswith(f"+{p}") for m in st["methods"])]
+            print(plot(stored["runs"], st["methods"], samplers, Path(args.plot), plot_title(st)))
         return
+    args.plot = args.plot or str(OUT_DIR / "tabular-search.png")
     import optuna
 
     from tabular.measures import oracle, summarize_run
@@ -293,10 +332,10 @@ def main(argv: list[str] | None = None) -> None:
                                    "best_margin": o.verdict.margin, "front_size": o.front_size}
                           for s, o in oracles.items()},
               "synetune_error": st_error, "runs": runs, "targets": targets(runs), "wall_s": round(time.time() - t0, 1)}
+    stored["settings"]["marks"] = epoch_marks(stored["settings"], tbl.budget)
     stored["table"] = dict(zip(("header", "rows"), summarize(runs, names)))
     report(stored)
-    png = plot(runs, names, args.samplers, Path(args.plot),
-               f"tabulated digits_tiny, {args.num_samples} trials, {args.concurrency} at a time, {len(args.seeds)} seeds")
+    png = plot(runs, names, args.samplers, Path(args.plot), plot_title(stored["settings"]))
     out = write_json(args.json, stored)
     print(f"\nwrote {out} and {png} ({time.time() - t0:.0f} s)")
 

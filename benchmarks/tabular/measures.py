@@ -117,7 +117,7 @@ def summarize_run(rep: Replay, table: Table, oracles: dict[int, FrontStats], lev
     t = exp.trials
     out = {"method": rep.method, "seed": rep.seed, "table_seed": rep.table_seed, "trials": len(t),
            "epochs_trained": rep.epochs_trained, "stopped_early": int(t["stopped_early"].sum()),
-           "repeats": rep.repeats, "exhausted": rep.exhausted, "hypervolume": st.hypervolume, "gain": st.gain,
+           "repeats": rep.repeats, "distinct": rep.distinct, "exhausted": rep.exhausted, "hypervolume": st.hypervolume, "gain": st.gain,
            "hv_frac": st.hypervolume / orc.hypervolume,
            "gain_frac": st.gain / orc.gain if orc.gain > 0 else math.nan, "front_size": st.front_size,
            "beats_curve": st.verdict.beats, "best_margin": st.verdict.margin,

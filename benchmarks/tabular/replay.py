@@ -95,6 +95,11 @@ class Replay:
     def epochs_trained(self) -> int:
         return sum(len(t.rows) for t in self.trials)
 
+    @property
+    def distinct(self) -> int:
+        """Configurations trained (a method that trains a repeated proposal again has fewer than trials)."""
+        return len({t.config_id for t in self.trials})
+
 
 def _result(table: Table, trial: ReplayTrial, row: dict[str, Any], clock: float) -> dict[str, Any]:
     """A report as ``tuning.trainable`` makes it (the metrics the searcher and schedulers read)."""
@@ -245,15 +250,34 @@ class _SyneTrial:
     trial_id: int
 
 
+def _rank_priority() -> Any:
+    """Syne Tune's non-dominated sort (epsilon net within fronts, from objective 0) read as what
+    its MOASHA takes it for: each point's rank. Its ``NonDominatedPriority`` returns the sorted
+    order (the indices of the points, best first), and its rung rule reads entry i of that list as
+    point i's score, so a new point is judged by the index of the point that sorts last, not by
+    its own place (a point that dominates every recorded one can be stopped)."""
+    from syne_tune.optimizer.schedulers.multiobjective.multiobjective_priority import NonDominatedPriority
+
+    class RankPriority(NonDominatedPriority):
+        def priority_unsafe(self, objectives: np.ndarray) -> np.ndarray:
+            order = np.asarray(super().priority_unsafe(objectives))
+            ranks = np.empty(len(order), dtype=int)
+            ranks[order] = np.arange(len(order))
+            return ranks
+
+    return RankPriority()
+
+
 class SyneTuneMOASHA:
     """Syne Tune's ``MOASHA`` (``syne_tune.optimizer.schedulers.multiobjective.moasha``): its own
     proposals, uniform over a flat space holding every grid parameter (the family first, then the
     chosen family's values: the draw our random sampler makes), and its own rung rule, ranking on
     the objectives ours ranks on (validation accuracy and the planned compute saved) with the
     same grace period and reduction factor. The reference points run first and are never stopped
-    (their results count at its rungs, as at ours)."""
+    (their results count at its rungs, as at ours). ``ranked``: its non-dominated sort read as
+    ranks (``_rank_priority``) instead of as it ships."""
 
-    def __init__(self, space: SearchSpace, domains: dict[str, list[Any]], seed: int) -> None:
+    def __init__(self, space: SearchSpace, domains: dict[str, list[Any]], seed: int, ranked: bool = False) -> None:
         from syne_tune.config_space import choice
         from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA as SyneMOASHA
 
@@ -265,7 +289,7 @@ class SyneTuneMOASHA:
         self.scheduler = SyneMOASHA(config_space={k: choice(v) for k, v in domains.items()}, metrics=self.metrics,
                                     do_minimize=False, time_attr="epoch", max_t=space.epochs,
                                     grace_period=es.grace_period, reduction_factor=es.reduction_factor,
-                                    random_seed=seed)
+                                    random_seed=seed, multiobjective_priority=_rank_priority() if ranked else None)
         self.fn = define_by_run(space)
         self.references = reference_configs(space)
         self.trials: dict[str, _SyneTrial] = {}
