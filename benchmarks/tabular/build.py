@@ -106,10 +106,14 @@ def main(argv: list[str] | None = None) -> None:
           f"already in {log_path}, {len(todo)} to train with {args.workers} worker(s)", flush=True)
     t0 = time.time()
     if todo:
+        import contextlib
         import multiprocessing as mp
 
-        with open(log_path, "a") as log, mp.get_context("spawn").Pool(args.workers) as pool:
-            for n, r in enumerate(pool.imap_unordered(train_one, todo), 1):
+        # one worker: in this process (one interpreter, one import of torch); more: a pool of processes
+        pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
+        runs_in = pool.imap_unordered(train_one, todo) if pool else map(train_one, todo)
+        with open(log_path, "a") as log, (pool or contextlib.nullcontext()):
+            for n, r in enumerate(runs_in, 1):
                 log.write(json.dumps(r) + "\n")
                 log.flush()
                 os.fsync(log.fileno())
