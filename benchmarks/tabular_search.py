@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 import time
 import traceback
@@ -278,6 +280,17 @@ def report(stored: dict[str, Any]) -> None:
         print(f"\nSyne Tune's MOASHA did not run: {stored['synetune_error']}")
 
 
+def write_compact_json(path: str, payload: dict[str, Any]) -> Path:
+    """``_common.write_json``, with every list of numbers on one line (the anytime curves would
+    otherwise take one line per number)."""
+    out = write_json(path, payload)
+    text = re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", out.read_text())
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return out
+
+
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     stored["table"] = dict(zip(("header", "rows"), summarize(runs, names)))
     report(stored)
     png = plot(runs, names, args.samplers, Path(args.plot), plot_title(stored["settings"]))
-    out = write_json(args.json, stored)
+    out = write_compact_json(args.json, stored)
     print(f"\nwrote {out} and {png} ({time.time() - t0:.0f} s)")
 
 
