@@ -247,3 +247,50 @@ def verdict(candidates: pd.DataFrame, front: pd.DataFrame, curve: pd.DataFrame, 
     level = f"{100 * abs(m):.2f} points below" if abs(m) >= 5e-5 else "level with"
     return (f"No freezing policy beat training for fewer epochs: the best on the front, {where}, was {level} "
             f"{against} (a single seed; {res}).")
+
+
+def _clipped_integral(u0: float, u1: float, cap: float) -> float:
+    """The mean of ``min(cap, max(0, u))`` over ``u`` running linearly from ``u0`` to ``u1``."""
+    def antiderivative(u: float) -> float:
+        if u <= 0:
+            return 0.0
+        return u * u / 2 if u <= cap else cap * cap / 2 + cap * (u - cap)
+    if abs(u1 - u0) < 1e-15:
+        return min(cap, max(0.0, u0))
+    return (antiderivative(u1) - antiderivative(u0)) / (u1 - u0)
+
+
+def area_above_curve(points: Any, curve: pd.DataFrame) -> float:
+    """The area the points (rows of validation accuracy, compute saved; a front) dominate above
+    the shorter-training curve: what freezing adds to the hypervolume over training less. Zero
+    when no point has a margin over the curve. The curve is ``curve_at``'s (straight lines between
+    its points, held flat beyond its cheapest one), taken with what saves more: the accuracy
+    training less reaches at compute saved s is the best of the curve at s or beyond it, so a
+    policy that a cheaper reference point beats adds nothing. NaN without a curve.
+
+    Exact (no grid): between consecutive breakpoints (the curve's and the points' compute saved)
+    the front's accuracy is constant and the curve's is the larger of a line and a constant, so
+    the area there is a clipped linear integral. (Written here: hypervolume libraries measure
+    against a point, not above a curve.)"""
+    if curve is None or curve.empty:
+        return math.nan
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    p = p[np.isfinite(p).all(axis=1)]
+    if not len(p):
+        return 0.0
+    acc, saved = p[:, 0], np.clip(p[:, 1], 0.0, 1.0)
+    c = curve.sort_values("compute_saved_frac", kind="stable")
+    xs, ys = c["compute_saved_frac"].to_numpy(dtype=float), c["val_accuracy"].to_numpy(dtype=float)
+    cuts = np.unique(np.clip(np.concatenate([[0.0, 1.0], xs, saved]), 0.0, 1.0))
+    at = np.interp(cuts, xs, ys)
+    envelope = np.maximum.accumulate(at[::-1])[::-1]  # the best the curve reaches at s or beyond
+    area = 0.0
+    for i in range(len(cuts) - 1):
+        lo, hi = cuts[i], cuts[i + 1]
+        reach = acc[saved >= hi]  # the points dominating (lo, hi) in compute saved
+        if not len(reach):
+            continue
+        best, floor = float(reach.max()), float(envelope[i + 1])
+        if best > floor:  # the front above the curve's value beyond hi; capped there, and by the line
+            area += (hi - lo) * _clipped_integral(best - at[i], best - at[i + 1], best - floor)
+    return float(area)
