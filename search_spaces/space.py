@@ -309,7 +309,9 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
             raise check.err("units", str(e).split(": ", 1)[1]) from None
     seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
     train = _train(check, data.get("train"), model, dataset, seed)
-    code = [str(folder), os.getcwd()] if names_user_code(model) or names_user_code(dataset) else []
+    # each folder once (the space's folder is often the current one)
+    code = list(dict.fromkeys([str(folder), str(Path.cwd().resolve())])) if names_user_code(model) or \
+        names_user_code(dataset) else []
     userland.add_code_paths(code)
     try:
         checked = check_model_and_data(model, dataset, unit_spec, val_frac=train["val_frac"], seed=seed,

@@ -334,3 +334,19 @@ def test_models_cli_shows_units_with_params_and_flops(tmp_path, monkeypatch, cap
     assert doc["train_step_flops_per_sample"] > sum(r["forward_flops"] for r in doc["units"])
     rc, out, _ = _in_process(main, ["--units", "uc_units:FixtureNet", "--input-shape", "1,8,8"], capsys)
     assert rc == 0 and "3 units (automatic)" in out and "stem + bn" in out
+
+
+def test_a_space_beside_its_module_records_each_code_folder_once(tmp_path, monkeypatch):
+    """Run from the space file's folder (as the examples are), the folder is both the space's and the
+    current one: experiment.json's code.paths names it once."""
+    from search_spaces.space import load_space
+    from tuning.usercode import code_info
+
+    folder = write_module(tmp_path / "proj", "uc_once")
+    (folder / "once.yaml").write_text("model: uc_once:FixtureNet\ndataset: uc_once:digits\n"
+                                      "train: {epochs: 2, device: cpu}\nfamilies: {prefix: {}}\n")
+    monkeypatch.chdir(folder)
+    space = load_space("once.yaml")
+    assert space.code_paths == [str(folder.resolve())]
+    assert code_info(space.model, space.dataset, [*space.code_paths, *space.code_paths], {})["paths"] == \
+        [str(folder.resolve())]
