@@ -46,6 +46,20 @@ WORKER = ("ip netns exec raytest ray start --address=127.0.0.1:6379 --num-cpus=1
           "--block")
 DRIVER = "ip netns exec raytest python tune_main.py"
 ADDRESS = "127.0.0.1:6379"
+# Without a namespace: the same two nodes from Python, in a process of their own (Ray reads the
+# authentication settings once per process), on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)
+CLUSTER_UTILS = """
+import json, os, sys, tempfile, time
+from ray.cluster_utils import Cluster
+os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)  # where it records the cluster's address
+c = Cluster()
+nodes = {"head": c.add_node(num_cpus=1, include_dashboard=False, temp_dir=sys.argv[1] + "/head"),
+         "worker": c.add_node(num_cpus=1, temp_dir=sys.argv[1] + "/worker")}
+print(json.dumps({"address": c.address, **{k: n.all_processes["raylet"][0].process.pid for k, n in nodes.items()}}),
+      flush=True)
+while True:
+    time.sleep(60)
+"""
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -79,24 +93,12 @@ class LoopbackCluster:
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, TMPDIR=str(tmp), PYTHONPATH=str(ROOT),
                         OMP_NUM_THREADS="1")
         self.procs: dict[str, subprocess.Popen] = {}
-        self.cluster = None
+        self.raylets: dict[str, int] = {}
+        self.address = ADDRESS
         if netns:
             for line in NAMESPACE:
                 subprocess.run(self._mine(line), check=True, timeout=60)
-            self.address = ADDRESS
-        else:  # the same two nodes from Python, on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)
-            from ray.cluster_utils import Cluster
-
-            saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-            os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-            try:
-                self.cluster = Cluster()
-                self.nodes = {"head": self.cluster.add_node(num_cpus=1, include_dashboard=False),
-                              "worker": self.cluster.add_node(num_cpus=1)}
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-            self.address = self.cluster.address
+        else:
             self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
     def _mine(self, line: str) -> list[str]:
@@ -113,6 +115,13 @@ class LoopbackCluster:
 
     def start(self) -> None:
         if not self.netns:
+            log = open(self.tmp / "cluster.log", "w")
+            proc = self.procs["cluster"] = subprocess.Popen(
+                [sys.executable, "-c", CLUSTER_UTILS, str(self.tmp)], stdout=subprocess.PIPE, stderr=log, text=True,
+                env=self.env, start_new_session=True)
+            started = json.loads(proc.stdout.readline() or "{}")
+            assert started, (self.tmp / "cluster.log").read_text()[-3000:]
+            self.address, self.raylets = started.pop("address"), started
             return
         for name, line in (("head", HEAD), ("worker", WORKER)):
             log = open(self.tmp / f"{name}.log", "w")
@@ -137,10 +146,9 @@ class LoopbackCluster:
         return [p.pid for p in psutil.Process().children(recursive=True)]
 
     def node_pid(self, name: str) -> int:
-        """The process every process of node ``name`` descends from."""
-        if self.netns:
-            return self.procs[name].pid
-        return self.nodes[name].all_processes["raylet"][0].process.pid
+        """The process every process of node ``name`` descends from (its raylet without a
+        namespace: a node's workers are the raylet's children)."""
+        return self.procs[name].pid if self.netns else self.raylets[name]
 
     def in_node(self, name: str, pid: int) -> bool:
         """Whether process ``pid`` is node ``name``'s (descends from it)."""
@@ -173,6 +181,7 @@ class LoopbackCluster:
         return found
 
     def close(self) -> None:
+        mine = [] if self.netns else self.pids()  # the nodes' processes, before their parent goes
         for proc in self.procs.values():
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -186,8 +195,11 @@ class LoopbackCluster:
                 except ProcessLookupError:
                     pass
             _run(["ip", "netns", "del", self.name])
-        elif self.cluster is not None:
-            self.cluster.shutdown()
+        for pid in mine:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _cmdline(pid: int) -> list[str]:

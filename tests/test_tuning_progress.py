@@ -88,10 +88,10 @@ def test_a_lost_worker_on_a_live_node_and_a_failure_of_the_trial(console):
 
 def test_a_raylet_death_names_its_node_at_once_and_each_trial_s_next_step(console):
     """The cluster announces a raylet's death without naming the node; the driver probes the raylets'
-    ports and names the node long before the node table says it is dead. A trial lost before its
-    first result is placed by its actor (no checkpoint yet); one whose worker process outlived the
-    node and finished there, and one still running there, are said so; one lost later gets a line of
-    its own."""
+    ports and knows the node before the node table says it is dead. A trial lost before its first
+    result is placed by its actor (no checkpoint yet); one whose worker process outlived the node
+    and finished there, and one still running there when Ray marked the node dead, are said so;
+    one lost after the line gets a line of its own."""
     p = TrialProgress(num_samples=5, epochs=10, interval=0)
     early = _trial("t1", "", tmp=console.tmp)
     early.last_result, early.checkpoint_epoch, early.actor_node = {}, None, NODE_A  # no epoch reported yet
@@ -111,8 +111,15 @@ def test_a_raylet_death_names_its_node_at_once_and_each_trial_s_next_step(consol
     console.clock[0] += 0.5
     p.on_step_end(2, trials)  # probed at once: node A is gone; t4 still runs there
     assert [line.split("  ")[0] for line in console.lines()] == ["[1/5] trial t3"]
-    console.clock[0] += 10  # SETTLE_S: t4 has not failed
+    console.clock[0] += 12
     p.on_step_end(3, trials)
+    assert console.lines() == []  # t4 has not failed, and Ray has not marked the node dead yet
+    console.nodes[NODE_A]["Alive"] = False  # Ray marks it dead, t4 still runs: 3 s more, then the line
+    console.clock[0] += 2
+    p.on_step_end(4, trials)
+    assert console.lines() == []
+    console.clock[0] += 3
+    p.on_step_end(5, trials)
     assert console.lines() == [
         f"node 10.0.0.5 (aaaaaaaa) died: trial t1 restarts from the start (no checkpoint yet), trial t2 restarts from "
         f"epoch 3 (its last checkpoint), trial t3 finished there: its worker process outlived the node, trial t4 is "
@@ -125,7 +132,6 @@ def test_a_raylet_death_names_its_node_at_once_and_each_trial_s_next_step(consol
     assert lines[0].startswith("[2/5] trial t4  prefix") and "FAILED after 3/10 epochs" in lines[0]
     assert lines[1:] == [f"node 10.0.0.5 (aaaaaaaa) died: trial t4 is not restarted (no restarts left, "
                          f"--max-failures); details in {console.log}"]
-    assert console.nodes[NODE_A]["Alive"]  # all that while, the node table still said alive
 
 
 def test_status_of_a_search_from_trial_events(console):

@@ -7,9 +7,11 @@ trial lost before its first epoch is still placed. A node is seen dead in Ray's 
 40 s after its raylet died, often after a short search ended), in the cluster's message that it
 was marked dead, or at once by its raylet's port refusing connections: the driver probes the
 nodes when the cluster announces a raylet's death and when a trial on a node loses its worker.
-Its line waits until every trial that ran there has failed (up to ``SETTLE_S``), so that one line
-says what each does next: restarts from epoch N (its last checkpoint), restarts from the start
-(no checkpoint yet), or, when its worker process outlived the node, that it kept running.
+A trial's worker process may outlive its raylet and keep training until Ray marks the node dead
+(then it fails). So the node's line waits until every trial that ran there has failed, or for
+``GROUP_S`` after Ray marked the node dead, at most ``SETTLE_S``: one line says what each trial
+does next: restarts from epoch N (its last checkpoint), restarts from the start (no checkpoint
+yet), or, when its worker process outlived the node, that it is still running (or finished) there.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ NODE_IP = "node_ip"  # Ray Tune's own field of every result: the address of the 
 # errors that mean a trial's worker process, or the node it ran on, is gone (not the trial's code)
 LOST_WORKER = (RayActorError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError, OwnerDiedError)
 POLL_S = 2.0  # how often the driver reads Ray's node table
-GROUP_S = 3.0  # trials that lose their workers within this long on one live node share a line
-SETTLE_S = 10.0  # a node seen dead: how long the trials that ran there may take to fail before its line
+GROUP_S = 3.0  # trials that lose their workers within this long share a line (also: after Ray marked a node dead)
+SETTLE_S = 60.0  # a node seen dead: how long the trials that ran there may take to fail before its line
 PROBE_S = 1.0  # the timeout of one probe of a raylet's port
 RAYLET_DEATHS: list[float] = []  # when the cluster announced a raylet's death (tuning.progress.ray_log_to)
 DEAD_NODES: set[str] = set()  # node ids the cluster announced as marked dead (tuning.progress.ray_log_to)
@@ -49,10 +51,12 @@ class _Lost:
 
 @dataclass
 class _Dead:
-    """A node seen dead: since when, and the trials that ran there at that moment."""
+    """A node seen dead: since when, when Ray marked it dead (None: not yet, its raylet's port
+    said it), and the trials that ran there at that moment."""
 
     since: float
     there: list = field(default_factory=list)
+    marked: float | None = None
     reported: bool = False
 
 
@@ -74,7 +78,7 @@ class NodeWatch:
         self._address: dict[str, str] = {}  # node id -> its address, as the trials reported it
         self._lost: list[_Lost] = []
         self._dead: dict[str, _Dead] = {}
-        self._alive: set[str] = set()  # nodes seen alive in the node table
+        self._seen: set[str] = set()  # nodes seen alive in the node table
         self._polled = 0.0
         self._deaths_seen = 0  # RAYLET_DEATHS already probed for
         self._told: set[str] = set()  # nodes with a "lost a worker process" line
@@ -114,20 +118,23 @@ class NodeWatch:
                     self._where[t.trial_id] = node
         table = _nodes()
         alive = {n for n, info in table.items() if info.get("Alive")}
-        seen = self._alive | alive
-        # a node this driver saw alive is gone (an unreadable table says nothing)
-        dead = ((self._alive - alive) if table else set()) | (DEAD_NODES & seen)
+        self._seen |= alive
+        # marked dead by Ray: a node this driver saw alive is gone from the table or not alive there
+        # (an unreadable table says nothing), or the cluster said so
+        marked = ({n for n in self._seen if n not in alive} if table else set()) | (DEAD_NODES & self._seen)
         suspects = set(alive) if news else set()  # a raylet died somewhere: probe every node
         died_at = RAYLET_DEATHS[-1] if news else now
         suspects |= {e.node for e in self._lost if e.node in alive}  # lost workers there: is it the node?
         self._deaths_seen = len(RAYLET_DEATHS)
-        dead |= {n for n in sorted(suspects) if _raylet_gone(table[n])}
-        self._alive = seen - dead
-        for node in sorted(dead):
-            if node not in self._dead:  # its trials: running there, or finished there since it died
+        probed = {n for n in sorted(suspects - set(self._dead)) if _raylet_gone(table[n])}
+        for node in sorted(marked | probed):
+            d = self._dead.get(node)
+            if d is None:  # its trials: running there, or finished there since it died
                 there = [t for t in trials if self._where.get(t.trial_id) == node and (
                     t.status == "RUNNING" or t.status == "TERMINATED" and self._ended.get(t.trial_id, now) >= died_at)]
-                self._dead[node] = _Dead(now, there)
+                d = self._dead[node] = _Dead(now, there)
+            if node in marked and d.marked is None:
+                d.marked = now
         self._report(table, now, force)
 
     def _report(self, table: dict[str, dict], now: float, force: bool) -> None:
@@ -136,7 +143,8 @@ class NodeWatch:
             if not d.reported:
                 failed = {e.trial.trial_id for e in lost}
                 waiting = [t for t in d.there if t.trial_id not in failed and t.status == "RUNNING"]
-                if waiting and not force and now - d.since < SETTLE_S:
+                settled = d.marked is not None and now - d.marked >= GROUP_S or now - d.since >= SETTLE_S
+                if waiting and not force and not settled:
                     continue
                 parts = [(e.trial.trial_id, e.next) for e in lost]
                 parts += [(t.trial_id, _outlived(t)) for t in d.there if t.trial_id not in failed
