@@ -142,13 +142,14 @@ class NodeWatch:
             lost = [e for e in self._lost if e.node == node]
             if not d.reported:
                 failed = {e.trial.trial_id for e in lost}
-                waiting = [t for t in d.there if t.trial_id not in failed and t.status == "RUNNING"]
+                # still there (a trial restarted elsewhere reports from its new node)
+                stayed = [t for t in d.there if t.trial_id not in failed and self._where.get(t.trial_id) == node]
+                waiting = [t for t in stayed if t.status == "RUNNING"]
                 settled = d.marked is not None and now - d.marked >= GROUP_S or now - d.since >= SETTLE_S
                 if waiting and not force and not settled:
                     continue
                 parts = [(e.trial.trial_id, e.next) for e in lost]
-                parts += [(t.trial_id, _outlived(t)) for t in d.there if t.trial_id not in failed
-                          and t.status in ("RUNNING", "TERMINATED")]
+                parts += [(t.trial_id, _outlived(t)) for t in stayed if t.status in ("RUNNING", "TERMINATED")]
                 d.reported = True
             elif lost and (force or now - lost[0].when >= GROUP_S):  # failed after the node's line
                 parts = [(e.trial.trial_id, e.next) for e in lost]
