@@ -547,7 +547,9 @@ def test_address_where_no_cluster_answers_is_one_line(tmp_path):
 def test_only_the_packages_trials_import_are_shipped(monkeypatch):
     from tuning.search import _runtime_env
 
-    code = ("import sys, tuning.trainable\n"
+    # what the cluster unpickles: the trial function, and (a ray:// driver runs the Tuner there) the
+    # searcher and the scheduler (MOASHA sorts with analysis.pareto)
+    code = ("import sys, tuning.trainable, tuning.searcher, tuning.schedulers\n"
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'layerout', 'search_spaces', 'tuning', 'analysis', 'tune_main', 'benchmarks', 'tests'})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),

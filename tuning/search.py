@@ -660,9 +660,9 @@ def _join(address: str, timeout: float, runtime_env: dict[str, Any] | None) -> N
         sys.stderr.write(text)
 
 
-# The packages a trial imports (tuning.trainable and what it imports; MOASHA's non-dominated sorting
-# is analysis.pareto's): the code a cluster's workers need; nothing else of the checkout (data,
-# results, tests) is shipped.
+# The packages the cluster side imports (the trial function, tuning.trainable; the searcher and the
+# scheduler, which a ray:// driver runs there: MOASHA's non-dominated sorting is analysis.pareto's):
+# the code a cluster's workers need; nothing else of the checkout (data, results, tests) is shipped.
 TRIAL_PACKAGES = ("analysis", "layerout", "search_spaces", "tuning")
 
 
