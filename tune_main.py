@@ -22,18 +22,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from analysis.export import export_policy
-from analysis.front import compute_front
-from analysis.results import experiment_from_tables
-from analysis.run import front_table_text, run_analysis
+# Only light modules here: torch, pandas and Ray are imported by the functions that run a search
+# or an analysis, so that --help, --list-presets and bad arguments answer at once.
 from layerout.errors import ArgumentParser, UserError, cli_main
-from layerout.experiment import POLICIES_DIR
-from search_spaces.space import CONFIRM_TOP, list_presets
-from tuning import SearchOptions, SearchResult, resume_search, run_search
+from search_spaces.space import list_presets
 from tuning.loggers import LOGGERS
-from tuning.search import SAMPLERS, SCHEDULERS
-from tuning.storage import is_local, local_path
+from tuning.options import SAMPLERS, SCHEDULERS, SearchOptions
+
+if TYPE_CHECKING:
+    from tuning.search import SearchResult
 
 RESUME_FLAGS = ("--resume", "--address", "--connect-timeout", "--cpus-per-trial", "--gpus-per-trial",
                 "--progress-interval", "--no-analysis", "--confirm-seeds", "--confirm-top")
@@ -147,6 +146,13 @@ def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = 
 
 def _analysis(result: SearchResult) -> None:
     """The Pareto table, then where the plot, report and knee policy were written."""
+    from analysis.export import export_policy
+    from analysis.front import compute_front
+    from analysis.results import experiment_from_tables
+    from analysis.run import front_table_text, run_analysis
+    from layerout.experiment import POLICIES_DIR
+    from tuning.storage import is_local, local_path
+
     exp_dir = result.exp_dir
     try:
         if not is_local(exp_dir):
@@ -185,6 +191,9 @@ def _confirm(result: SearchResult, seeds: int | None, top: int | None) -> None:
     """``python -m analysis.confirm`` at the end of a finished local search: the options given now
     (``--resume``), else those the search was started with (its flags, else the space's
     ``confirm: {seeds, top}``)."""
+    from search_spaces.space import CONFIRM_TOP
+    from tuning.storage import is_local, local_path
+
     opts, space = result.meta.get("options") or {}, result.meta.get("space") or {}
     if seeds is None:
         seeds = opts.get("confirm_seeds", space.get("confirm_seeds"))
@@ -230,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         if clash:
             raise UserError(f"--resume continues an experiment as it was started; {', '.join(clash)} cannot "
                             f"be changed (allowed with --resume: {', '.join(RESUME_FLAGS[1:])})")
+        from tuning.search import resume_search
+
         result = resume_search(args.resume, address=args.address,
                                cpus_per_trial=args.cpus_per_trial if "--cpus-per-trial" in given else None,
                                gpus_per_trial=args.gpus_per_trial if "--gpus-per-trial" in given else None,
@@ -237,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         options = _options(args)
         options.check()  # before loading the space: a bad flag is reported first
-        result = run_search(args.space or args.preset or "demo", options)
+        from search_spaces.space import load_space
+
+        space = load_space(args.space or args.preset or "demo")  # its errors before Ray is imported
+        from tuning.search import run_search
+
+        result = run_search(space, options)
     return report(result, args.no_analysis, args.confirm_seeds, args.confirm_top)
 
 

@@ -3,26 +3,21 @@
 No Ray needed: everything works from the experiment directory's files (see results.py).
 
     from analysis import run_analysis, export_policy, load_experiment, pareto_front
+
+The names are imported on first use (PEP 562): ``python -m analysis --help`` and the other command
+lines of this package answer without loading pandas, matplotlib or torch.
 """
 from __future__ import annotations
 
-from analysis.pareto import hypervolume_2d, knee_point, pareto_front
-from analysis.results import Experiment, load_experiment
+from layerout.lazy import lazy_exports
 
-
-def run_analysis(*args, **kwargs):  # noqa: ANN002, ANN003
-    """See ``analysis.run.run_analysis`` (imported lazily: it pulls in matplotlib)."""
-    from analysis.run import run_analysis as _run
-
-    return _run(*args, **kwargs)
-
-
-def export_policy(*args, **kwargs):  # noqa: ANN002, ANN003
-    """See ``analysis.export.export_policy``."""
-    from analysis.export import export_policy as _export
-
-    return _export(*args, **kwargs)
-
+# public name -> the module that defines it
+_PUBLIC = {"Experiment": "analysis.results", "load_experiment": "analysis.results",
+           "pareto_front": "analysis.pareto", "hypervolume_2d": "analysis.pareto", "knee_point": "analysis.pareto",
+           "run_analysis": "analysis.run", "export_policy": "analysis.export"}
 
 __all__ = ["Experiment", "load_experiment", "pareto_front", "hypervolume_2d", "knee_point",
            "run_analysis", "export_policy"]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from analysis._cli import ArgumentParser, run_cli
-from analysis.run import run_analysis
 from layerout.errors import UserError
 from layerout.files import WriteError
 
@@ -28,6 +27,8 @@ def _parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from analysis.run import run_analysis  # pandas and matplotlib only now: --help answers at once
+
     try:
         run_analysis(args.experiment_dir, include_stopped=args.include_stopped, out_dir=args.out,
                      compare=args.compare, write_policies=not args.no_policies)

@@ -35,12 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 from layerout import userland
 from layerout.augment import AugmentConfig, augment_batch
 from layerout.checks import short
+from layerout.choices import DATASETS, FILE_DATASETS, IMAGEFOLDER  # noqa: F401 - also this module's names
 from layerout.errors import UserError
-
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
-# datasets read from files (a data folder, downloaded there if allowed); the others need none:
-# digits is bundled with scikit-learn, synthetic is generated
-FILE_DATASETS = ("mnist", "cifar10", "cifar100")
 
 
 def data_dir_note(dataset: str, data_dir: str | None) -> str | None:
@@ -50,7 +46,6 @@ def data_dir_note(dataset: str, data_dir: str | None) -> str | None:
     what = "is bundled with scikit-learn" if dataset == "digits" else "is generated"
     return f"note: --data-dir {data_dir} is not used: the {dataset} dataset {what}, no files are read"
 DEFAULT_DATA_DIR = "~/.cache/layerout-tune/data"
-IMAGEFOLDER = "imagefolder:"  # imagefolder:PATH, a folder in torchvision's ImageFolder layout
 DEFAULT_IMAGE_SIZE = 64  # imagefolder images are resized and center-cropped to this size unless told
 STATS_IMAGES = 256  # imagefolder: per-channel mean and std from this many training images
 DIGITS_TEST_FRAC = 0.2

@@ -53,9 +53,13 @@ TRIAL_FIRST_COLUMNS = ["trial_id", "status", "stopped_early", "paper_config", "r
 # rungs.csv: rung (epoch), trial, the value of each objective the scheduler ranks on (between
 # trial_id and rank), rank (1 = best) among how many results, decision (continue | stop | kept: <why>)
 RUNGS_COLUMNS = ["rung", "trial_id", "rank", "of", "decision"]
-EPOCH_COLUMNS = ["trial_id", *METRICS, *EXTRA_METRICS]
+# where an epoch ran: the Ray node's id (reported by the trial) and its address (Ray's own ``node_ip``);
+# in trials.csv, the node of the trial's last epoch (a trial restarted after a node died moved)
+NODE_COLUMNS = ["node_id", "node_ip"]
+EPOCH_COLUMNS = ["trial_id", *METRICS, *EXTRA_METRICS, *NODE_COLUMNS]
 # read as text: trial ids like "00001" and masks like "0110" must not become numbers
-STR_COLUMNS = ["trial_id", "status", "paper_config", "reference", "family", "policy", "frozen_units", "error"]
+STR_COLUMNS = ["trial_id", "status", "paper_config", "reference", "family", "policy", "frozen_units", "error",
+               *NODE_COLUMNS]
 
 
 # ------------------------------------------------------------------------------ experiment.json
@@ -219,7 +223,7 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
                                   "config"))
         # the schedule as it ran (drawn vectors, adaptive freeze epochs), else the one asked for
         row["policy"] = last.get("policy") or json.dumps(schedule, sort_keys=True)
-        for c in (*TRIAL_METRICS, *METRICS, *EXTRA_METRICS):
+        for c in (*TRIAL_METRICS, *METRICS, *EXTRA_METRICS, *NODE_COLUMNS):
             row[c] = _nan_if_none(last.get(c)) if last else math.nan
         tests = [r["test_accuracy"] for r in per_epoch if _is_value(r.get("test_accuracy"))]
         if tests:
@@ -230,7 +234,7 @@ def build_tables(records: Iterable[TrialRecord], epochs_budget: int) -> tuple[pd
         trial_rows.append(row)
         for r in per_epoch:
             epoch_rows.append({"trial_id": str(t.trial_id), **{m: r.get(m, math.nan) for m in EPOCH_COLUMNS[1:]}})
-    known = [*TRIAL_METRICS, *METRICS, *EXTRA_METRICS]
+    known = [*TRIAL_METRICS, *METRICS, *EXTRA_METRICS, *NODE_COLUMNS]
     trials = pd.DataFrame(trial_rows)
     if trials.empty:
         trials = pd.DataFrame(columns=[*TRIAL_FIRST_COLUMNS, "policy", *known])

@@ -50,9 +50,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from layerout.choices import FAST_PATHS  # noqa: F401 - also this module's name
 from layerout.progress import slow_notice
 
-FAST_PATHS = ("auto", "off", "cudagraph")  # TrainConfig.fast_path; auto: graphs where they can run
 
 Mask = tuple[bool, ...]
 

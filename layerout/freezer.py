@@ -23,11 +23,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from layerout.choices import BN_CHOICES, BN_MODES  # noqa: F401 - also this module's names
 from layerout.schedules import FreezeState, Schedule
 from layerout.units import Unit, unit_modules, unit_parameters
 
-BN_MODES = ("train", "eval")
-BN_CHOICES = ("auto", *BN_MODES)  # auto: the schedule family's choice (``Schedule.bn_frozen``)
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 

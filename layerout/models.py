@@ -19,6 +19,7 @@ from torch import nn
 
 from layerout import userland
 from layerout.checks import check_int, short
+from layerout.choices import BUILTIN_MODELS
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.units import Unit, unit_origin, unit_param_counts, units_of
 
@@ -274,6 +275,11 @@ def digits_tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     are poor, so freezing a unit costs accuracy and a search faces a real trade-off (digits_cnn's
     random 32/64-channel features alone reach about 97% on digits)."""
     return DigitsCNN(num_classes, in_channels, widths=(4, 8))
+
+
+if tuple(MODELS) != BUILTIN_MODELS:  # the command lines offer layerout.choices' list before importing this module
+    raise RuntimeError(f"layerout.choices.BUILTIN_MODELS {BUILTIN_MODELS} does not match the registered models "
+                       f"{tuple(MODELS)}: update it")
 
 
 # ---------------------------------------------------------------- command line

@@ -46,7 +46,6 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator
 
-from tqdm import tqdm
 
 from layerout.checks import short
 from layerout.errors import UserError
@@ -279,7 +278,7 @@ class StatusDisplay:
     def write(self, line: str) -> None:
         """A line of its own (a trial ended, ...), above the bar on a terminal."""
         if self._bar is not None:
-            tqdm.write(line, file=self._out)
+            _tqdm().write(line, file=self._out)
         else:
             self._line(line)
 
@@ -311,8 +310,8 @@ class StatusDisplay:
         st = self.job.status()
         text = f"{self.job.counts_text(st)}; {self.job.time_text(st)}"
         if self._bar is None:
-            self._bar = tqdm(total=st.epochs_planned, file=self._out, bar_format=self.BAR_FORMAT, postfix=text,
-                             dynamic_ncols=True, desc=f"{self.label}: ", mininterval=0, leave=True)
+            self._bar = _tqdm()(total=st.epochs_planned, file=self._out, bar_format=self.BAR_FORMAT, postfix=text,
+                                 dynamic_ncols=True, desc=f"{self.label}: ", mininterval=0, leave=True)
         self._bar.total = max(st.epochs_planned, st.epochs_done)
         self._bar.n = st.epochs_done
         self._bar.set_postfix_str(text, refresh=False)
@@ -321,7 +320,7 @@ class StatusDisplay:
 
 def say(line: str) -> None:
     """Print ``line`` on stdout; a progress bar on the terminal is redrawn below it."""
-    tqdm.write(line, file=sys.stdout)
+    _tqdm().write(line, file=sys.stdout)
     sys.stdout.flush()
 
 
@@ -363,5 +362,13 @@ def step_bar(total: int, desc: str, enabled: bool, stream: IO[str] | None = None
     out = stream if stream is not None else sys.stdout
     if not enabled or not is_terminal(out):
         return None
-    return tqdm(total=total, desc=desc, unit="step", file=out, leave=False, delay=SLOW_S, mininterval=0.5,
+    return _tqdm()(total=total, desc=desc, unit="step", file=out, leave=False, delay=SLOW_S, mininterval=0.5,
                 dynamic_ncols=True)
+
+
+def _tqdm() -> Any:
+    """tqdm's bar class, imported when a bar or a line is first drawn: the command lines import this
+    module for its checks, and importing tqdm costs a noticeable part of a --help."""
+    from tqdm import tqdm
+
+    return tqdm

@@ -17,11 +17,8 @@ from typing import Any
 
 from layerout import userland
 from layerout.checks import short
-from layerout.data import DATASETS, IMAGEFOLDER, data_dir_note
+from layerout.choices import BN_CHOICES, BUILTIN_MODELS, DATASETS, FAST_PATHS, IMAGEFOLDER
 from layerout.errors import ArgumentParser, UserError, cli_main
-from layerout.fastpath import FAST_PATHS
-from layerout.freezer import BN_CHOICES
-from layerout.models import MODELS
 from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
 
 DEFAULT_MODEL_FOR = {"digits": "digits_cnn", "mnist": "mnist_shallow", "cifar10": "resnet20",
@@ -39,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
         prog="python -m layerout.train",
         description="Train one model under one freezing schedule (or a policy file); no Ray needed.")
-    ap.add_argument("--model", help=f"built-in model: {', '.join(MODELS)}, or your own: my_pkg.nets:build "
+    ap.add_argument("--model", help=f"built-in model: {', '.join(BUILTIN_MODELS)}, or your own: my_pkg.nets:build "
                                     "(default: the dataset's usual one)")
     ap.add_argument("--dataset", help="digits (bundled), mnist, cifar10, cifar100, synthetic, imagefolder:PATH, "
                                       "or your own data function: my_pkg.data:load")
@@ -189,6 +186,9 @@ def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torch only now that a run starts: --help and argument errors answer at once
+    from layerout.data import data_dir_note
+    from layerout.models import MODELS
     from layerout.trainer import TrainConfig, Trainer
 
     userland.add_code_paths([os.getcwd()])  # your model's and data's modules: from here first

@@ -27,11 +27,12 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from layerout.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 MODEL_ARGS = ("num_classes", "in_channels")
@@ -184,6 +185,8 @@ def resolve(spec: str, field: str) -> Any:
 # ------------------------------------------------------------------------------ models
 def model_from(obj: Any, spec: str, num_classes: int, in_channels: int, field: str = "model") -> nn.Module:
     """Build a model from ``obj`` (an nn.Module class or a callable returning a module)."""
+    from torch import nn  # here, not at the top: the command lines import this module before torch is needed
+
     if isinstance(obj, nn.Module):
         raise UserError(f"{field}: {spec}: is a model instance ({type(obj).__name__}); name its class or a "
                         "function that builds it (every run needs a fresh model)")

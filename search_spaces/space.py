@@ -54,25 +54,23 @@ value. Errors name the file and the field: ``x.yaml: families.layerout.warmup_ep
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from layerout import userland
 from layerout.checks import cut, short
-from layerout.data import DATASETS, IMAGEFOLDER
+from layerout.choices import BUILTIN_MODELS, DATASETS, IMAGEFOLDER
 from layerout.errors import UserError
 from layerout.metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, OBJECTIVE_MODES, REPORT_ONLY
-from layerout.models import MODELS
-from layerout.preflight import check_model_and_data
-from layerout.schedules import SCHEDULES
-from layerout.trainer import TrainConfig, check_unit_spec
-from layerout.units import unit_pairs
 from layerout.userland import names_user_code
 from search_spaces.checks import Checker
-from search_spaces.families import FAMILY_SPACES, FamilySpace, SpaceContext
+
+if TYPE_CHECKING:  # imported where a space is validated: reading one, listing presets need no numpy
+    from search_spaces.families import FamilySpace, SpaceContext
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 # A search space is a page of YAML: refuse files (and anchor/alias expansions) far beyond that
@@ -87,12 +85,10 @@ LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "families", "objectives",
             "early_stopping", "paper_configs", "paper_warmup_epochs", "num_samples",
             "max_concurrent", "seed", "loggers")
-# TrainConfig fields a space's `train:` block may set: the recipe, not where it runs from (the
-# command line's --data-dir/--no-download), nor the model, dataset, units and seed (top-level
-# keys), nor the threads (one per CPU a trial holds: --cpus-per-trial).
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig)
-                     if f.name not in ("model", "dataset", "units", "seed", "data_dir", "download", "budget_epochs",
-                                       "threads"))
+# TrainConfig fields a space's `train:` block may not set: where it runs from (the command line's
+# --data-dir/--no-download), the model, dataset, units and seed (top-level keys), the budget, and
+# the threads (one per CPU a trial holds: --cpus-per-trial)
+NOT_TRAIN_FIELDS = ("model", "dataset", "units", "seed", "data_dir", "download", "budget_epochs", "threads")
 # Is freezing worth it: the shorter-training reference points (the unfrozen model trained for these
 # fractions of the budget; the full-budget baseline always runs), the optional budget_frac
 # dimension, and the confirmation of the front on fresh seeds at the end of a search
@@ -153,6 +149,8 @@ class SearchSpace:
 
     @property
     def context(self) -> SpaceContext:
+        from search_spaces.families import SpaceContext
+
         return SpaceContext(units=tuple(self.units), epochs=self.epochs, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,9 +292,18 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     model = data["model"]
     if not isinstance(model, str):
         raise check.err("model", f"must be a model name or an import path, got {short(model)}")
-    if model not in MODELS and not names_user_code(model):
-        raise check.err("model", f"unknown model {short(model)}; allowed: {', '.join(MODELS)}, or an import path to "
+    # the built-in models, and any registered from Python (then layerout.models is loaded already):
+    # without importing torch, which the checks from here on need (the model is built and run)
+    registry = sys.modules.get("layerout.models")
+    models = tuple(registry.MODELS) if registry is not None else BUILTIN_MODELS
+    if model not in models and not names_user_code(model):
+        raise check.err("model", f"unknown model {short(model)}; allowed: {', '.join(models)}, or an import path to "
                                  "your own like my_pkg.nets:build")
+    from layerout.preflight import check_model_and_data
+    from layerout.trainer import check_unit_spec
+    from layerout.units import unit_pairs
+    from search_spaces.families import SpaceContext
+
     unit_spec = None
     if data.get("units") is not None:
         try:
@@ -305,7 +312,9 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
             raise check.err("units", str(e).split(": ", 1)[1]) from None
     seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
     train = _train(check, data.get("train"), model, dataset, seed)
-    code = [str(folder), os.getcwd()] if names_user_code(model) or names_user_code(dataset) else []
+    # each folder once (the space's folder is often the current one)
+    code = list(dict.fromkeys([str(folder), str(Path.cwd().resolve())])) if names_user_code(model) or \
+        names_user_code(dataset) else []
     userland.add_code_paths(code)
     try:
         checked = check_model_and_data(model, dataset, unit_spec, val_frac=train["val_frac"], seed=seed,
@@ -360,7 +369,10 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:
     """The ``train:`` block, checked and completed by TrainConfig (the one source of defaults)."""
-    block = check.mapping("train", raw, TRAIN_FIELDS)
+    from layerout.trainer import TrainConfig
+
+    train_fields = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_TRAIN_FIELDS)
+    block = check.mapping("train", raw, train_fields)
     try:
         cfg = TrainConfig(model=model, dataset=dataset, seed=seed, **block)
     except UserError as e:
@@ -370,10 +382,13 @@ def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dic
         raise check.err("train.lr_milestones", f"must be an increasing list of integer epochs within "
                                                f"[1, {epochs - 1}] (epochs = {epochs}), got {short(ms)}")
     resolved = asdict(cfg)
-    return {k: resolved[k] for k in TRAIN_FIELDS}
+    return {k: resolved[k] for k in train_fields}
 
 
 def _families(check: Checker, raw: Any, ctx: SpaceContext) -> dict[str, FamilySpace]:
+    from layerout.schedules import SCHEDULES
+    from search_spaces.families import FAMILY_SPACES
+
     if raw is None:
         raw = {"layerout": {}}
     kinds = ", ".join(FAMILY_SPACES)

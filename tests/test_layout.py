@@ -4,6 +4,7 @@ search-space family and the reverse."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,11 @@ def imports_of(name: str, file: Path, modules: dict[str, Path]) -> set[str]:
     found: set[str] = set()
     package = name if file.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(file.read_text(), str(file))):
-        if isinstance(node, ast.Import):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "_PUBLIC" for t in node.targets)):
+            # a package's public names imported on first use (layerout.lazy): the modules it names
+            found.update(v.value for v in node.value.values if isinstance(v, ast.Constant) and v.value in modules)
+        elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name in modules)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -112,3 +117,51 @@ def test_a_schedule_without_a_search_family_is_refused(monkeypatch):
     monkeypatch.setitem(SCHEDULES, "orphan", Orphan)
     with pytest.raises(ImportError, match=r"without a search-space family: \['orphan'\]"):
         check_registries()
+
+
+# what a command line may have imported when it answers --help or a bad argument: torch and Ray take
+# seconds to import, so they are loaded only when a search, a training run or an analysis starts
+NOT_BEFORE_WORK = ("torch", "ray")
+RUN_COMMAND = """
+import atexit, json, runpy, sys
+out, argv = sys.argv[1], sys.argv[2:]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted({m.split(".")[0] for m in sys.modules}))))
+sys.argv = [argv[0] if argv[0] != "-m" else argv[1], *argv[(2 if argv[0] == "-m" else 1):]]
+if argv[0] == "-m":
+    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("argv, status, said", [
+    (["tune_main.py", "--help"], 0, "usage: python tune_main.py"),
+    (["tune_main.py", "--list-presets"], 0, "paper-cifar10-vgg16"),
+    (["tune_main.py", "--num-samples", "0"], 2, "error: --num-samples: must be >= 1, got 0"),
+    (["tune_main.py", "--sampler", "grid"], 2, "error: argument --sampler: invalid choice: 'grid'"),
+    (["tune_main.py", "--resume", "somewhere", "--seed", "3"], 2, "error: --resume continues an experiment"),
+    (["tune_main.py", "--preset", "nope"], 2, "error: unknown preset 'nope'; available: demo"),
+    (["tune_main.py", "--space", "{tmp}/bad.yaml"], 2, "bad.yaml: not valid YAML"),
+    (["tune_main.py", "--space", "{tmp}/keys.yaml"], 2, "keys.yaml: epoch: unknown key"),
+    (["tune_main.py", "--space", "{tmp}/model.yaml"], 2, "model.yaml: model: unknown model 'resnet9'; allowed: "
+                                                         "mnist_shallow, vgg16"),
+    (["-m", "layerout.train", "--help"], 0, "usage: python -m layerout.train"),
+    (["-m", "layerout.train", "--epochs", "x"], 2, "error: argument --epochs: invalid int value: 'x'"),
+    (["-m", "analysis", "--help"], 0, "usage: python -m analysis"),
+])
+def test_help_and_bad_arguments_answer_without_importing_torch_or_ray(argv, status, said, tmp_path):
+    """--help, --list-presets, a bad flag and a space file that is wrong before its model is built
+    are answered before torch and Ray are imported (each takes seconds to import)."""
+    (tmp_path / "bad.yaml").write_text("model: [digits_cnn\n")
+    (tmp_path / "keys.yaml").write_text("model: digits_cnn\ndataset: digits\nepoch: 3\n")
+    (tmp_path / "model.yaml").write_text("model: resnet9\ndataset: digits\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = tmp_path / "modules.json"
+    proc = subprocess.run([sys.executable, "-c", RUN_COMMAND, str(out), *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == status, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert said in (proc.stdout if status == 0 else proc.stderr), proc.stdout[-2000:] + proc.stderr[-2000:]
+    if status:
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    loaded = json.loads(out.read_text())
+    assert [m for m in NOT_BEFORE_WORK if m in loaded] == [], loaded

@@ -63,7 +63,8 @@ def _readme_tools_code() -> str:
 
 def test_logger_csv_a_users_callback_and_the_readme_tools_on_a_real_search(tmp_path, monkeypatch, capsys):
     mine = Epochs()
-    monkeypatch.setattr(tune_main, "run_search", functools.partial(run_search, callbacks=[mine]))
+    # tune_main imports run_search from tuning.search when a search starts
+    monkeypatch.setattr("tuning.search.run_search", functools.partial(run_search, callbacks=[mine]))
     rc = tune_main.main(["--space", str(_space(tmp_path)), "--storage", str(tmp_path / "res"), "--name", "csv",
                          "--logger", "csv", "--no-analysis", "--progress-interval", "600"])
     assert rc == 0

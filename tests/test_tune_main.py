@@ -1,8 +1,8 @@
 """tune_main.py end to end on CPU: real searches on digits through the command line's code path.
 
 Every search here starts its own local Ray on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and
-shuts it down before returning (tune_main.main does both); the cluster test starts and stops a
-real head node with ray.cluster_utils.Cluster. Small: 3 epochs of digits_cnn per trial.
+shuts it down before returning (tune_main.main does both); a search on a cluster of two nodes is
+tests/test_cluster.py. Small: 3 epochs of digits_cnn per trial.
 """
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ def test_search_writes_experiment_trials_and_epochs(tmp_path, capsys):
         assert col in trials.columns, col
     for col in ["trial_id", *METRICS]:
         assert col in epochs.columns, col
+    # where each trial and epoch ran: the local Ray's one node, on loopback
+    assert (epochs["node_ip"] == "127.0.0.1").all() and epochs["node_id"].nunique() == 1
+    assert trials["node_id"].tolist() == [epochs["node_id"].iloc[0]] * 4 and len(trials["node_id"].iloc[0]) == 56
     # the paper's configurations come first and are marked
     assert trials["paper_config"].fillna("").tolist() == ["baseline", "since_start", "warmup_random", "efreeze"]
     assert trials["family"].tolist() == ["none", "layerout", "layerout", "layerout"]
@@ -167,157 +170,6 @@ def test_asha_stops_a_clearly_worse_trial_and_keeps_its_row(tmp_path, capsys):
     # the paper's configurations are the reference points: ASHA never stops them
     paper = trials[trials["paper_config"].fillna("") != ""]
     assert len(paper) == 5 and not paper["stopped_early"].any() and (paper["epochs_done"] == EPOCHS).all()
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for sk in socks:
-        sk.bind(("", 0))
-    ports = [sk.getsockname()[1] for sk in socks]
-    for sk in socks:
-        sk.close()
-    return ports
-
-
-class RayNodes:
-    """A Ray cluster of this machine's nodes, started the way the README's cluster section says
-    (``ray start``, token authentication), each node in its own process group so that it can be
-    killed alone (a node that dies) and every process is ended at the close."""
-
-    def __init__(self, tmp: Path):
-        import secrets
-
-        self.tmp, self.groups = tmp, {}
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), TMPDIR=str(tmp),
-                        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        self.port = _free_ports(1)[0]
-        self.address = f"127.0.0.1:{self.port}"
-
-    def start(self, name: str, head: bool) -> None:
-        ray = str(Path(sys.executable).with_name("ray"))
-        p = _free_ports(8)
-        cmd = [ray, "start", "--num-cpus=1", f"--temp-dir={self.tmp / 'ray'}", "--block", "--disable-usage-stats",
-               f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
-               f"--dashboard-agent-grpc-port={p[3]}", f"--metrics-export-port={p[4]}",
-               f"--runtime-env-agent-port={p[5]}"]
-        cmd += (["--head", f"--port={self.port}", "--include-dashboard=false"]
-                if head else [f"--address={self.address}"])
-        log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        self.groups[name] = proc
-        deadline = time.time() + 120
-        while "Ray runtime started" not in (self.tmp / f"{name}.log").read_text():
-            assert proc.poll() is None and time.time() < deadline, (self.tmp / f"{name}.log").read_text()[-3000:]
-            time.sleep(0.3)
-
-    def kill(self, name: str) -> None:
-        proc = self.groups.pop(name)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-    def in_node(self, name: str, pid: int) -> bool:
-        """Whether process ``pid`` descends from the node's ``ray start`` (Linux: /proc)."""
-        top = self.groups[name].pid if name in self.groups else None
-        while pid > 1:
-            if pid == top:
-                return True
-            try:
-                stat_line = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                return False
-            pid = int(stat_line.rsplit(")", 1)[1].split()[1])  # the parent's pid
-        return False
-
-    def kill_raylet(self, name: str) -> None:
-        """Kill the node's raylet alone (the node dies; Ray's other processes notice)."""
-        raylets = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                   and b"raylet/raylet" in _read_bytes(p / "cmdline") and self.in_node(name, int(p.name))]
-        assert len(raylets) == 1, raylets
-        os.kill(raylets[0], signal.SIGKILL)
-
-    def close(self) -> None:
-        for name in list(self.groups):
-            self.kill(name)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="Ray supports clusters of several nodes on Linux only")
-def test_cluster_of_two_nodes_with_token_auth_survives_a_node_death(tmp_path, private_tmp):
-    """The README's cluster commands: a head and a worker node with ray start and token
-    authentication, the search joined with --address. The worker node dies mid-search: its trial
-    restarts from its checkpoint on the head; the console gets one line naming the node and the
-    trial, the details go to the experiment's log file. Only the packages trials import are
-    shipped to the workers."""
-    nodes = RayNodes(private_tmp)
-    space = _space(tmp_path, "clu", "  prefix: {k: [1, 2], start_epoch: [0, 1]}",
-                   extra="").read_text().replace(f"epochs: {EPOCHS},", "epochs: 40,")
-    (tmp_path / "clu.yaml").write_text(space.replace("paper_configs: true", "paper_configs: false"))
-    exp = tmp_path / "res" / "clu"
-    try:
-        nodes.start("head", head=True)
-        nodes.start("worker", head=False)
-        # a driver with another token: one line at once (Ray's client would retry for minutes)
-        wrong = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--preset", "demo", "--address",
-                                nodes.address, "--storage", str(tmp_path / "other")], cwd=tmp_path,
-                               capture_output=True, text=True, env={**nodes.env, "RAY_AUTH_TOKEN": "0" * 32},
-                               timeout=120)
-        from helpers import assert_one_line_error
-
-        assert_one_line_error(wrong, f"error: --address {nodes.address}: the cluster refused this driver's "
-                                     "authentication token; a cluster with token authentication needs "
-                                     "RAY_AUTH_MODE=token and its token here too")
-        cmd = [sys.executable, str(ROOT / "tune_main.py"), "--space", str(tmp_path / "clu.yaml"), "--storage",
-               str(tmp_path / "res"), "--name", "clu", "--address", nodes.address, "--num-samples", "4",
-               "--max-concurrent", "2", "--scheduler", "none", "--no-analysis"]
-        out_log = open(tmp_path / "driver.out", "w")
-        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=out_log, stderr=subprocess.STDOUT, env=nodes.env,
-                                  start_new_session=True)
-        victim, deadline = None, time.time() + 240
-        while victim is None and driver.poll() is None and time.time() < deadline:
-            for d in exp.glob("trial_*"):
-                lines = _result_lines(d)
-                if lines and lines[-1].get("epoch", 0) >= 3 and nodes.in_node("worker", lines[-1]["pid"]):
-                    victim = d.name.removeprefix("trial_")
-            time.sleep(0.2)
-        assert victim, (tmp_path / "driver.out").read_text()[-3000:]
-        nodes.kill_raylet("worker")
-        driver.wait(timeout=400)
-        out_log.close()
-    finally:
-        if "driver" in locals() and driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        nodes.close()
-    out = (tmp_path / "driver.out").read_text()
-    assert driver.returncode == 0, out[-5000:]
-    trials, epochs, meta = _read(exp)
-    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == 40).all()
-    assert len(epochs) == 4 * 40 and meta["options"]["address"] == nodes.address
-    lines = _result_lines(exp / f"trial_{victim}")
-    assert [r["epoch"] for r in lines if r["epoch"] == 1] == [1], "the trial was trained from scratch again"
-    # the console: one line for the node's death, naming the trial; no traceback, no Ray state dumps
-    node_lines = [ln for ln in out.splitlines() if ln.startswith(("node ", f"trial {victim} failed", "ray: "))]
-    assert len(node_lines) == 1, out[-5000:]
-    assert re.fullmatch(rf"node \S+ \([0-9a-f]{{8}}\) died: trial {victim} ran there; it restarts from its last "
-                        rf"checkpoint \(details in {re.escape(str(exp / 'ray.log'))}\)", node_lines[0]), node_lines[0]
-    assert "Traceback" not in out and "[state-dump]" not in out and "(raylet)" not in out, out[-5000:]
-    log = (exp / "ray.log").read_text()
-    assert f"Trial task failed for trial train_trial_{victim}" in log and "Raylet is terminated" in log
-    # what was shipped to the workers: the four packages trials import, nothing else of the checkout
-    shipped = sorted({p.name for p in private_tmp.glob("ray/session_*/runtime_resources/py_modules_files/*/*")})
-    assert shipped == ["analysis", "layerout", "search_spaces", "tuning"], shipped
-    assert not list(private_tmp.glob("ray/session_*/runtime_resources/working_dir_files/*"))
 
 
 def _env() -> dict[str, str]:
@@ -704,7 +556,9 @@ def test_address_where_no_cluster_answers_is_one_line(tmp_path):
 def test_only_the_packages_trials_import_are_shipped(monkeypatch):
     from tuning.search import _runtime_env
 
-    code = ("import sys, tuning.trainable\n"
+    # what the cluster unpickles: the trial function, and (a ray:// driver runs the Tuner there) the
+    # searcher and the scheduler (MOASHA sorts with analysis.pareto)
+    code = ("import sys, tuning.trainable, tuning.searcher, tuning.schedulers\n"
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'layerout', 'search_spaces', 'tuning', 'analysis', 'tune_main', 'benchmarks', 'tests'})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),

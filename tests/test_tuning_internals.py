@@ -226,3 +226,52 @@ def test_last_trial_error_is_the_exception_of_the_failed_attempt(tmp_path):
         ray.shutdown()
     assert len(_ERRORS) == 1 and isinstance(_ERRORS[0], ray.exceptions.RayTaskError)
     assert isinstance(_ERRORS[0].as_instanceof_cause(), ValueError) and "first attempt fails" in str(_ERRORS[0])
+
+
+_SEEN: list = []
+
+
+class _RecordPlaces(tune.Callback):
+    """What the driver knows of a trial: its actor's node at each result, and at each failure the
+    epoch of the checkpoint Ray Tune restarts it from."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        _SEEN.append(("result", trial.config["x"], internals.trial_node(trial), result["node"]))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        _SEEN.append(("recover", trial.config["x"], internals.checkpoint_epoch(trial)))
+
+
+def _fails_after(config):
+    """Reports ``x`` epochs with a checkpoint, fails once, then finishes from its checkpoint."""
+    start = 0
+    if tune.get_checkpoint() is not None:
+        with tune.get_checkpoint().as_directory() as d:
+            start = int(Path(d, "epoch.txt").read_text())
+    node = ray.get_runtime_context().get_node_id()
+    for epoch in range(start + 1, 4):
+        if epoch == config["x"] + 1 and not Path(config["marker"]).exists():
+            Path(config["marker"]).write_text("failed once")
+            raise ValueError("the worker fails")
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "epoch.txt").write_text(str(epoch))
+            tune.report({"epoch": epoch, "node": node}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def test_trial_node_and_checkpoint_epoch_in_the_driver(tmp_path):
+    """The node a trial's actor runs on is the one the trial reports; a trial that failed after its
+    second epoch restarts from the checkpoint of epoch 2, one that failed before any from none."""
+    _SEEN.clear()
+    _init_ray(None)
+    try:
+        tune.Tuner(_fails_after, param_space={"x": tune.grid_search([0, 2]),
+                                              "marker": tune.sample_from(lambda s: str(tmp_path / f"m{s.config.x}"))},
+                   tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                   run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                             failure_config=tune.FailureConfig(max_failures=1),
+                                             callbacks=[_RecordPlaces()])).fit()
+    finally:
+        ray.shutdown()
+    results = [s for s in _SEEN if s[0] == "result"]
+    assert len(results) == 6 and all(len(s[2]) == 56 and s[2] == s[3] for s in results), _SEEN
+    assert sorted(s[1:] for s in _SEEN if s[0] == "recover") == [(0, None), (2, 2)]

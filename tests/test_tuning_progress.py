@@ -1,6 +1,8 @@
-"""The driver's console lines (tuning/progress.py) for failures: trials that lose their workers are
-reported once per node, a retried failure of the trial's own gets one line. Fake trials and a fake
-node table; no Ray cluster (the two-node test in test_tune_main.py kills a real node)."""
+"""The driver's console lines (tuning/progress.py, tuning/nodes.py) for failures: trials that lose
+their workers are reported once per node, named by address and short id, with what each trial does
+next; a retried failure of the trial's own gets one line. Fake trials, a fake node table, actor
+table, checkpoints and raylet ports; no Ray cluster (the two-node test in test_tune_main.py kills a
+real node)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 
+import tuning.nodes as nodes_mod
 import tuning.progress as progress
 from tuning.progress import TrialProgress
 
@@ -16,7 +19,8 @@ NODE_A, NODE_B = "a" * 56, "b" * 56
 
 def _trial(tid: str, node: str, status: str = "RUNNING", epoch: int = 3, tmp=None):
     return SimpleNamespace(trial_id=tid, status=status, last_result={"epoch": epoch, "node_id": node},
-                           config={"family": "prefix"}, path=str(tmp / f"trial_{tid}"), num_failures=1)
+                           config={"family": "prefix"}, path=str(tmp / f"trial_{tid}"), num_failures=1,
+                           checkpoint_epoch=epoch, actor_node=None)
 
 
 @pytest.fixture
@@ -24,15 +28,20 @@ def console(monkeypatch, capsys, tmp_path):
     errors: dict[str, BaseException] = {}
     nodes = {NODE_A: {"NodeID": NODE_A, "Alive": True, "NodeManagerAddress": "10.0.0.5"},
              NODE_B: {"NodeID": NODE_B, "Alive": True, "NodeManagerAddress": "10.0.0.6"}}
+    gone: set[str] = set()  # nodes whose raylet port refuses connections
     monkeypatch.setattr(progress.internals, "last_trial_error", lambda t: errors.get(t.trial_id))
-    monkeypatch.setattr(progress, "_nodes", lambda: {k: dict(v) for k, v in nodes.items()})
-    monkeypatch.setattr(progress, "RAYLET_DEATHS", [])
-    monkeypatch.setattr(progress, "DEAD_NODES", set())
+    monkeypatch.setattr(nodes_mod.internals, "checkpoint_epoch", lambda t: t.checkpoint_epoch)
+    monkeypatch.setattr(nodes_mod.internals, "trial_node", lambda t: t.actor_node)
+    monkeypatch.setattr(nodes_mod, "_nodes", lambda: {k: dict(v) for k, v in nodes.items()})
+    monkeypatch.setattr(nodes_mod, "_raylet_gone", lambda info: info["NodeID"] in gone)
+    deaths: list[float] = []
+    monkeypatch.setattr(nodes_mod, "RAYLET_DEATHS", deaths)
+    monkeypatch.setattr(nodes_mod, "DEAD_NODES", set())
     clock = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: clock[0])
     (tmp_path / "ray.log").write_text("")
-    return SimpleNamespace(errors=errors, nodes=nodes, clock=clock, tmp=tmp_path,
-                           lines=lambda: capsys.readouterr().out.splitlines())
+    return SimpleNamespace(errors=errors, nodes=nodes, clock=clock, tmp=tmp_path, gone=gone, deaths=deaths,
+                           log=tmp_path / "ray.log", lines=lambda: capsys.readouterr().out.splitlines())
 
 
 def test_trials_lost_on_a_dead_node_are_one_line(console):
@@ -47,16 +56,16 @@ def test_trials_lost_on_a_dead_node_are_one_line(console):
     console.nodes[NODE_A]["Alive"] = False
     console.clock[0] += 2.5
     p.on_step_end(2, trials)
-    # t3 was running there too; it has not failed yet, but the node is gone
-    assert console.lines() == [f"node 10.0.0.5 (aaaaaaaa) died: trials t1, t2, t3 ran there; they restart from "
-                               f"their last checkpoints (details in {console.tmp / 'ray.log'})"]
+    assert console.lines() == []  # t3 ran there too: its line waits for it to fail (up to SETTLE_S)
+    t2.checkpoint_epoch = None  # t3 fails too, with a checkpoint; t2 had none yet
     console.errors["t3"] = ActorDiedError()
     p.on_trial_recover(3, trials, t3)
-    console.clock[0] += 10
+    console.clock[0] += 2
     p.on_step_end(4, trials)
     p.on_experiment_end(trials)
-    assert console.lines() == [f"node 10.0.0.5 (aaaaaaaa) died: trial t3 ran there; it restarts from its last "
-                               f"checkpoint (details in {console.tmp / 'ray.log'})"]
+    assert console.lines() == [f"node 10.0.0.5 (aaaaaaaa) died: trial t1 restarts from epoch 3 (its last checkpoint), "
+                               f"trial t2 restarts from epoch 3 (its last checkpoint), trial t3 restarts from epoch 3 "
+                               f"(its last checkpoint); details in {console.log}"]
 
 
 def test_a_lost_worker_on_a_live_node_and_a_failure_of_the_trial(console):
@@ -73,8 +82,56 @@ def test_a_lost_worker_on_a_live_node_and_a_failure_of_the_trial(console):
     assert console.lines() == [
         f"trial t2 failed (ValueError: boom; details in {log}); it restarts from its last checkpoint (epoch 3), "
         "attempt 2",
-        f"node 10.0.0.6 (bbbbbbbb) lost a worker process: trial t1 ran there; it restarts from its last checkpoint "
-        f"(details in {log})"]
+        f"node 10.0.0.6 (bbbbbbbb) lost a worker process: trial t1 restarts from epoch 3 (its last checkpoint); "
+        f"details in {log}"]
+
+
+def test_a_raylet_death_names_its_node_at_once_and_each_trial_s_next_step(console):
+    """The cluster announces a raylet's death without naming the node; the driver probes the raylets'
+    ports and knows the node before the node table says it is dead. A trial lost before its first
+    result is placed by its actor (no checkpoint yet); one whose worker process outlived the node
+    and finished there, and one still running there when Ray marked the node dead, are said so;
+    one lost after the line gets a line of its own."""
+    p = TrialProgress(num_samples=5, epochs=10, interval=0)
+    early = _trial("t1", "", tmp=console.tmp)
+    early.last_result, early.checkpoint_epoch, early.actor_node = {}, None, NODE_A  # no epoch reported yet
+    ran, done, still, other = (_trial(i, NODE_A, tmp=console.tmp) for i in ("t2", "t3", "t4", "t5"))
+    other.last_result["node_id"] = NODE_B
+    trials = [early, ran, done, still, other]
+    for t in trials[1:]:
+        p.on_trial_result(0, trials, t, t.last_result)
+    p.on_step_end(0, trials)  # the node table as it was; t1 placed by its actor
+    console.gone.add(NODE_A)
+    console.deaths.append(console.clock[0])  # "Raylet is terminated" (tuning.progress.ray_log_to)
+    for t in (early, ran):
+        console.errors[t.trial_id] = ActorDiedError()
+        p.on_trial_recover(1, trials, t)
+    done.status = "TERMINATED"  # its worker outlived the raylet long enough to finish
+    p.on_trial_complete(1, trials, done)
+    console.clock[0] += 0.5
+    p.on_step_end(2, trials)  # probed at once: node A is gone; t4 still runs there
+    assert [line.split("  ")[0] for line in console.lines()] == ["[1/5] trial t3"]
+    console.clock[0] += 12
+    p.on_step_end(3, trials)
+    assert console.lines() == []  # t4 has not failed, and Ray has not marked the node dead yet
+    console.nodes[NODE_A]["Alive"] = False  # Ray marks it dead, t4 still runs: 3 s more, then the line
+    console.clock[0] += 2
+    p.on_step_end(4, trials)
+    assert console.lines() == []
+    console.clock[0] += 3
+    p.on_step_end(5, trials)
+    assert console.lines() == [
+        f"node 10.0.0.5 (aaaaaaaa) died: trial t1 restarts from the start (no checkpoint yet), trial t2 restarts from "
+        f"epoch 3 (its last checkpoint), trial t3 finished there: its worker process outlived the node, trial t4 is "
+        f"still running: its worker process outlived the node; details in {console.log}"]
+    console.errors["t4"] = ActorDiedError()
+    still.checkpoint_epoch = 7
+    p.on_trial_error(4, trials, still)  # no restarts left
+    p.on_experiment_end(trials)
+    lines = console.lines()
+    assert lines[0].startswith("[2/5] trial t4  prefix") and "FAILED after 3/10 epochs" in lines[0]
+    assert lines[1:] == [f"node 10.0.0.5 (aaaaaaaa) died: trial t4 is not restarted (no restarts left, "
+                         f"--max-failures); details in {console.log}"]
 
 
 def test_status_of_a_search_from_trial_events(console):

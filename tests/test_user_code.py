@@ -493,3 +493,17 @@ def test_models_cli_counts_flops_at_the_image_size_of_an_image_folder(tmp_path, 
     rc, _, err = _in_process(main, ["--units", "uc_pool:PoolNet", "--dataset", f"imagefolder:{tmp_path / 'pets'}",
                                     "--image-size", "0"], capsys)
     assert rc == 2 and err.startswith("error: --image-size: must be") and err.count("\n") == 1
+def test_a_space_beside_its_module_records_each_code_folder_once(tmp_path, monkeypatch):
+    """Run from the space file's folder (as the examples are), the folder is both the space's and the
+    current one: experiment.json's code.paths names it once."""
+    from search_spaces.space import load_space
+    from tuning.usercode import code_info
+
+    folder = write_module(tmp_path / "proj", "uc_once")
+    (folder / "once.yaml").write_text("model: uc_once:FixtureNet\ndataset: uc_once:digits\n"
+                                      "train: {epochs: 2, device: cpu}\nfamilies: {prefix: {}}\n")
+    monkeypatch.chdir(folder)
+    space = load_space("once.yaml")
+    assert space.code_paths == [str(folder.resolve())]
+    assert code_info(space.model, space.dataset, [*space.code_paths, *space.code_paths], {})["paths"] == \
+        [str(folder.resolve())]

@@ -30,7 +30,11 @@ records the version it was written for (``CHECKED_WITH``):
 - ``driver_error_messages``: the error messages Ray's GCS publishes to the driver (a raylet that
   died, with the tail of its log) go to a function instead of the console while it is active;
 - ``trial_folder``: inside a running trial, its own folder (``trial_<id>/`` in the experiment
-  directory when the storage is a local file system, else Ray's per-trial working directory).
+  directory when the storage is a local file system, else Ray's per-trial working directory);
+- ``trial_node``: in the driver, the node a trial's worker (its Ray actor) was placed on, from
+  the GCS's actor table, before the trial has reported anything (``node_id`` in its results
+  says it after);
+- ``checkpoint_epoch``: in the driver, the epoch of the checkpoint a failed trial restarts from.
 """
 from __future__ import annotations
 
@@ -294,3 +298,32 @@ def driver_error_messages(handle: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         ray_worker.print_to_stdstream = original
+
+
+def trial_node(trial: Any) -> str | None:
+    """The id (hex) of the node the trial's current worker, its Ray actor
+    (``Trial.temporary_state.ray_actor``), was placed on: the ``Address.NodeID`` of the actor's
+    entry in the GCS's actor table (``ray._private.state.actors``; kept after the actor died).
+    None when the trial has no actor, the actor is not placed yet, or the table cannot be read."""
+    try:
+        actor = trial.temporary_state.ray_actor
+        if actor is None:
+            return None
+        import ray._private.state as ray_state
+
+        node = (ray_state.actors(actor_id=actor._actor_id.hex()).get("Address") or {}).get("NodeID") or ""
+    except Exception:  # noqa: BLE001 - only for the wording of a console line
+        return None
+    return node if node.strip("0") else None
+
+
+def checkpoint_epoch(trial: Any) -> int | None:
+    """The epoch the trial's latest checkpoint holds (``Trial.latest_checkpoint_result``: the
+    checkpoint Ray Tune restores a failed trial from, with the metrics reported with it); None
+    when it has none."""
+    try:
+        latest = trial.latest_checkpoint_result
+        epoch = latest.metrics.get("epoch") if latest is not None and latest.checkpoint is not None else None
+    except Exception:  # noqa: BLE001 - only for the wording of a console line
+        return None
+    return int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch > 0 else None

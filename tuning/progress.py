@@ -1,6 +1,6 @@
 """The driver's console output during a search: one line per trial that ends (finished, stopped
 early or failed), one per proposed configuration that repeats a trial (not trained again), one line
-when a node (or a trial's worker process) is lost, and the search's status every few seconds: a
+when a node (or a trial's worker process) is lost (``tuning.nodes``), and the search's status every few seconds: a
 progress bar on a terminal, a status line in a log file (``--progress-interval``), instead of
 Ray's tables and tracebacks. The counting and the estimate of the time left are Ray-free
 (``layerout.progress.JobProgress``); ``TrialProgress`` feeds them Ray Tune's trial events.
@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import ray
-from ray.exceptions import (LocalRayletDiedError, NodeDiedError, OwnerDiedError, RayActorError, RayTaskError,
-                            WorkerCrashedError)
+from ray.exceptions import RayTaskError
 from ray.tune import Callback
 
 from layerout.checks import cut
@@ -29,16 +27,10 @@ from layerout.formatting import pct
 from layerout.progress import JobProgress, StatusDisplay, say
 from search_spaces.trials import config_epochs
 from tuning import internals
+# NODE_ID and RAY_LOG are also this module's names (the trainable and the search import them from here)
+from tuning.nodes import (DEAD_NODES, LOST_WORKER, NODE_ID, RAY_LOG, RAYLET_DEATHS, NodeWatch,  # noqa: F401
+                          log_hint)
 
-RAY_LOG = "ray.log"  # in the experiment directory: Ray's warnings and errors during the search
-NODE_ID = "node_id"  # reported by every trial (tuning.trainable): the Ray node it runs on
-# errors that mean a trial's worker process, or the node it ran on, is gone (not the trial's code)
-LOST_WORKER = (RayActorError, NodeDiedError, WorkerCrashedError, LocalRayletDiedError, OwnerDiedError)
-POLL_S = 2.0  # how often the driver reads Ray's node table
-GROUP_S = 3.0  # trials that lose their workers within this long are reported on one line per node
-RAYLET_DEATHS: list[float] = []  # when the cluster announced a raylet's death (ray_log_to), this driver
-RAYLET_DEATH_WINDOW_S = 30.0  # a lost worker this close to such an announcement: its node died
-DEAD_NODES: set[str] = set()  # node ids the cluster announced as marked dead (ray_log_to)
 # the cluster's messages about a node's death: one console line from TrialProgress says it all
 _RAYLET_DIED = "Raylet is terminated"
 _NODE_MARKED_DEAD = re.compile(r"node id: ([0-9a-f]+)\b.*has been marked dead", re.S)
@@ -75,13 +67,13 @@ class TrialProgress(Callback):
         self.scheduler = scheduler
         self.interval = interval
         self._printed: set[str] = set()
-        self._lost: list[tuple[float, str, Any]] = []  # (time, node id, trial) waiting to be reported
         self._repeats: Callable[[], int] | None = None
         self._shown: StatusDisplay | None = None
+        self._watch: NodeWatch | None = None
 
     def __getstate__(self) -> dict:  # pickled with the Tuner: the console's state stays here
         state = dict(self.__dict__)
-        for key in ("_shown", "_repeats"):
+        for key in ("_shown", "_repeats", "_watch"):
             state.pop(key, None)
         return state
 
@@ -89,11 +81,11 @@ class TrialProgress(Callback):
         self.__dict__.update(state)
         self.__dict__.setdefault("scheduler", "the scheduler")
         self.__dict__.setdefault("interval", None)
-        self.__dict__.pop("quiet_s", None)
-        self.__dict__.pop("_last_print", None)
-        self._lost = []
+        for key in ("quiet_s", "_last_print", "_lost", "_alive", "_reported", "_polled"):  # older versions' state
+            self.__dict__.pop(key, None)
         self._repeats = None
         self._shown = None
+        self._watch = None
 
     def configure(self, interval: float | None = None, repeats: Callable[[], int] | None = None) -> None:
         """Set the status interval (None keeps it) and what counts the repeated proposals."""
@@ -108,6 +100,13 @@ class TrialProgress(Callback):
             job = JobProgress(self.num_samples, self.epochs, clock=lambda: time.time(), noun="trials")
             self._shown = StatusDisplay(job, self.interval, label="search")
         return self._shown
+
+    @property
+    def nodes(self) -> NodeWatch:
+        """Which node each trial runs on and the lines for lost nodes (made on first use)."""
+        if self._watch is None:
+            self._watch = NodeWatch(self._print)
+        return self._watch
 
     def _print(self, line: str) -> None:
         self.display.write(line)
@@ -144,59 +143,25 @@ class TrialProgress(Callback):
 
     # ------------------------------------------------------------------ failures
     def _failure(self, trial: Any, recovers: bool) -> None:
-        """A failed attempt: a lost worker is reported with its node (``_watch_nodes``); a failure
+        """A failed attempt: a lost worker is reported with its node (``tuning.nodes``); a failure
         of the trial itself that will be retried gets its own line."""
         exc = internals.last_trial_error(trial)
         if isinstance(exc, LOST_WORKER):
-            node = str((trial.last_result or {}).get(NODE_ID) or "")
-            self._lost.append((time.time(), node, trial))
+            self.nodes.lost(trial, recovers)
             return
         if recovers:
             cause = getattr(exc, "cause", None) or exc if isinstance(exc, RayTaskError) else exc
             what = f"{type(cause).__name__}: {cut(' '.join(str(cause).split()), 80)}" if cause is not None else "an error"
             res = trial.last_result or {}
-            self._print(f"trial {trial.trial_id} failed ({what}; details in {_log_hint(trial)}); it restarts from "
+            self._print(f"trial {trial.trial_id} failed ({what}; details in {log_hint(trial)}); it restarts from "
                         f"its last checkpoint (epoch {res.get('epoch') or 0}), attempt {trial.num_failures + 1}")
-
-    def _watch_nodes(self, trials: list, force: bool = False) -> None:
-        """One line per node that died, with the trials that ran there, and one per node whose
-        trials lost their worker processes while it stayed up. Lost workers are grouped for
-        ``GROUP_S``; Ray's node table is read at most every ``POLL_S``."""
-        now = time.time()
-        lost_due = bool(self._lost) and now - self._lost[0][0] >= GROUP_S
-        if not force and not lost_due and now - getattr(self, "_polled", 0.0) < POLL_S:
-            return
-        self._polled = now
-        nodes = _nodes()
-        alive = {n for n, info in nodes.items() if info.get("Alive")}
-        known, self._alive = getattr(self, "_alive", None), alive
-        reported = self.__dict__.setdefault("_reported", set())
-        for node in sorted((known or set()) - alive - reported):  # died since the last look
-            lost = [t for _, n, t in self._lost if n == node]
-            lost += [t for t in trials if t.status == "RUNNING" and t not in lost
-                     and (t.last_result or {}).get(NODE_ID) == node]
-            self._lost = [e for e in self._lost if e[1] != node]
-            reported.add(node)
-            self._print(_node_line(node, nodes.get(node, {}), "died", lost))
-        ready = [e for e in self._lost if force or now - e[0] >= GROUP_S]
-        self._lost = [e for e in self._lost if e not in ready]
-        by_node: dict[str, list[tuple[float, Any]]] = {}
-        for when, node, trial in ready:
-            by_node.setdefault(node, []).append((when, trial))
-        for node, lost in by_node.items():
-            # a raylet's death is announced by the cluster (ray_log_to) before the node table shows it
-            died = (node and (node in DEAD_NODES or node in nodes and node not in alive)) or any(
-                abs(when - t) <= RAYLET_DEATH_WINDOW_S for when, _ in lost for t in RAYLET_DEATHS)
-            if died:
-                reported.add(node)
-            self._print(_node_line(node, nodes.get(node, {}), "died" if died else "lost a worker process",
-                                   [t for _, t in lost]))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._known(trials)
         self.display.job.started(trial.trial_id, epochs=config_epochs(trial.config, self.epochs))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.nodes.located(trial, result)
         self.display.job.trained(trial.trial_id, _epoch(result))
         if result.get(USER_ERROR):  # its last report: its line now, even if the search then stops it
             self.display.job.ended(trial.trial_id, failed=True)
@@ -207,6 +172,7 @@ class TrialProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         failed = bool((trial.last_result or {}).get(USER_ERROR))  # a mistake in the user's code: not retried
+        self.nodes.ended(trial)
         self.display.job.ended(trial.trial_id, _epoch(trial.last_result), failed=failed)
         self._ended(trials, trial, error=False)
 
@@ -216,7 +182,7 @@ class TrialProgress(Callback):
         self._ended(trials, trial, error=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._watch_nodes(trials, force=True)
+        self.nodes.look(trials, force=True)
         job = self.display.job
         for t in trials:  # ended by a search that stopped (tuning.usercode) before they reported: never ran
             if (t.trial_id not in self._printed and t.status in ("TERMINATED", "ERROR")
@@ -231,7 +197,7 @@ class TrialProgress(Callback):
             self._shown.close()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self._watch_nodes(trials)
+        self.nodes.look(trials)
         self._known(trials)
         self._count_repeats()
         self.display.tick()
@@ -266,36 +232,6 @@ def _epoch(result: dict | None) -> int:
         return int((result or {}).get("epoch") or 0)
     except (TypeError, ValueError):
         return 0
-
-
-def _node_line(node: str, info: dict, state: str, lost: list) -> str:
-    """``node 10.0.0.5 (3f9a12cd) died: trial a (running there) restarts from its last checkpoint``."""
-    name = f"node {info.get('NodeManagerAddress', '?')} ({node[:8]})" if node else "a node"
-    if not lost:
-        return f"{name} {state}; no trial was running there"
-    ids = ", ".join(t.trial_id for t in lost)
-    failed = [t.trial_id for t in lost if t.status == "ERROR"]
-    one = len(lost) == 1
-    then = (f"{'it restarts' if one else 'they restart'} from {'its' if one else 'their'} last checkpoint"
-            f"{'' if one else 's'}" if not failed else f"failed for good: {', '.join(failed)}")
-    return f"{name} {state}: trial{'' if one else 's'} {ids} ran there; {then} (details in {_log_hint(lost[0])})"
-
-
-def _nodes() -> dict[str, dict]:
-    """Ray's node table by node id (empty when it cannot be read)."""
-    try:
-        return {n["NodeID"]: n for n in ray.nodes()}
-    except Exception:  # noqa: BLE001 - only for the wording of a console line
-        return {}
-
-
-def _log_hint(trial: Any) -> str:
-    """Where the details of a trial's failure are: the experiment's Ray log, else its error.txt."""
-    try:
-        exp = Path(trial.path).parent
-    except (TypeError, AttributeError):
-        return "error.txt"
-    return str(exp / RAY_LOG) if (exp / RAY_LOG).is_file() else f"{trial.path}/error.txt"
 
 
 class _NotOnConsole(logging.Filter):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import math
 import os
 import platform
 import signal
@@ -42,10 +41,11 @@ from layerout.errors import UserError
 from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, VERSION,
                                  TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines, rungs_csv,
                                  tables_csv)
-from layerout.progress import check_interval, slow_notice
+from layerout.progress import slow_notice
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
 from search_spaces.trials import budget_range, define_by_run, paper_enqueue, reference_enqueue, reference_points
 from tuning import internals, loggers, storage
+from tuning.options import SAMPLERS, SCHEDULERS, SearchOptions  # noqa: F401 - also this module's names
 from tuning.progress import RAY_LOG, TrialProgress, ray_log_to
 from tuning.repair import repair_checkpoint_refs
 from tuning.schedulers import MOASHA, PaperASHA, SchedulerState
@@ -54,8 +54,6 @@ from tuning.trainable import train_trial, trial_dirname
 from tuning.usercode import SHIP_CODE_ENV, UserErrorStop, code_info, failures_to_stop, with_user_modules
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLERS = ("tpe", "nsga2", "random")
-SCHEDULERS = ("moasha", "asha", "none")
 # what MOASHA ranks on in place of an objective: what the trial's policy will save, not what it has saved so far
 PLANNED = {"compute_saved_frac": "planned_compute_saved_frac"}
 # what --resume may change: where the search runs, not what it computes
@@ -65,73 +63,6 @@ Log = Callable[[str], None]
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-@dataclass
-class SearchOptions:
-    """How to run a search (``tune_main.py``'s options). ``None`` means "the space's value"."""
-
-    num_samples: int | None = None
-    max_concurrent: int | None = None
-    sampler: str = "tpe"
-    scheduler: str | None = None
-    seed: int | None = None
-    optuna_storage: str | None = None  # a SQLAlchemy URL or a journal file, for optuna-dashboard
-    address: str | None = None  # a Ray cluster; None starts a fresh local Ray on loopback
-    storage: str = "./results"
-    name: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_failures: int = 2
-    data_dir: str | None = None
-    download: bool = True
-    # seconds to wait for the cluster at ``address``: nothing listening there is an error at once; a
-    # listener that does not answer as a Ray head ends the process with exit status 2 after this
-    # long (ray.init cannot be interrupted once it waits inside Ray's client)
-    connect_timeout: float = 30.0
-    # seconds between status updates (a progress bar on a terminal, a status line otherwise); None: 5
-    # on a terminal, 60 when stdout is a file or a pipe; 0: none. How the console looks, not what runs
-    progress_interval: float | None = None
-    # Ray Tune's loggers besides result.json (tuning.loggers): None = the space's, else csv and tensorboard
-    loggers: list[str] | None = None
-    # the confirmation tune_main runs at the end (analysis.confirm): fresh seeds (0: none) and front
-    # policies; None = the space's ``confirm:`` (by default 3 seeds, the top 2)
-    confirm_seeds: int | None = None
-    confirm_top: int | None = None
-
-    def check(self) -> None:
-        """One UserError naming the option for the first bad value."""
-        if self.num_samples is not None and self.num_samples < 1:
-            raise UserError(f"--num-samples: must be >= 1, got {self.num_samples}")
-        if self.max_concurrent is not None and self.max_concurrent < 0:
-            raise UserError(f"--max-concurrent: must be >= 0, got {self.max_concurrent}")
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"--sampler: must be one of {', '.join(SAMPLERS)}, got {short(self.sampler)}")
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise UserError(f"--scheduler: must be one of {', '.join(SCHEDULERS)}, got {short(self.scheduler)}")
-        if not self.cpus_per_trial > 0 or not math.isfinite(self.cpus_per_trial):
-            raise UserError(f"--cpus-per-trial: must be > 0, got {self.cpus_per_trial:g}")
-        if self.gpus_per_trial < 0 or not math.isfinite(self.gpus_per_trial):
-            raise UserError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial:g}")
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise UserError(f"--gpus-per-trial: above 1 it must be a whole number, got {self.gpus_per_trial:g}")
-        if not (isinstance(self.connect_timeout, (int, float)) and math.isfinite(self.connect_timeout)
-                and self.connect_timeout > 0):
-            raise UserError(f"--connect-timeout: must be a number of seconds > 0, got {short(self.connect_timeout)}")
-        if self.max_failures < 0:
-            raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
-        check_interval(self.progress_interval)
-        if self.loggers is not None and (isinstance(self.loggers, str) or not isinstance(self.loggers, (list, tuple))):
-            raise UserError(f"--logger: must be a list of {', '.join(loggers.LOGGERS)}, got {short(self.loggers)}")
-        loggers.check_loggers(self.loggers)
-        for flag, value, low in (("--confirm-seeds", self.confirm_seeds, 0), ("--confirm-top", self.confirm_top, 1)):
-            if value is not None and not (isinstance(value, int) and low <= value <= 100):
-                raise UserError(f"{flag}: must be an integer within [{low}, 100], got {short(value)}")
-        if self.seed is not None and not 0 <= self.seed < 2**31:
-            raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
-        if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
-                                      or self.name.startswith(".")):
-            raise UserError(f"--name: must be a plain directory name, got {short(self.name)}")
 
 
 @dataclass
@@ -750,9 +681,9 @@ def _join(address: str, timeout: float, runtime_env: dict[str, Any] | None) -> N
         sys.stderr.write(text)
 
 
-# The packages a trial imports (tuning.trainable and what it imports; MOASHA's non-dominated sorting
-# is analysis.pareto's): the code a cluster's workers need; nothing else of the checkout (data,
-# results, tests) is shipped.
+# The packages the cluster side imports (the trial function, tuning.trainable; the searcher and the
+# scheduler, which a ray:// driver runs there: MOASHA's non-dominated sorting is analysis.pareto's):
+# the code a cluster's workers need; nothing else of the checkout (data, results, tests) is shipped.
 TRIAL_PACKAGES = ("analysis", "layerout", "search_spaces", "tuning")
 
 

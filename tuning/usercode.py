@@ -52,7 +52,7 @@ def code_info(model: str, dataset: str, paths: list[str], objects: dict[str, Any
     """experiment.json's ``code``: the folders searched, what to ship, the objects sent by value
     (role -> name)."""
     ship = sorted({loc for spec in (model, dataset) if (loc := userland.module_location(spec))})
-    return {"paths": list(paths), "ship": ship, "objects": dict(objects)}
+    return {"paths": list(dict.fromkeys(paths)), "ship": ship, "objects": dict(objects)}  # each folder once
 
 
 def with_user_modules(runtime_env: dict[str, Any] | None, code: dict[str, Any] | None) -> dict[str, Any] | None:
