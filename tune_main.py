@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 # Only light modules here: torch, pandas and Ray are imported by the functions that run a search
 # or an analysis, so that --help, --list-presets and bad arguments answer at once.
 from layerout.errors import ArgumentParser, UserError, cli_main
+from layerout.files import WriteError  # light: no torch
 from search_spaces.space import list_presets
 from tuning.loggers import LOGGERS
 from tuning.options import SAMPLERS, SCHEDULERS, SearchOptions
@@ -135,8 +136,9 @@ def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = 
         _confirm(result, confirm_seeds, confirm_top)
         _analysis(result)
     if result.interrupted:
-        print(f"\nthe search was interrupted after {n - result.unfinished} of {result.planned} trials; the analysis "
-              f"above covers those. Continue it with:\n  python tune_main.py --resume {exp_dir}")
+        covered = "; the analysis above covers those" if n and not no_analysis else ""
+        print(f"\nthe search was interrupted after {n - result.unfinished} of {result.planned} trials{covered}. "
+              f"Continue it with:\n  python tune_main.py --resume {exp_dir}")
         return 130
     if n and result.errors == n:
         print(f"error: every trial failed; see the error.txt files under {exp_dir}", file=sys.stderr)
@@ -169,6 +171,8 @@ def _analysis(result: SearchResult) -> None:
         knee_file = exp / POLICIES_DIR / "knee.json"
         try:  # the knee of the table above, exported when it beats training for fewer epochs
             knee = export_policy(exp, pick="knee", out=knee_file)
+        except WriteError:
+            raise
         except UserError as exc:
             knee_file.unlink(missing_ok=True)
             print(f"knee policy: none: {exc}\n(all {len(res.policies)} front policies in {exp / POLICIES_DIR}; the "
@@ -180,6 +184,12 @@ def _analysis(result: SearchResult) -> None:
         print(f"other picks: python -m analysis.export {exp_dir} --pick max-accuracy (or min-compute, "
               "or --min-accuracy 0.97) -o policy.json")
         print(f"\nverdict: {res.result.verdict}")
+    except WriteError as exc:
+        if "no space left on device" not in str(exc):
+            print(f"analysis: {exc}", file=sys.stderr)
+            return
+        raise UserError(f"{exc}; the search's results are stored: free some space, then python -m analysis "
+                        f"{exp_dir}") from None
     except UserError as exc:
         print(f"analysis: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the results are stored; the analysis must not lose them
@@ -216,6 +226,10 @@ def _confirm(result: SearchResult, seeds: int | None, top: int | None) -> None:
                 address=opts.get("address") or "local", cpus_per_trial=opts.get("cpus_per_trial"),
                 gpus_per_trial=opts.get("gpus_per_trial"), max_concurrent=opts.get("max_concurrent"),
                 progress_interval=opts.get("progress_interval"))
+    except KeyboardInterrupt:  # its runs stopped, nothing of them recorded: the search's results stand
+        print(f"\nconfirmation interrupted: nothing of it was recorded; the search's results are stored: run python "
+              f"-m analysis.confirm {result.exp_dir} --top {top} --seeds {seeds} (it ends with the analysis)")
+        raise
     except UserError as exc:
         print(f"confirmation: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the search's results are stored; the confirmation must not lose them

@@ -1,7 +1,7 @@
 """Confirm the front on fresh seeds: is a policy's lead over training less more than luck?
 
     python -m analysis.confirm EXPERIMENT_DIR [--top K] [--seeds N] [--address ADDR|local]
-                               [--cpus-per-trial C] [--gpus-per-trial G] [--max-concurrent M]
+                               [--connect-timeout S] [--cpus-per-trial C] [--gpus-per-trial G] [--max-concurrent M]
 
 A search trains every configuration once, on one seed, and the front and the knee pick the
 luckiest single runs. This command re-trains the ``K`` best freezing policies of the front (the
@@ -22,6 +22,7 @@ without it.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,7 @@ from analysis.results import Experiment, load_experiment
 from analysis.stats import summarize
 from layerout.errors import UserError
 from layerout.experiment import CONFIRM_CSV, POLICIES_DIR
-from layerout.files import atomic_write
+from layerout.files import atomic_write, cannot_write
 from layerout.progress import check_interval
 
 DEFAULT_TOP = 3
@@ -190,9 +191,9 @@ def confirm(exp_dir: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SE
     experiment in ``exp_dir`` on ``seeds`` fresh seeds, write confirm.csv and analyse the
     experiment again (module docstring). ``runner`` trains the jobs (default:
     ``tuning.confirm.run_confirm_jobs`` on Ray, given ``run_options``: ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``progress_interval``, ``model``,
-    ``dataset``). Every run computes with the intra-op threads its trial recorded, so that a fresh
-    seed is the only difference from the search (``threads``: another count, said in one line)."""
+    ``connect_timeout``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_concurrent``, ``progress_interval``,
+    ``model``, ``dataset``). Every run computes with the intra-op threads its trial recorded, so that a
+    fresh seed is the only difference from the search (``threads``: another count, said in one line)."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
         raise UserError(f"--threads: must be an integer within [1, 1024], got {threads!r}")
     if not isinstance(top, int) or top < 0:
@@ -200,6 +201,11 @@ def confirm(exp_dir: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAULT_SE
     if not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise UserError(f"--seeds: must be an integer within [1, 100], got {seeds!r}")
     exp = load_experiment(exp_dir)
+    reason = cannot_write(exp.path)
+    if reason:  # before anything is trained: its runs, confirm.csv and the analysis go into the experiment
+        raise UserError(f"{exp.path}: cannot write there ({reason}); a confirmation writes its runs, {CONFIRM_CSV} and "
+                        f"the analysis into the experiment: confirm a writable copy (cp -r {exp.path} COPY; python -m "
+                        "analysis.confirm COPY)")
     fr = compute_front(replace(exp, confirm=None))  # chosen on the search's own runs
     policies, curve = choose(fr, top)
     if curve.empty:
@@ -250,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                    help=f"fresh seeds per policy (default {DEFAULT_SEEDS}; the smallest the search never used)")
     p.add_argument("--address", help="Ray cluster to run on (default: the search's; local: a fresh local Ray)")
+    p.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                   help="how long the cluster at the address may take to answer (default: the search's, 30)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default: the search's)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per run (default: the search's)")
     p.add_argument("--max-concurrent", type=int, help="runs at once (default: the search's)")
@@ -268,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.experiment_dir}: no such directory (a local experiment directory; copy a remote "
                         "one first)")
     check_interval(args.progress_interval)  # before anything is chosen or trained
-    res = confirm(args.experiment_dir, top=args.top, seeds=args.seeds, address=args.address,
-                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                  max_concurrent=args.max_concurrent, progress_interval=args.progress_interval, threads=args.threads)
+    try:
+        res = confirm(args.experiment_dir, top=args.top, seeds=args.seeds, address=args.address,
+                      connect_timeout=args.connect_timeout, cpus_per_trial=args.cpus_per_trial,
+                      gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                      progress_interval=args.progress_interval, threads=args.threads)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs stopped, nothing of them recorded
+        print(f"\ninterrupted: this confirmation recorded nothing ({CONFIRM_CSV} and the analysis are as they were); "
+              f"run it again to confirm: python -m analysis.confirm {args.experiment_dir}", file=sys.stderr)
+        return 130
     print(f"\nconfirm.csv: {res.path}")
     print(res.verdict)
     return 0

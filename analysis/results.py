@@ -23,8 +23,8 @@ import pandas as pd
 
 from layerout.errors import UserError
 from layerout.experiment import (CONFIRM_CSV, CONFIRM_DIR, EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FORMAT,
-                                 POLICIES_DIR, RESULT_JSON, TRIALS_CSV, VERSION, TrialRecord, build_tables,
-                                 is_cut_short, parse_meta, parse_result_lines, read_table)
+                                 POLICIES_DIR, RESULT_JSON, TRIALS_CSV, USER_ERROR, VERSION, TrialRecord, as_stored,
+                                 build_tables, has_no_rows, is_cut_short, parse_meta, parse_result_lines, read_table)
 from layerout.metrics import DEFAULT_OBJECTIVES, METRICS
 
 _RAY_SKIP_DIRS = {POLICIES_DIR, CONFIRM_DIR, "__pycache__", ".git"}
@@ -140,19 +140,27 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     ray_epochs: pd.DataFrame | None = None
     have_trials, have_epochs = trials_file.exists(), epochs_file.exists()
     cut = [f for f in (trials_file, epochs_file) if f.exists() and is_cut_short(f)]
-    result_files = _find_ray_results(path) if cut or not (have_trials and have_epochs) else []
-    if cut:
-        names = " and ".join(f.name for f in cut)
+    empty = [f for f in (trials_file, epochs_file) if f.exists() and f not in cut and has_no_rows(f)]
+    result_files = _find_ray_results(path) if cut or empty or not (have_trials and have_epochs) else []
+    # a table without rows is cut short when Ray's results hold some (not: every trial failed before an epoch)
+    empty = [f for f in empty if result_files and (f == trials_file or _any_epoch(result_files))]
+    known: pd.DataFrame | None = None  # the rows of a cut trials.csv that survived whole
+    if cut or empty:
+        names = " and ".join(f.name for f in cut + empty)
+        how = ("cut short mid-line" if cut and not empty else "cut short (no rows after the header)" if not cut
+               else "cut short")
         if result_files:  # Ray's own results are whole: rebuild both tables from them
-            warnings.warn(f"{path}: {names} cut short mid-line; the tables were rebuilt from Ray's result.json "
+            warnings.warn(f"{path}: {names} {how}; the tables were rebuilt from Ray's result.json "
                           f"files ({len(result_files)} trials)", UserWarning, stacklevel=2)
+            if have_trials and trials_file not in empty:
+                known = read_table(trials_file, required=["trial_id"], drop_partial_line=trials_file in cut)
             have_trials = have_epochs = False
         else:
             warnings.warn(f"{path}: {names} cut short mid-line and no Ray result.json files to rebuild from; "
                           "its last, partial row is left out", UserWarning, stacklevel=2)
     if not (have_trials and have_epochs):
         if result_files:
-            ray_trials, ray_epochs = _rebuild_from_ray(result_files, meta)
+            ray_trials, ray_epochs = _rebuild_from_ray(result_files, meta, known)
         elif meta is None:
             raise UserError(
                 f"{path}: not an experiment directory (no experiment.json, trials.csv or Ray "
@@ -311,6 +319,18 @@ def _find_ray_results(path: Path) -> list[Path]:
     return out
 
 
+def _any_epoch(files: list[Path]) -> bool:
+    """Whether any of Ray's result.json files holds an epoch's result (not only a user error)."""
+    for f in files:
+        try:
+            rows, _ = parse_result_lines(f.read_text())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if any(not r.get(USER_ERROR) for r in rows):
+            return True
+    return False
+
+
 def _ray_record(file: Path) -> TrialRecord:
     """One trial as Ray Tune left it: result.json lines, params.json, error.txt."""
     tdir = file.parent
@@ -330,24 +350,38 @@ def _ray_record(file: Path) -> TrialRecord:
             config = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             config = {}
-    trial_id = str(rows[-1].get("trial_id")) if rows and rows[-1].get("trial_id") else tdir.name
+    # no result line (it failed before its first report): the id in its folder's name (tuning.trainable.trial_dirname)
+    trial_id = str(rows[-1].get("trial_id")) if rows and rows[-1].get("trial_id") else tdir.name.removeprefix("trial_")
     error = None
     for name in ("error.txt", "error.pkl"):
         if (tdir / name).exists():
             error = (tdir / "error.txt").read_text(errors="replace") if name == "error.txt" else "error"
             break
-    status = "ERROR" if error else "TERMINATED" if rows and rows[-1].get("done") else "RUNNING"
+    # Ray marks a result done=True only in older versions; otherwise build_tables infers it: a trial
+    # that trained its budget is TERMINATED, one that did not is still RUNNING
+    status = "ERROR" if error else "TERMINATED" if rows and rows[-1].get("done") else None
     return TrialRecord(trial_id=trial_id, status=status, config=config, rows=rows, error=error)
 
 
-def _rebuild_from_ray(files: list[Path], meta: dict | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials/epochs tables from Ray Tune's per-trial result.json files."""
+def _rebuild_from_ray(files: list[Path], meta: dict | None,
+                      known: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials/epochs tables from Ray Tune's per-trial result.json files, with the column types
+    trials.csv and epochs.csv have (``as_stored``). A trial short of its budget ended (stopped
+    early) when the search finished (experiment.json ``finished``); else its status is the one a
+    surviving row of the cut trials.csv (``known``) gives, or RUNNING."""
     records = [_ray_record(f) for f in files]
+    status = {} if known is None or "status" not in known else dict(
+        zip(known["trial_id"].astype(str), known["status"].fillna("").astype(str).str.upper()))
+    finished = bool(meta and meta.get("finished"))
+    for r in records:
+        if r.status is None:
+            r.status = status.get(str(r.trial_id)) or ("TERMINATED" if finished else None)
     budget = meta.get("epochs") if meta else None
     if not (isinstance(budget, int) and not isinstance(budget, bool) and budget > 0):
         budgets = [r.config.get("train", {}).get("epochs") for r in records if isinstance(r.config.get("train"), dict)]
         budget = max((b for b in budgets if isinstance(b, int)), default=0)
-    return build_tables(records, budget)
+    trials, epochs = build_tables(records, budget)
+    return as_stored(trials), as_stored(epochs)
 
 
 # --------------------------------------------------------------------------------------------

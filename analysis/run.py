@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import socket
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +155,79 @@ def run_analysis(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(out, write_reason(exc)) from exc
-    res = AnalysisResult(experiment=exp, result=fr, out_dir=out, compare=[e for e, _ in others])
+    # Every file is made in a staging folder next to where it goes and moved into place only once
+    # all are made: a failure half-way (a full disk, a bad row) replaces none of an earlier analysis.
+    _remove_stale_stages(out)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=out))
+    except OSError as exc:
+        raise WriteError(out / PARETO_CSV, write_reason(exc)) from exc
+    try:
+        try:
+            res = _write_files(exp, fr, others, stage, out, write_policies)
+        except WriteError as exc:  # named by the file it was for, not its staged copy
+            raise WriteError(out / exc.path.relative_to(stage) if exc.path.is_relative_to(stage) else exc.path,
+                             exc.reason) from exc.__cause__
+        _publish(stage, out, res)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    res.table = summary_text(exp, fr)
+    if not quiet:
+        print(res.table)
+        for e, f in others:
+            print()
+            print(summary_text(e, f))
+        print()
+        print("wrote " + ", ".join(str(p) for p in res.files.values()))
+        if res.policies:
+            print(f"front policies: {len(res.policies)} in {out / 'policies'}")
+        print(f"report: {res.files['report.html']}")
+    return res
 
+
+STAGE_PREFIX = ".analysis-"  # + host-pid-: where an analysis makes its files before moving them into place
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Staging folders an analysis on this host left when it was killed (its process is gone)."""
+    host = socket.gethostname()
+    for d in out.glob(f"{STAGE_PREFIX}{host}-*-*"):
+        pid = d.name[len(STAGE_PREFIX) + len(host) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's)
+        return True
+    return True
+
+
+def _publish(stage: Path, out: Path, res: AnalysisResult) -> None:
+    """Move the staged files into ``out`` (each ``os.replace``: a rename, which needs no space) and
+    point the result's paths at them; a move that fails names the file it was for."""
+    moved: dict[Path, Path] = {}
+    for src in sorted(p for p in stage.rglob("*") if p.is_file()):
+        dest = out / src.relative_to(stage)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        except OSError as exc:
+            raise WriteError(dest, write_reason(exc)) from exc
+        moved[src] = dest
+    res.out_dir = out
+    res.files = {k: moved.get(v, v) for k, v in res.files.items()}
+    res.policies = {k: moved.get(v, v) for k, v in res.policies.items()}
+
+
+def _write_files(exp: Experiment, fr: Front, others: list[tuple[Experiment, Front]], out: Path, final: Path,
+                 write_policies: bool) -> AnalysisResult:
+    """Every file of the analysis, written into ``out`` (a staging folder; ``final``: where they go)."""
+    res = AnalysisResult(experiment=exp, result=fr, out_dir=out, compare=[e for e, _ in others])
     res.files[PARETO_CSV] = atomic_write(out / PARETO_CSV, pareto_csv_frame(fr).to_csv(index=False))
 
     policy_rel: dict[str, str] = {}
@@ -163,8 +238,10 @@ def run_analysis(
             dest = out / POLICIES_DIR / policy_filename(r["trial_id"])
             try:
                 res.policies[r["trial_id"]] = write_policy_file(build_policy(exp, r, label), dest)
+            except WriteError:
+                raise
             except UserError as exc:
-                failed.append((str(r["trial_id"]), str(exc)))
+                failed.append((str(r["trial_id"]), str(exc).replace(str(out), str(final))))
         if failed:
             ids = ", ".join(t for t, _ in failed[:6]) + (" ..." if len(failed) > 6 else "")
             warnings.warn(f"no policy file for {len(failed)} front trial(s) ({ids}): {failed[0][1]}",
@@ -185,16 +262,4 @@ def run_analysis(
     for p in images.values():
         res.files[p.name] = p
     res.files["report.html"] = write_report(out / "report.html", exp, fr, images, res.commands, policy_rel)
-
-    res.table = summary_text(exp, fr)
-    if not quiet:
-        print(res.table)
-        for e, f in others:
-            print()
-            print(summary_text(e, f))
-        print()
-        print("wrote " + ", ".join(str(p) for p in res.files.values()))
-        if res.policies:
-            print(f"front policies: {len(res.policies)} in {out / 'policies'}")
-        print(f"report: {res.files['report.html']}")
     return res

@@ -8,12 +8,16 @@ policy file or the command line. A value quoted in an error goes through ``short
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from typing import Any
 
 from layerout.errors import UserError
 
 SHORT_CHARS = 80  # the longest value an error message quotes
+# the largest seed anywhere (a recipe's, a schedule's): every generator seeded from it takes it
+# (torch, numpy) and the search draws seeds in [0, MAX_SEED]
+MAX_SEED = 2**31 - 1
 
 _repr = reprlib.Repr()  # bounded: at most 6 items per container, 3 levels deep, 60 characters per string
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 3, 60, 60, 40
@@ -74,3 +78,18 @@ def check_choice(field: str, val: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(val, str) or val not in allowed:
         raise fail(field, f"must be one of {', '.join(allowed)}, got {short(val)}")
     return val
+
+
+# An experiment's name is a folder name, an Optuna study name and part of the commands the tool
+# prints: a few characters that need no quoting in a shell, short enough for any file system.
+MAX_NAME_CHARS = 100
+NAME_RULE = f"1 to {MAX_NAME_CHARS} characters: letters, digits and . _ - +, starting with a letter or digit"
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_NAME_CHARS - 1}}}")
+
+
+def check_name(name: Any, where: str) -> str:
+    """An experiment or space name, or one UserError ``<where>: must be ...`` quoting it cut short."""
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return name
+    size = f" ({len(name):,} characters)" if isinstance(name, str) and len(name) > MAX_NAME_CHARS else ""
+    raise UserError(f"{where}: must be {NAME_RULE}, got {short(name)}{size}")

@@ -42,6 +42,7 @@ RUNGS_CSV = "rungs.csv"
 POLICIES_DIR = "policies"
 CONFIRM_CSV = "confirm.csv"  # python -m analysis.confirm: the front re-trained on fresh seeds
 CONFIRM_DIR = "confirm"  # its Ray Tune experiment (one trial per policy and seed)
+CONFIRM_RUNNING = ".confirm-running"  # a confirmation's runs until all have ended (then renamed confirm)
 RESULT_JSON = "result.json"  # Ray Tune's per-trial results: one JSON object per reported epoch
 USER_ERROR = "user_error"  # a result line with this key: the trial ended on a mistake in the user's code or data
 
@@ -305,6 +306,27 @@ def is_cut_short(path: Path) -> bool:
             return f.read(1) != b"\n"
     except OSError:
         return False
+
+
+def has_no_rows(path: Path) -> bool:
+    """True when a table file holds its header line at most (cut short before its first row)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return False
+    return len(head) < (1 << 20) and head.rstrip(b"\n").count(b"\n") == 0
+
+
+def as_stored(table: pd.DataFrame) -> pd.DataFrame:
+    """A table built in memory (``build_tables``) as it reads back from its CSV file: the same
+    column types as trials.csv / epochs.csv read by ``read_table`` (numbers, text columns as text,
+    empty cells as NaN), whichever way the analysis got it."""
+    text = table.to_csv(index=False)
+    if not text.strip():
+        return table
+    return pd.read_csv(io.StringIO(text), dtype={c: str for c in STR_COLUMNS if c in table.columns},
+                       keep_default_na=True)
 
 
 def read_table(path: Path, required: list[str], drop_partial_line: bool = False) -> pd.DataFrame:

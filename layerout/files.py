@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import tempfile
 from pathlib import Path
-from typing import IO, Callable, Union
+from typing import IO, Any, Callable, Union
 
 from layerout.errors import UserError
 
@@ -20,6 +21,7 @@ class WriteError(UserError):
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
+        self.reason = reason
         super().__init__(f"{path}: cannot write ({reason})")
 
 
@@ -28,6 +30,18 @@ def write_reason(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return (exc.strerror or exc.__class__.__name__).lower()
+
+
+def cannot_write(folder: str | os.PathLike) -> str | None:
+    """Why no file can be made in ``folder`` ('permission denied', 'read-only file system', ...),
+    or None when one can (a file is made and removed to find out)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".layerout-write-check-", dir=folder)
+    except OSError as exc:
+        return write_reason(exc)
+    os.close(fd)
+    os.unlink(tmp)
+    return None
 
 
 def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
@@ -51,10 +65,12 @@ def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise WriteError(path, write_reason(exc)) from exc
+    writes = None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
-                data(f)
+                writes = _Writes(f)
+                data(writes)
             else:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
@@ -63,7 +79,28 @@ def atomic_write(path: str | os.PathLike, data: Payload) -> Path:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, OSError):
-            raise WriteError(path, write_reason(exc)) from exc
+        # a writer that reports a failed write as its own error (torch.save: a RuntimeError)
+        failed = exc if isinstance(exc, OSError) else writes.error if writes is not None else None
+        if failed is not None:
+            raise WriteError(path, write_reason(failed)) from failed
         raise
     return path
+
+
+class _Writes:
+    """A file as a writer function gets it: remembers the first write that failed (an OSError),
+    which some writers report as another error (torch.save raises a RuntimeError)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, b: Any) -> int:
+        try:
+            return self._f.write(b)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)

@@ -21,13 +21,15 @@ import datetime as _dt
 import json
 import os
 import platform
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from layerout.checks import short
+from layerout.checks import MAX_SEED, short
 from layerout.errors import UserError
 from layerout.files import atomic_write
 from layerout.freezer import BN_CHOICES, Freezer
@@ -37,6 +39,7 @@ from layerout.units import Unit, units_of
 FORMAT = "layerout-policy"
 VERSION = 1
 KEYS = ("format", "version", "model", "units", "schedule", "measured", "provenance")
+MAX_POLICY_BYTES = 1 << 20  # far above any model's policy (ResNet-110's 56 units take a few KB)
 
 
 def _version() -> str:
@@ -78,9 +81,12 @@ class Policy:
         if (not isinstance(self.units, list) or not self.units
                 or not all(isinstance(u, str) and u for u in self.units)):
             raise err("units", f"must be a non-empty list of unit names, got {short(self.units)}")
-        dup = sorted({u for u in self.units if self.units.count(u) > 1})
+        dup = sorted(u for u, n in Counter(self.units).items() if n > 1)
         if dup:
-            raise err("units", f"duplicate unit names {dup}")
+            raise err("units", f"duplicate unit names {short(dup)}")
+        seed = self.provenance.get("seed") if isinstance(self.provenance, dict) else None
+        if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+            raise err("provenance.seed", f"must be an integer within [0, {MAX_SEED}], got {short(seed)}")
         for name in ("measured", "provenance"):
             if not isinstance(getattr(self, name), dict):
                 raise err(name, "must be an object")
@@ -189,15 +195,25 @@ def load_policy(path: str | os.PathLike) -> Policy:
     the file and field."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_POLICY_BYTES:
+            raise UserError(f"{path}: {size:,} bytes; a policy file may be at most {MAX_POLICY_BYTES:,} bytes (1 MiB)")
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"{path}: no such policy file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (not UTF-8 text: {e.reason})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read (thousands of levels of [ or {{)") from None
+    except ValueError:  # an integer past Python's limit on digits read from text
+        raise UserError(f"{path}: not a policy: a number has more than {sys.get_int_max_str_digits():,} digits") \
+            from None
     if isinstance(doc, dict) and "format" not in doc and isinstance(doc.get("policy"), dict):
         doc = doc["policy"]  # a run's summary.json carries its policy under "policy"
     return Policy.from_dict(doc, source=str(path))

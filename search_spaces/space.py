@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from layerout import userland
-from layerout.checks import cut, short
+from layerout.checks import check_name, cut, short
 from layerout.choices import BUILTIN_MODELS, DATASETS, IMAGEFOLDER
 from layerout.errors import UserError
 from layerout.metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, OBJECTIVE_MODES, REPORT_ONLY
@@ -270,8 +270,7 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
                         f"got {type(data).__name__}")
     check.mapping("", data, TOP_KEYS + BUDGET_KEYS)
     name = data.get("name", default_name)
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        raise check.err("name", f"must be a non-empty string without spaces or slashes, got {short(name)}")
+    check_name(name, f"{where}: name")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise check.err("description", f"must be a string, got {short(description)}")
@@ -329,7 +328,8 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     if checked.origin == "automatic":  # pinned in every trial's recipe, so policies replay the same units
         unit_spec = unit_pairs(checked.units)
     ctx = SpaceContext(units=tuple(units), epochs=train["epochs"], seed=seed)
-    families = _families(check, data.get("families"), ctx)
+    # no families key: LayerOut's defaults; an empty one (``families:``, null, {}) names none
+    families = _families(check, data["families"] if "families" in data else {"layerout": {}}, ctx)
 
     epochs = ctx.epochs
     ep_what = f" (0 .. epochs-1, epochs = {epochs})"
@@ -389,8 +389,6 @@ def _families(check: Checker, raw: Any, ctx: SpaceContext) -> dict[str, FamilySp
     from layerout.schedules import SCHEDULES
     from search_spaces.families import FAMILY_SPACES
 
-    if raw is None:
-        raw = {"layerout": {}}
     kinds = ", ".join(FAMILY_SPACES)
     if not isinstance(raw, dict) or not raw:
         raise check.err("families", f"must be a mapping of one or more of {kinds} to their ranges, got {short(raw)}")

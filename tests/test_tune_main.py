@@ -547,7 +547,8 @@ def test_address_where_no_cluster_answers_is_one_line(tmp_path):
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").iterdir())
     from layerout.errors import UserError
 
-    with pytest.raises(UserError, match=r"^--connect-timeout: must be a number of seconds > 0, got 0.0$"):
+    with pytest.raises(UserError,
+                       match=r"^--connect-timeout: must be a number of seconds within \(0, 86400\], got 0.0$"):
         tune_main.main(["--preset", "demo", "--address", "127.0.0.1:1", "--connect-timeout", "0"])
     with pytest.raises(UserError, match=r"^--address nohost: expected auto, HOST:PORT or ray://HOST:PORT$"):
         tune_main.main(["--preset", "demo", "--address", "nohost", "--storage", str(tmp_path / "res")])

@@ -275,3 +275,53 @@ def test_trial_node_and_checkpoint_epoch_in_the_driver(tmp_path):
     results = [s for s in _SEEN if s[0] == "result"]
     assert len(results) == 6 and all(len(s[2]) == 56 and s[2] == s[3] for s in results), _SEEN
     assert sorted(s[1:] for s in _SEEN if s[0] == "recover") == [(0, None), (2, 2)]
+class _SeesSigint(tune.Callback):
+    """Records, in the driver, whether Ray Tune's SIGINT handler is installed while fit() runs."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.seen.append(internals.tune_run_catches_sigint())
+
+
+def test_atomic_state_copies_replace_the_driver_sync_and_tune_run_catches_sigint(tmp_path):
+    """While active, the copies of Ray's driver staging folder into a local experiment are ours
+    (whole files renamed into place); Ray Tune's own SIGINT handler is recognised while fit() runs."""
+    import ray.train._internal.storage as ray_storage
+    from pyarrow.fs import LocalFileSystem
+
+    from tuning.search import _fit_signals, _private_files
+
+    staging, dest = tmp_path / "staging", tmp_path / "exp"
+    (staging / "trial_a").mkdir(parents=True)
+    (staging / "trial_a" / "result.json").write_text('{"epoch": 1}\n')
+    (staging / "experiment_state-x.json").write_text("{}")
+    failed = []
+    syncer = ray_storage._FilesystemSyncer(storage_filesystem=LocalFileSystem())
+    original = ray_storage._upload_to_fs_path
+    with internals.atomic_state_copies(failed.append):
+        command, kwargs = syncer._sync_up_command(local_path=str(staging), uri=str(dest))
+        assert command is ray_storage._upload_to_fs_path and command is not original
+        command(**kwargs)
+    assert ray_storage._upload_to_fs_path is original
+    assert (dest / "trial_a" / "result.json").read_text() == '{"epoch": 1}\n'
+    assert (dest / "experiment_state-x.json").read_text() == "{}" and failed == []
+    assert sorted(p.name for p in dest.rglob("*")) == ["experiment_state-x.json", "result.json", "trial_a"]
+
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # an earlier raw fit() may have left Ray's
+    assert not internals.tune_run_catches_sigint()
+    _init_ray(None)
+    try:
+        with _private_files():
+            sees = _SeesSigint()
+            tuner = tune.Tuner(_reports_x, param_space={"x": 1}, run_config=tune.RunConfig(
+                name="exp", storage_path=str(tmp_path / "runs"), verbose=0, callbacks=[sees]))
+            _fit_signals(tuner)
+    finally:
+        ray.shutdown()
+        after = signal.signal(signal.SIGINT, before)
+    assert sees.seen and all(sees.seen)
+    assert after is signal.default_int_handler  # Ray leaves its handler installed; _fit_signals does not

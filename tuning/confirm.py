@@ -4,9 +4,11 @@
 ``run_confirm_jobs(exp_dir, jobs)`` runs one Ray Tune trial per job (a trial config with its
 training seed replaced: ``analysis.confirm.confirm_jobs``) with the search's resources (its
 ``--cpus-per-trial``, ``--gpus-per-trial``, ``--max-concurrent`` and ``--address``, unless given
-again), as a Ray Tune experiment in the experiment directory's ``confirm/`` folder (replaced by
-each confirmation), and returns one row per job: its final metrics, or its error. The trials run
-``train_trial``, so they train exactly as the search's did; they are never stopped early.
+again), as a Ray Tune experiment in the experiment directory's ``.confirm-running/`` folder, which
+replaces ``confirm/`` once every run has ended, and returns one row per job: its final metrics, or
+its error. The trials run ``train_trial``, so they train exactly as the search's did; they are
+never stopped early. Interrupted (Ctrl-C, SIGTERM), it stops the runs and raises
+``KeyboardInterrupt``: no row is returned, and ``confirm/`` is left as it was.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from ray.tune import Callback
 
 from layerout.checks import cut
 from layerout.formatting import pct
-from layerout.experiment import CONFIRM_DIR, RESULT_JSON, USER_ERROR, epochs_of, parse_result_lines
+from layerout.experiment import CONFIRM_DIR, CONFIRM_RUNNING, RESULT_JSON, USER_ERROR, epochs_of, parse_result_lines
 from layerout.progress import JobProgress, StatusDisplay
 from search_spaces.trials import config_epochs
-from tuning import loggers, storage
+from tuning import internals, loggers, storage
 from tuning.search import (_check_resources, _fit, _init_ray, _private_files, _trainable, options_again,
                            read_experiment, register_objects)
 from tuning.trainable import train_trial, trial_dirname
@@ -122,9 +124,10 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
     register_objects(exp_dir, code, model, dataset, "confirm", "analysis.confirm.confirm")
     if not jobs:
         return []
-    folder = storage.local_path(f"{exp_dir}/{CONFIRM_DIR}") if storage.is_local(exp_dir) else None
+    local = storage.is_local(exp_dir)
+    folder = storage.local_path(f"{exp_dir}/{CONFIRM_RUNNING}") if local else None
     if folder is not None and folder.exists():
-        shutil.rmtree(folder)  # a new confirmation replaces the previous one (and confirm.csv)
+        shutil.rmtree(folder)  # an interrupted confirmation's runs: this one trains them all again
     with _private_files():
         _init_ray(options.address, options.connect_timeout, code)
         try:
@@ -135,7 +138,7 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                 tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent or None, reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
-                    name=CONFIRM_DIR, storage_path=exp_dir, verbose=0,
+                    name=CONFIRM_RUNNING if local else CONFIRM_DIR, storage_path=exp_dir, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=options.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # the search's loggers (result.json always: the rows are read from it)
@@ -144,15 +147,33 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                         loggers.logger_callbacks(options.loggers, f"{meta.get('name', 'search')}-confirm"))),
             )
             t0 = time.time()
-            results = _fit(tuner, exp_dir, options.loggers is not None)
+            results = _fit(tuner, exp_dir, options.loggers is not None,
+                           "the confirmation recorded nothing: free some space, then run it again")
+            if _interrupted(results, f"{exp_dir}/{CONFIRM_RUNNING if local else CONFIRM_DIR}", len(jobs)):
+                raise KeyboardInterrupt("the confirmation was interrupted")
             log(f"confirmation: {len(jobs)} runs in {time.time() - t0:.0f} s")
             rows = [_row(r) for r in results]
-            if folder is not None:  # the runs ended: their checkpoints (a model each) only take space now
-                for checkpoint in folder.glob("trial_*/checkpoint_*"):
+            if folder is not None:  # every run ended: they replace the previous confirmation's
+                for checkpoint in folder.glob("trial_*/checkpoint_*"):  # (a model each: only take space now)
                     shutil.rmtree(checkpoint, ignore_errors=True)
+                done = folder.parent / CONFIRM_DIR
+                if done.exists():
+                    shutil.rmtree(done)
+                folder.rename(done)
             return rows
         finally:
             ray.shutdown()
+
+
+def _interrupted(results: Any, folder: str, jobs: int) -> bool:
+    """True when ``fit()`` returned because it was interrupted: a run neither ended nor failed
+    (Ray's saved state has it unfinished; after an interrupt its in-memory trials all read
+    TERMINATED), or runs never started."""
+    unfinished = {t.trial_id for t in internals.saved_trial_states(folder)
+                  if t.status in ("RUNNING", "PENDING", "PAUSED")}
+    ran = [r for r in results]
+    return len(ran) < jobs or any(r.error is None and Path(str(r.path)).name.removeprefix("trial_") in unfinished
+                                  for r in ran)
 
 
 def _row(result: Any) -> dict[str, Any]:

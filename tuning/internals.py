@@ -19,7 +19,8 @@ records the version it was written for (``CHECKED_WITH``):
   which only the Tuner holds; the callbacks list is the one ``fit()`` runs with (so callbacks
   added to it run too).
 - ``has_saved_state``, ``restore_files``: whether Ray Tune saved anything ``Tuner.restore`` can
-  continue from, and the files in the experiment folder it unpickles when it does;
+  continue from, and the files it unpickles when it does (the saved states, and a failed trial's
+  ``error.pkl``);
 - ``check_restorable``, ``restore_failure_guard``: when a saved state ``fit()`` restores from is
   damaged, Ray Tune logs "Failed to restore the run state" and starts the search *from scratch*
   in the same folder, so its tables would be overwritten with a new search's. The first reads
@@ -35,29 +36,46 @@ records the version it was written for (``CHECKED_WITH``):
   the GCS's actor table, before the trial has reported anything (``node_id`` in its results
   says it after);
 - ``checkpoint_epoch``: in the driver, the epoch of the checkpoint a failed trial restarts from.
+- ``atomic_state_copies``: while a search runs, the driver's copies of Ray's saved state (and the
+  trials' driver-side files) into a local experiment folder are each written to a temporary file
+  and renamed into place, the experiment state last, instead of being overwritten in place (a full
+  disk left ``experiment_state-*.json`` cut short, and the search could not be resumed); a copy
+  that fails for lack of space is reported to a function (``tuning.diskfull``);
+- ``tune_run_catches_sigint``: whether Ray Tune's own SIGINT handler (a graceful stop) is installed.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import pickle
 import re
+import shutil
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from layerout.checks import cut
 from layerout.errors import UserError
+from layerout.files import WriteError, atomic_write
 from tuning import storage
 
 CHECKED_WITH = {"ray": "2.60.0"}
 _CHECKPOINT_NAME = re.compile(r"checkpoint_\d{6}")
 TUNER_PKL = "tuner.pkl"  # the Tuner (its searcher, scheduler, callbacks), pickled when the search starts
-# what a restore reads that holds pickles: the Tuner, the experiment state (each trial's pickled
-# checkpoint manager, hex-encoded), the searcher's and the callbacks' states
+# what a restore reads that holds pickles, in the experiment folder: the Tuner, the experiment state
+# (each trial's pickled checkpoint manager, hex-encoded), the search generator's state (a pickle
+# despite its .json name), the searcher's and the callbacks' states; in a trial's folder: the
+# exception of its failure (error.pkl, unpickled for the ResultGrid a restored fit() returns).
+# tests/test_hardening.py's test_restore_reads_only_the_files_checked lists what a resume reads.
 _EXPERIMENT_STATE = ("experiment_state-", ".json")  # Ray's snapshot of the trials (prefix, suffix)
-_RESTORE_FILE = re.compile(r"tuner\.pkl|experiment_state-.*\.json|searcher-state-.*\.pkl|callback-states-.*\.pkl")
+_RESTORE_FILE = re.compile(r"tuner\.pkl|experiment_state-.*\.json|search_gen_state-.*\.json|searcher-state-.*\.pkl"
+                           r"|callback-states-.*\.pkl")
+TRIAL_ERROR_PKL = "error.pkl"
 
 
 @dataclass
@@ -83,12 +101,19 @@ def has_saved_state(exp_dir: str) -> bool:
 
 
 def restore_files(exp_dir: str) -> list[str]:
-    """Names of the files in ``exp_dir`` that a restore unpickles (directly or inside JSON)."""
-    return [n for n in storage.list_names(exp_dir) if _RESTORE_FILE.fullmatch(n)]
+    """Paths, relative to ``exp_dir``, of the files a restore unpickles (directly or inside JSON):
+    the saved states in the folder and each trial folder's ``error.pkl``."""
+    names = storage.list_names(exp_dir)
+    out = [n for n in names if _RESTORE_FILE.fullmatch(n)]
+    for n in storage.list_names(exp_dir, folders=True):  # the trials' folders
+        if TRIAL_ERROR_PKL in storage.list_names(f"{exp_dir}/{n}"):
+            out.append(f"{n}/{TRIAL_ERROR_PKL}")
+    return out
 
 
-# the saved states a restore reads, each the newest of its kind
-_SAVED_STATES = (_EXPERIMENT_STATE, ("searcher-state-", ".pkl"), ("callback-states-", ".pkl"))
+# the saved states a restore reads, each the newest of its kind (prefix, suffix), and how Ray reads it
+_SAVED_STATES = ((_EXPERIMENT_STATE, "json"), (("search_gen_state-", ".json"), "pickle"),
+                 (("searcher-state-", ".pkl"), "pickle"), (("callback-states-", ".pkl"), "pickle"))
 _RESTORE_LOGGER = "ray.tune.execution.tune_controller"
 _RESTORE_FAILED = "Failed to restore the run state"
 
@@ -101,23 +126,26 @@ def damaged(path: str, exc: BaseException) -> UserError:
 
 
 def check_restorable(exp_dir: str) -> None:
-    """Read the newest experiment state, searcher state and callback states as a restore will
-    (JSON, pickles); a UserError naming the first that cannot be read. Only for a folder the
-    user trusts (``tuning.search.check_trusted``): it unpickles what Ray would unpickle."""
+    """Read the newest experiment state, search generator, searcher and callback states, and
+    the trials' ``error.pkl``, as a restore will (JSON, pickles); a UserError naming the first
+    that cannot be read. Only for a folder the user trusts (``tuning.search.check_trusted``): it
+    unpickles what Ray would unpickle."""
     names = storage.list_names(exp_dir)
-    for kind in _SAVED_STATES:
-        newest = _newest(names, kind)
-        if newest is None:
-            continue
-        suffix = kind[1]
-        path = f"{exp_dir}/{newest}"
+    files = [(newest, how) for kind, how in _SAVED_STATES if (newest := _newest(names, kind)) is not None]
+    files += [(rel, "pickle") for rel in restore_files(exp_dir) if rel.endswith(f"/{TRIAL_ERROR_PKL}")]
+    for rel, how in files:
+        path = f"{exp_dir}/{rel}"
         data = storage.read_bytes(path)
         try:
             if data is None:
                 raise OSError("cannot be read")
-            state = json.loads(data) if suffix == ".json" else pickle.loads(data)  # noqa: S301 - trusted folder
-            if suffix == ".json" and not isinstance(state, dict):
+            state = json.loads(data) if how == "json" else pickle.loads(data)  # noqa: S301 - trusted folder
+            if how == "json" and not isinstance(state, dict):
                 raise ValueError("not a JSON object")
+        except (ImportError, AttributeError):
+            if not rel.endswith(f"/{TRIAL_ERROR_PKL}"):
+                raise damaged(path, sys.exc_info()[1]) from None
+            # a trial's exception of a class only its own code defines: whole, not damaged
         except Exception as exc:  # noqa: BLE001 - whatever reading a damaged file raises
             raise damaged(path, exc) from None
 
@@ -327,3 +355,47 @@ def checkpoint_epoch(trial: Any) -> int | None:
     except Exception:  # noqa: BLE001 - only for the wording of a console line
         return None
     return int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch > 0 else None
+def tune_run_catches_sigint() -> bool:
+    """True while ``Tuner.fit()`` runs its loop with Ray Tune's SIGINT handler installed
+    (``ray.tune.tune._setup_signal_catching``'s ``signal_interrupt_tune_run``): a SIGINT then stops
+    the search gracefully (running trials stopped and left unfinished, the state saved)."""
+    return getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "signal_interrupt_tune_run"
+
+
+@contextlib.contextmanager
+def atomic_state_copies(no_space: Callable[[str], None]) -> Iterator[None]:
+    """While active, Ray's driver copies its staging folder (the saved states, the trials'
+    result.json and logger files) into a local experiment folder file by file, each through a
+    temporary file renamed into place, ``experiment_state-*`` last; ``no_space(path)`` is called
+    for a file that could not be written for lack of space (the copy then fails as Ray's did).
+    Ray's copy is ``ray.train._internal.storage._upload_to_fs_path`` (pyarrow's ``copy_files``,
+    which overwrites each file in place), which ``_FilesystemSyncer._sync_up_command`` looks up by
+    name each time it syncs; remote storage and copies with exclusions are left to it."""
+    import ray.train._internal.storage as ray_storage
+
+    original = ray_storage._upload_to_fs_path
+
+    def upload(local_path: str, fs: Any, fs_path: str, exclude: list | None = None) -> None:
+        if getattr(fs, "type_name", "") != "local" or exclude or not os.path.isdir(local_path):
+            return original(local_path, fs, fs_path, exclude)
+        src_root = Path(local_path)
+        files = sorted((p for p in src_root.rglob("*") if p.is_file()),
+                       key=lambda p: (p.name.startswith(_EXPERIMENT_STATE[0]), str(p)))
+        for src in files:
+            dest = Path(fs_path) / src.relative_to(src_root)
+            try:
+                with open(src, "rb") as f:
+                    atomic_write(dest, lambda out, f=f: shutil.copyfileobj(f, out))
+            except FileNotFoundError:  # gone from the staging folder since it was listed
+                continue
+            except WriteError as exc:
+                if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
+                    no_space(str(dest))
+                raise
+
+    ray_storage._upload_to_fs_path = upload
+    try:
+        yield
+    finally:
+        ray_storage._upload_to_fs_path = original
+

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from layerout.checks import short
+from layerout.checks import check_name, short
 from layerout.errors import UserError
 from layerout.progress import check_interval
 from tuning import loggers
 
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("moasha", "asha", "none")
+# the longest --connect-timeout: a day (socket and thread timeouts overflow far beyond it)
+MAX_CONNECT_TIMEOUT_S = 86400
 
 
 @dataclass
@@ -62,9 +64,10 @@ class SearchOptions:
             raise UserError(f"--gpus-per-trial: must be >= 0, got {self.gpus_per_trial:g}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise UserError(f"--gpus-per-trial: above 1 it must be a whole number, got {self.gpus_per_trial:g}")
-        if not (isinstance(self.connect_timeout, (int, float)) and math.isfinite(self.connect_timeout)
-                and self.connect_timeout > 0):
-            raise UserError(f"--connect-timeout: must be a number of seconds > 0, got {short(self.connect_timeout)}")
+        if not (isinstance(self.connect_timeout, (int, float)) and not isinstance(self.connect_timeout, bool)
+                and 0 < self.connect_timeout <= MAX_CONNECT_TIMEOUT_S):
+            raise UserError(f"--connect-timeout: must be a number of seconds within (0, {MAX_CONNECT_TIMEOUT_S}], "
+                            f"got {short(self.connect_timeout)}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures: must be >= 0, got {self.max_failures}")
         check_interval(self.progress_interval)
@@ -76,6 +79,5 @@ class SearchOptions:
                 raise UserError(f"{flag}: must be an integer within [{low}, 100], got {short(value)}")
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise UserError(f"--seed: must be within [0, 2147483647], got {self.seed}")
-        if self.name is not None and (not self.name or any(c in self.name for c in "/\\")
-                                      or self.name.startswith(".")):
-            raise UserError(f"--name: must be a plain directory name, got {short(self.name)}")
+        if self.name is not None:
+            check_name(self.name, "--name")

@@ -24,12 +24,13 @@ from ray.tune import Callback
 from layerout.checks import cut
 from layerout.experiment import USER_ERROR
 from layerout.formatting import pct
-from layerout.progress import JobProgress, StatusDisplay, say
+from layerout.progress import JobProgress, StatusDisplay, format_seconds, say
 from search_spaces.trials import config_epochs
 from tuning import internals
 # NODE_ID and RAY_LOG are also this module's names (the trainable and the search import them from here)
 from tuning.nodes import (DEAD_NODES, LOST_WORKER, NODE_ID, RAY_LOG, RAYLET_DEATHS, NodeWatch,  # noqa: F401
                           log_hint)
+from tuning.diskfull import is_no_space
 
 # the cluster's messages about a node's death: one console line from TrialProgress says it all
 _RAYLET_DIED = "Raylet is terminated"
@@ -70,6 +71,7 @@ class TrialProgress(Callback):
         self._repeats: Callable[[], int] | None = None
         self._shown: StatusDisplay | None = None
         self._watch: NodeWatch | None = None
+        self.estimate_once = False  # a huge search: one line with what it needs once an epoch was timed
 
     def __getstate__(self) -> dict:  # pickled with the Tuner: the console's state stays here
         state = dict(self.__dict__)
@@ -86,6 +88,11 @@ class TrialProgress(Callback):
         self._repeats = None
         self._shown = None
         self._watch = None
+
+    def ended_before(self, trial_ids: set[str]) -> None:
+        """Trials that ended before a resumed search started (their line was printed then): a
+        second end, when Ray's saved state had them still running, prints no line again."""
+        self._printed |= set(trial_ids)
 
     def configure(self, interval: float | None = None, repeats: Callable[[], int] | None = None) -> None:
         """Set the status interval (None keeps it) and what counts the repeated proposals."""
@@ -146,6 +153,8 @@ class TrialProgress(Callback):
         """A failed attempt: a lost worker is reported with its node (``tuning.nodes``); a failure
         of the trial itself that will be retried gets its own line."""
         exc = internals.last_trial_error(trial)
+        if is_no_space(exc):  # the search stops for it, with one line (tuning.diskfull)
+            return
         if isinstance(exc, LOST_WORKER):
             self.nodes.lost(trial, recovers)
             return
@@ -166,6 +175,12 @@ class TrialProgress(Callback):
         if result.get(USER_ERROR):  # its last report: its line now, even if the search then stops it
             self.display.job.ended(trial.trial_id, failed=True)
             self._ended(trials, trial, error=False, result=result)
+        if self.__dict__.get("estimate_once"):  # a huge search: what it needs, once an epoch has been timed
+            st = self.display.job.status()
+            if st.left_s is not None:
+                self.estimate_once = False
+                self._print(f"after the first epoch: {st.epochs_planned:,} epochs planned, about "
+                            f"{format_seconds(st.left_s)} of training at this rate")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._failure(trial, recovers=True)
@@ -179,7 +194,8 @@ class TrialProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.display.job.ended(trial.trial_id, _epoch(trial.last_result), failed=True)
         self._failure(trial, recovers=False)
-        self._ended(trials, trial, error=True)
+        if not is_no_space(internals.last_trial_error(trial)):  # that stops the search, with its own line
+            self._ended(trials, trial, error=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.nodes.look(trials, force=True)
@@ -235,11 +251,26 @@ def _epoch(result: dict | None) -> int:
 
 
 class _NotOnConsole(logging.Filter):
-    """Keeps Ray Tune's trial-failure tracebacks and its list of trials that did not complete off the
-    console (the log file has them; the console has one line per trial and the end's summary)."""
+    """Keeps Ray Tune's trial-failure tracebacks, its list of trials that did not complete (the
+    summary counts them) and its failures to read a trial's results (a trial that never reported)
+    off the console (the log file has them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(("Trial task failed for trial", "Trials did not complete"))
+        return not record.getMessage().startswith(("Trial task failed for trial", "Trials did not complete",
+                                                   "Failed to fetch metrics"))
+
+
+class _BestEffortFileHandler(logging.FileHandler):
+    """ray.log: a record that cannot be written (a full disk) is dropped, not a traceback on stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its last buffered lines could not be written
+            pass
 
 
 @contextlib.contextmanager
@@ -251,7 +282,7 @@ def ray_log_to(path: Path | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _BestEffortFileHandler(path, encoding="utf-8")
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ray_logger = logging.getLogger("ray")

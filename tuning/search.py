@@ -11,7 +11,9 @@ reach the workers as ``tuning.usercode`` describes.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as _dt
+import json
 import logging
 import os
 import platform
@@ -38,13 +40,16 @@ from layerout import userland
 from layerout.checks import cut, short
 from layerout.data import FILE_DATASETS, data_dir_note, load_data
 from layerout.errors import UserError
-from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, VERSION,
-                                 TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines, rungs_csv,
-                                 tables_csv)
+from layerout.experiment import (EPOCHS_CSV, EXPERIMENT_JSON, FORMAT, RESULT_JSON, RUNGS_CSV, TRIALS_CSV, USER_ERROR,
+                                 VERSION, TrialRecord, build_tables, meta_json, parse_meta, parse_result_lines,
+                                 rungs_csv, tables_csv)
+from layerout.files import WriteError
 from layerout.progress import slow_notice
 from search_spaces.space import SearchSpace, load_space, read_space, space_from_dict
-from search_spaces.trials import budget_range, define_by_run, paper_enqueue, reference_enqueue, reference_points
+from search_spaces.trials import (budget_range, config_epochs, define_by_run, paper_enqueue, reference_enqueue,
+                                  reference_points)
 from tuning import internals, loggers, storage
+from tuning.diskfull import NoSpace, NoSpaceWatch, QuietAboutNoSpace, is_no_space, no_space_file
 from tuning.options import SAMPLERS, SCHEDULERS, SearchOptions  # noqa: F401 - also this module's names
 from tuning.progress import RAY_LOG, TrialProgress, ray_log_to
 from tuning.repair import repair_checkpoint_refs
@@ -58,6 +63,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PLANNED = {"compute_saved_frac": "planned_compute_saved_frac"}
 # what --resume may change: where the search runs, not what it computes
 RESUME_OPTIONS = ("address", "cpus_per_trial", "gpus_per_trial")
+# trials x epochs from which a search's first lines say how much training it asks for
+HUGE_ASK_EPOCHS = 100_000
 Log = Callable[[str], None]
 
 
@@ -124,9 +131,14 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
     root = storage.storage_root(options.storage)
     name = options.name or f"{space.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     exp_dir = f"{root}/{name}"
-    if storage.exists(exp_dir):
-        raise UserError(f"{exp_dir}: already exists; continue it with --resume {exp_dir}, or choose another --name")
     storage.check_writable(root, "--storage")
+
+    def taken() -> UserError:
+        return UserError(f"{exp_dir}: already exists; continue it with --resume {exp_dir} (once no search runs "
+                         "there), or choose another --name")
+
+    if storage.exists(exp_dir):  # at once, before the dataset and Ray: the folder is claimed below
+        raise taken()
     ot_storage = _optuna_storage(options.optuna_storage)
     resolved = _resolve(space, options, root, name)
     code = code_info(space.model, space.dataset, space.code_paths, objects)
@@ -139,7 +151,9 @@ def run_search(space: SearchSpace | str | dict, options: SearchOptions | None = 
         _init_ray(options.address, options.connect_timeout, code)
         try:
             _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
-            storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
+            # one os.mkdir: of two searches started at once with this name, only one gets past here
+            with storage.claimed(exp_dir, taken):
+                storage.write_text(f"{exp_dir}/{EXPERIMENT_JSON}", meta_json(meta))
             return _run_new(space, resolved, exp_dir, meta, ot_storage, code, log, callbacks)
         finally:
             ray.shutdown()
@@ -175,35 +189,48 @@ def _run_new(space: SearchSpace, options: SearchOptions, exp_dir: str, meta: dic
     sched = _scheduler(space, scheduler)
     progress = TrialProgress(num_samples, space.epochs, scheduler=scheduler, interval=options.progress_interval)
     progress.configure(repeats=lambda: searcher.repeats)
+    asked = num_samples * space.epochs
+    progress.estimate_once = asked >= HUGE_ASK_EPOCHS  # a line with the time it needs, after its first epoch
     callbacks: list[Any] = [progress]
     if isinstance(sched, (MOASHA, PaperASHA)):
         callbacks.append(SchedulerState(sched))  # its rungs survive --resume
     if options.loggers is not None:  # result.json and the chosen loggers; Ray adds none of its own (_fit)
         callbacks += loggers.logger_callbacks(options.loggers, name)
     callbacks += user_callbacks or []
-    tuner = tune.Tuner(
-        _trainable(options, code, options.address),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
-                                    num_samples=num_samples, max_concurrent_trials=options.max_concurrent or None,
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(
-            name=name, storage_path=root, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            # the same user error in the first trials: stop rather than run them all
-            stop=UserErrorStop(failures_to_stop(options.max_concurrent, num_samples)),
-            callbacks=callbacks),
-    )
+    try:  # writes tuner.pkl
+        tuner = tune.Tuner(
+            _trainable(options, code, options.address),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched, num_samples=num_samples,
+                                        max_concurrent_trials=options.max_concurrent or None, reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=name, storage_path=root, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # the same user error in the first trials: stop rather than run them all
+                stop=UserErrorStop(failures_to_stop(options.max_concurrent, num_samples)),
+                callbacks=callbacks))
+    except OSError as exc:
+        if is_no_space(exc):
+            raise NoSpace(f"{exp_dir}/{internals.TUNER_PKL}", _resume_hint(exp_dir)) from None
+        raise
     log(f"experiment: {exp_dir}\n  space {space.source} ({space.model} on {space.dataset}, "
         f"{space.num_units} units, {space.epochs} epochs), {num_samples} trials, sampler {options.sampler}, "
         f"scheduler {scheduler}" + (", the paper's configurations first" if space.paper_configs else "")
         + _reference_line(space) + _confirm_line(space, options, num_samples)
         + (f"\n  watch the study: optuna-dashboard {options.optuna_storage}" if options.optuna_storage else "")
         + (f"\n  loggers: result.json, {', '.join(options.loggers)}" if options.loggers else "")
-        + _code_lines(space, code, options.address))
+        + _code_lines(space, code, options.address)
+        + (f"\n  note: that asks for up to {num_samples:,} trials x {space.epochs:,} epochs = {asked:,} epochs of "
+           "training; the time it needs is estimated after the first epoch" if asked >= HUGE_ASK_EPOCHS else ""))
     t0 = time.time()
-    results = _fit(tuner, exp_dir, options.loggers is not None)
+    results = _fit(tuner, exp_dir, options.loggers is not None, _resume_hint(exp_dir))
     return _finish(exp_dir, meta, results, time.time() - t0, tuner)
+
+
+def _resume_hint(exp_dir: str) -> str:
+    return (f"the search stopped with its saved state whole: free some space, then continue it with python "
+            f"tune_main.py --resume {exp_dir}")
 
 
 def read_experiment(exp_dir: str) -> dict[str, Any]:
@@ -260,9 +287,11 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
             log(f"resuming experiment: {exp_dir}")
             for line in repair_checkpoint_refs(exp_dir):
                 log(f"  {line}")
+            log_file = storage.local_path(f"{exp_dir}/{RAY_LOG}") if storage.is_local(exp_dir) else None
             try:
-                tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options, code, address),
-                                           resume_unfinished=True, resume_errored=True)
+                with ray_log_to(log_file):  # its warnings about trials that never reported: to ray.log
+                    tuner = tune.Tuner.restore(exp_dir, trainable=_trainable(options, code, address),
+                                               resume_unfinished=True, resume_errored=True)
             except Exception as exc:  # noqa: BLE001 - whatever unpickling a damaged file raises
                 raise internals.damaged(f"{exp_dir}/{internals.TUNER_PKL}", exc) from None
             restored = internals.tuner_callbacks(tuner)
@@ -272,14 +301,17 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
                 if lost:
                     log(f"  Optuna trial{'s' * (len(lost) > 1)} {', '.join(map(str, lost))} of the study ran in "
                         "no trial Ray Tune saved (the driver stopped before its next save): told FAIL")
+            ended = _ended_before(exp_dir, int(meta.get("epochs") or 0))
             for cb in restored:
                 if isinstance(cb, TrialProgress):
                     cb.configure(interval=progress_interval, repeats=lambda: int(getattr(searcher, "repeats", 0)))
+                    cb.ended_before(ended)
             restored += callbacks
             t0 = time.time()
             try:
                 with internals.restore_failure_guard():
-                    results = _fit(tuner, exp_dir, (meta.get("options") or {}).get("loggers") is not None)
+                    results = _fit(tuner, exp_dir, (meta.get("options") or {}).get("loggers") is not None,
+                                   _resume_hint(exp_dir))
             except internals.RestoreFailed as exc:
                 raise UserError(f"{exp_dir}: Ray Tune could not restore the search from its saved state "
                                 f"({cut(str(exc), 160)}); nothing was trained (details in {exp_dir}/{RAY_LOG})") from None
@@ -287,6 +319,32 @@ def resume_search(exp_dir: str, address: str | None = None, cpus_per_trial: floa
             return _finish(exp_dir, meta, results, time.time() - t0, tuner)
         finally:
             ray.shutdown()
+
+
+def _ended_before(exp_dir: str, epochs: int) -> set[str]:
+    """Trials that ended before the driver stopped (a user error in result.json, or their budget
+    trained: the epochs in result.json or in the newest checkpoint a trial wrote itself, since
+    the driver's copy of result.json may be as old as Ray's saved state). That state may have them
+    continue, which ends at once: their end line was printed already."""
+    out = set()
+    for name in storage.list_names(exp_dir, folders=True):
+        if not name.startswith("trial_"):
+            continue
+        folder = f"{exp_dir}/{name}"
+        rows, _ = parse_result_lines(storage.read_text(f"{folder}/{RESULT_JSON}"))
+        try:
+            config = rows[-1].get("config") if rows else json.loads(storage.read_text(f"{folder}/params.json") or "")
+        except ValueError:
+            continue
+        done = [int(r.get("epoch") or 0) for r in rows]
+        for checkpoint in storage.list_names(folder, folders=True):
+            if checkpoint.startswith("checkpoint_"):
+                lines = (storage.read_text(f"{folder}/{checkpoint}/epochs.csv") or "").splitlines()
+                done += [int(row["epoch"]) for row in csv.DictReader(lines) if str(row.get("epoch")).isdigit()]
+        budget = config_epochs(config if isinstance(config, dict) else None, epochs)
+        if any(r.get(USER_ERROR) for r in rows) or max(done, default=0) >= budget:
+            out.add(name.removeprefix("trial_"))
+    return out
 
 
 def _stored_space(meta: dict[str, Any], exp_dir: str) -> SearchSpace:
@@ -314,7 +372,11 @@ def check_trusted(exp_dir: str) -> None:
     if not storage.is_local(exp_dir):
         return
     base = storage.local_path(exp_dir)
-    for path in [base, *(base / n for n in internals.restore_files(exp_dir))]:
+    paths = [base]
+    for rel in internals.restore_files(exp_dir):  # each file and the folders between it and the experiment
+        parts = Path(rel).parts
+        paths += [base.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+    for path in dict.fromkeys(paths):
         try:
             mode = path.stat().st_mode
         except OSError:
@@ -711,45 +773,82 @@ def _check_resources(cpus: float, gpus: float, local: bool) -> None:
 
 
 class _TuneMessages(logging.Filter):
-    """Ray Tune's interrupt messages, in this tool's terms (it tells people to call Tuner.restore)."""
+    """Ray Tune's interrupt messages, in this tool's terms (it tells people to call Tuner.restore);
+    none when the tool stopped the search itself (``watch``: a full disk)."""
+
+    def __init__(self, watch: NoSpaceWatch | None = None) -> None:
+        super().__init__()
+        self.watch = watch
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         if msg.startswith("Stop signal received"):
-            print("\ninterrupted: stopping the running trials and saving the search state "
-                  "(interrupt again to quit at once)", file=sys.stderr, flush=True)
+            if self.watch is None or self.watch.file is None:
+                print("\ninterrupted: stopping the running trials and saving the search state "
+                      "(interrupt again to quit at once)", file=sys.stderr, flush=True)
             return False
         return "has been interrupted" not in msg and "Tuner.restore(" not in msg
 
 
-def _fit(tuner: tune.Tuner, exp_dir: str, own_loggers: bool = True) -> tune.ResultGrid:
+def _fit(tuner: tune.Tuner, exp_dir: str, own_loggers: bool = True, no_space_hint: str = "") -> tune.ResultGrid:
     """``tuner.fit()``, with SIGTERM handled like Ctrl-C: Ray Tune stops the running trials and
     saves the search state, the tables and analysis of what finished are written, and
     ``--resume`` continues from there. Ray's warnings and errors go to the experiment's ray.log
     (local storage), the console gets one line per event and the status (``tuning.progress``).
     ``own_loggers``: the Tuner's callbacks hold the search's logger set (``tuning.loggers``), so
-    Ray Tune adds none of its own (an experiment from before ``loggers`` existed gets Ray's)."""
-    logging.getLogger("ray.tune.tune").addFilter(_TuneMessages())
+    Ray Tune adds none of its own (an experiment from before ``loggers`` existed gets Ray's).
+    A write that fails for lack of space stops the search the same way, with its last saved state
+    whole (``tuning.diskfull``), and raises ``NoSpace`` naming the file (with ``no_space_hint``)."""
+    watch = NoSpaceWatch()
+    callbacks = internals.tuner_callbacks(tuner)
+    callbacks[:] = [cb for cb in callbacks if not isinstance(cb, NoSpaceWatch)] + [watch]
+    messages = _TuneMessages(watch)
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addFilter(messages)
     log = storage.local_path(f"{exp_dir}/{RAY_LOG}") if storage.is_local(exp_dir) else None
+    quiet, consoles = QuietAboutNoSpace(), _ray_consoles()
+    for h in consoles:
+        h.addFilter(quiet)
     try:
-        with ray_log_to(log), loggers.ray_defaults_off(own_loggers):
-            return _fit_signals(tuner)
+        with ray_log_to(log), loggers.ray_defaults_off(own_loggers), internals.atomic_state_copies(watch.hit):
+            results = _fit_signals(tuner)
+    except OSError as exc:  # a write Ray makes itself, outside its trials and saved states
+        if is_no_space(exc) and watch.file is None:
+            raise NoSpace(no_space_file(exc, exp_dir), no_space_hint) from None
+        raise
     finally:
-        for cb in internals.tuner_callbacks(tuner):  # interrupted: the bar ends before the summary
+        tune_logger.removeFilter(messages)
+        for h in consoles:
+            h.removeFilter(quiet)
+        for cb in callbacks:  # interrupted: the bar ends before the summary
             if isinstance(cb, TrialProgress):
                 cb.close()
+    if watch.file is not None:
+        raise NoSpace(watch.file, no_space_hint)
+    return results
+
+
+def _ray_consoles() -> list[logging.Handler]:
+    """Ray's console handlers (on its ``ray`` logger)."""
+    return [h for h in logging.getLogger("ray").handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 
 
 def _fit_signals(tuner: tune.Tuner) -> tune.ResultGrid:
+    """``tuner.fit()`` with SIGTERM sent on as SIGINT; the SIGINT handler as it was afterwards
+    (Ray Tune leaves its own installed when fit() ends, and a Ctrl-C during the analysis would
+    then only set its stale stop flag)."""
     try:
         old = signal.signal(signal.SIGTERM, lambda sig, frame: os.kill(os.getpid(), signal.SIGINT))
+        old_int = signal.getsignal(signal.SIGINT)
     except ValueError:  # not the main thread: leave signals alone
-        old = None
+        old = old_int = None
     try:
         return tuner.fit()
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+            signal.signal(signal.SIGINT, old_int)
 
 
 # ------------------------------------------------------------------------------ the end
@@ -764,10 +863,10 @@ def _records(exp_dir: str, results: tune.ResultGrid) -> tuple[list[TrialRecord],
         rows, bad = parse_result_lines(storage.read_text(f"{path}/{RESULT_JSON}"))
         skipped += bad
         trial_id = Path(path).name.removeprefix("trial_")
-        if trial_id in unfinished:
-            status, error = "RUNNING", None
-        elif r.error is not None:
+        if r.error is not None:  # failed for good (Ray's saved state may still say RUNNING when its worker died)
             status, error = "ERROR", storage.read_text(f"{path}/error.txt") or str(r.error)
+        elif trial_id in unfinished:
+            status, error = "RUNNING", None
         else:
             status, error = "TERMINATED", None
         records.append(TrialRecord(trial_id=trial_id, status=status, config=dict(r.config or {}), rows=rows,
@@ -788,6 +887,17 @@ def _stopped_on_user_error(records: list[TrialRecord], searcher: Any) -> list[Tr
 def _finish(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s: float,
             tuner: tune.Tuner) -> SearchResult:
     """Write trials.csv, epochs.csv, rungs.csv (MOASHA's decisions) and experiment.json."""
+    try:
+        return _write_end(exp_dir, meta, results, wall_s, tuner)
+    except WriteError as exc:
+        if is_no_space(exc):
+            raise NoSpace(str(exc.path), f"the search's runs are saved: free some space, then python tune_main.py "
+                                         f"--resume {exp_dir} writes its tables") from None
+        raise
+
+
+def _write_end(exp_dir: str, meta: dict[str, Any], results: tune.ResultGrid, wall_s: float,
+               tuner: tune.Tuner) -> SearchResult:
     records, skipped = _records(exp_dir, results)
     searcher, scheduler = internals.tuner_searcher(tuner), internals.tuner_scheduler(tuner)
     user_error = getattr(internals.tuner_stopper(tuner), "reason", None)

@@ -2,10 +2,11 @@
 (which Ray Tune uses for the same paths). Local writes are atomic (``layerout.files``)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -72,6 +73,32 @@ def check_writable(folder: str, flag: str) -> None:
         raise UserError(f"{flag} {p}: cannot write there ({write_reason(exc)}); use a folder you can write") from None
 
 
+@contextlib.contextmanager
+def claimed(exp_dir: str, taken: Callable[[], Exception]) -> Iterator[None]:
+    """Claim a new experiment folder for this process: a local one is created by one
+    ``os.mkdir``, which only one of several processes starting at once can do (the others get
+    ``taken()`` raised); a remote one can only be checked for existence first. If the block (the
+    first write into it) fails, the folder is removed again while it is still empty."""
+    if is_local(exp_dir):
+        p = local_path(exp_dir)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.mkdir(mode=0o755)  # atomic: exactly one process creates it
+        except FileExistsError:
+            raise taken() from None
+        except OSError as exc:
+            raise WriteError(p, write_reason(exc)) from exc
+    elif exists(exp_dir):
+        raise taken()
+    try:
+        yield
+    except BaseException:
+        if is_local(exp_dir):
+            with contextlib.suppress(OSError):  # only an empty folder: what others wrote stays
+                os.rmdir(local_path(exp_dir))
+        raise
+
+
 def write_text(path: str, text: str) -> None:
     """Write a file so that readers never see a half-written one (WriteError when it cannot be)."""
     if is_local(path):
@@ -93,10 +120,12 @@ def write_text(path: str, text: str) -> None:
         raise WriteError(path, " ".join(str(exc).split())[:200]) from exc
 
 
-def list_names(path: str) -> list[str]:
-    """Names of the entries directly in the folder ``path`` (empty when it cannot be listed)."""
+def list_names(path: str, folders: bool = False) -> list[str]:
+    """Names of the entries directly in the folder ``path`` (``folders``: of its folders only;
+    empty when it cannot be listed)."""
     fs, p = storage_fs(path)
     try:
-        return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(p, recursive=False)))
+        return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(p, recursive=False))
+                      if not folders or i.type == pafs.FileType.Directory)
     except OSError:
         return []

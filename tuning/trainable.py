@@ -24,6 +24,7 @@ from layerout.metrics import METRICS
 from layerout.schedules import schedule_from_dict
 from layerout.trainer import TrainConfig, Trainer
 from tuning import internals
+from tuning.diskfull import NO_SPACE, DiskFull, is_no_space, no_space_file
 from tuning.progress import NODE_ID
 from tuning.repair import RAY_SEEN_MARKER, SCRATCH  # SCRATCH: the trainer's out_dir in the trial's folder
 
@@ -62,7 +63,12 @@ def train_trial(config: dict[str, Any], opts: dict[str, Any] | None = None,
                 raise UserError(f"{name}: could not be loaded in the trial ({userland.one_line(e)}); the modules it "
                                 "uses must be importable on the workers") from None
         _train(config, opts)
-    except UserError as e:
+    except (UserError, OSError) as e:
+        if is_no_space(e):  # not the user's mistake: a trial failure (Ray's), resumable once space is freed
+            raise DiskFull(str(e) if isinstance(e, UserError) else
+                           f"{no_space_file(e, str(internals.trial_folder()))}: cannot write ({NO_SPACE})") from None
+        if isinstance(e, OSError):
+            raise
         # the same on every retry: end the trial now, with the message (see tuning.usercode)
         tune.report({**{m: float("nan") for m in METRICS if m != "epoch"}, "epoch": 0, USER_ERROR: str(e)})
 

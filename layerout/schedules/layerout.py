@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from layerout.checks import short
+from layerout.checks import MAX_SEED, short
 from layerout.errors import UserError
 from layerout.schedules.base import FreezeState, Flag, Schedule, check_bool, check_int, register_schedule, \
     schedule_error
@@ -140,8 +140,8 @@ class LayerOutSchedule(Schedule):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LayerOutSchedule":
         seed = d.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise schedule_error("seed", f"must be an integer or null, got {short(seed)}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+            raise schedule_error("seed", f"must be an integer within [0, {MAX_SEED}] or null, got {short(seed)}")
         return cls(v=d.get("v"), v_mode=d.get("v_mode", "manual"), warmup_epochs=check_int(d, "warmup_epochs", 0),
                    keep_last_trainable=check_bool(d, "keep_last_trainable", False), seed=seed)
 
