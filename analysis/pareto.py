@@ -1,4 +1,5 @@
-"""Pareto fronts, 2-D hypervolume and the knee point.
+"""Pareto fronts of result tables (pandas) and the knee point; the geometry (non-dominated
+sorting, 2-D hypervolume) is layerout.dominance.
 
 Conventions (tested in tests/test_analysis.py):
 
@@ -15,12 +16,14 @@ Conventions (tested in tests/test_analysis.py):
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
+# the geometry lives below tuning/ and analysis/ (both use it); these names stay importable from here
+from layerout.dominance import hypervolume_2d, pareto_mask  # noqa: F401
+from layerout.metrics import DEFAULT_OBJECTIVES  # noqa: F401
 
 
 def _check_objectives(objectives: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -64,19 +67,6 @@ def drop_missing(df: pd.DataFrame, objectives: Sequence[tuple[str, str]] = DEFAU
     return df[~bad]
 
 
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """Boolean mask of the non-dominated rows of ``values`` (every column maximized, no NaN)."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):
-        ge = (values >= values[i]).all(axis=1)
-        gt = (values > values[i]).any(axis=1)
-        if (ge & gt).any():
-            keep[i] = False
-    return keep
-
-
 def pareto_front(
     df: pd.DataFrame, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES
 ) -> pd.DataFrame:
@@ -98,33 +88,6 @@ def pareto_front(
     keys = [np.arange(len(front))] + [-fv[:, j] for j in reversed(range(fv.shape[1]))]
     order = np.lexsort(keys)
     return front.iloc[order]
-
-
-def hypervolume_2d(points: Iterable[Sequence[float]] | np.ndarray | pd.DataFrame, ref: Sequence[float]) -> float:
-    """Area dominated by ``points`` and bounded below by ``ref``; both objectives maximized.
-
-    ``points``: an (N, 2) array-like (or a 2-column DataFrame) of (objective 1, objective 2) with
-    larger = better; ``ref``: the reference point (e.g. (0, 0), or (baseline accuracy, 0)). Points
-    that do not beat ``ref`` in both objectives add nothing; NaN rows are ignored; duplicates and
-    dominated points are harmless. An empty set has hypervolume 0.
-    """
-    p = np.asarray(points.to_numpy() if isinstance(points, pd.DataFrame) else list(points), dtype=float)
-    if p.size == 0:
-        return 0.0
-    p = p.reshape(-1, 2)
-    rx, ry = float(ref[0]), float(ref[1])
-    p = p[np.isfinite(p).all(axis=1)]
-    p = p[(p[:, 0] > rx) & (p[:, 1] > ry)]
-    if len(p) == 0:
-        return 0.0
-    # sweep by the first objective, best first; each point adds the strip above the best y so far
-    p = p[np.lexsort((-p[:, 1], -p[:, 0]))]
-    hv, best_y = 0.0, ry
-    for x, y in p:
-        if y > best_y:
-            hv += (x - rx) * (y - best_y)
-            best_y = y
-    return float(hv)
 
 
 def knee_point(front: pd.DataFrame, objectives: Sequence[tuple[str, str]] = DEFAULT_OBJECTIVES):

@@ -32,7 +32,7 @@ import numpy as np
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from analysis.pareto import pareto_mask
+from layerout.dominance import pareto_mask
 from search_spaces.trials import config_epochs
 from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
 
@@ -73,7 +73,7 @@ def spread_order(points: np.ndarray, start: int = 0) -> list[int]:
 
 def pareto_order(values: np.ndarray, start: int = 0) -> list[int]:
     """Row indices of ``values`` (every column maximized, no NaN) best first: by non-dominated
-    front (``analysis.pareto.pareto_mask`` peeled front by front), within a front by the
+    front (``layerout.dominance.pareto_mask`` peeled front by front), within a front by the
     epsilon-net spread rule on the objectives scaled to [0, 1] over all rows, starting from the
     best point in objective ``start``."""
     values = np.asarray(values, dtype=float)
