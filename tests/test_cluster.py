@@ -294,7 +294,10 @@ def test_two_nodes_on_loopback_with_token_auth_survive_a_node_death(tmp_path, pr
     ran = _result_lines(exp / f"trial_{victim}")
     before = [r["epoch"] for r in ran if r["node_id"] == worker_node]
     after = [r["epoch"] for r in ran if r["node_id"] != worker_node]
-    assert before == list(range(1, restart + 1)) and after == list(range(restart + 1, EPOCHS + 1)), (before, after)
+    # the worker may have reported one epoch more whose checkpoint the raylet's death cut off (seen
+    # in CI: epochs 1-12 on the worker, restart from 11); that epoch trains again and its later report wins
+    assert before in (list(range(1, restart + 1)), list(range(1, restart + 2))), (restart, before)
+    assert after == list(range(restart + 1, EPOCHS + 1)), (restart, after)
     assert "Traceback" not in out and "[state-dump]" not in out and "(raylet)" not in out, out[-5000:]
     log = (exp / "ray.log").read_text()
     assert f"Trial task failed for trial train_trial_{victim}" in log and "Raylet is terminated" in log

@@ -5,6 +5,7 @@ decisions and the table's curves, the build resumes, and the --quick run never f
 table's own front."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -156,9 +157,15 @@ def test_the_quick_benchmark_never_beats_the_oracle(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "q.json").read_text())
     methods = out["settings"]["methods"]
-    assert len(methods) == 14 and "synetune:moasha-ranked" in methods and "optuna:nsga2" in methods
+    # Syne Tune is the bench extra, not the test install: without it the benchmark says so and runs the rest
+    with_syne_tune = importlib.util.find_spec("syne_tune") is not None
+    assert len(methods) == (14 if with_syne_tune else 12) and "optuna:nsga2" in methods
+    assert ("synetune:moasha-ranked" in methods) == with_syne_tune
+    assert (out["synetune_error"] is None) == with_syne_tune
+    if not with_syne_tune:
+        assert "Syne Tune's MOASHA left out" in proc.stderr and "pip install -e .[bench]" in proc.stderr
     runs = out["runs"]
-    assert sorted(Counter(r["method"] for r in runs).values()) == [2] * 14
+    assert sorted(Counter(r["method"] for r in runs).values()) == [2] * len(methods)
     for r in runs:
         assert r["hv_frac"] <= 1 + 1e-9 and (r["gain_frac"] is None or r["gain_frac"] <= 1 + 1e-9), r["method"]
         assert r["trials"] <= 24 and r["epochs_trained"] <= 24 * 8
