@@ -122,7 +122,8 @@ def report(result: SearchResult, no_analysis: bool, confirm_seeds: int | None = 
     if n and epochs:
         trained = int(result.trials["epochs_done"].fillna(0).sum())
         print(f"epochs trained: {trained} of {n * epochs} ({100 * trained / (n * epochs):.0f}%)"
-              + (f"; {result.repeats} proposed configurations repeated a trial and were not trained again"
+              + (f"; {result.repeats} proposed configuration{'s' if result.repeats != 1 else ''} repeated a "
+                 f"trial and {'were' if result.repeats != 1 else 'was'} not trained again"
                  if result.repeats else ""))
     if result.exhausted:
         print(f"the search ended after {n} distinct configurations: the samplers kept proposing ones already run")

@@ -315,3 +315,13 @@ def kill_driver_when(cmd: list[str], cwd: Path, env: dict[str, str], ready, time
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """After a test's driver (started with ``start_new_session=True``): whatever the test asserts,
+    the driver and Ray's processes in its group end with it."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -14,7 +14,7 @@ import pytest
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts Ray: loopback only
 
-from helpers import REPO, assert_one_line_error, good_policy, run_module  # noqa: E402
+from helpers import REPO, assert_one_line_error, good_policy, kill_group, run_module  # noqa: E402
 from layerout.errors import UserError  # noqa: E402
 from layerout.policy import MAX_POLICY_BYTES, Policy, load_policy  # noqa: E402
 
@@ -155,9 +155,7 @@ def test_a_huge_search_says_what_it_asks_for_and_what_it_needs(tmp_path):
         os.kill(proc.pid, signal.SIGTERM)
         rest, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
     text = "".join(lines)
     assert ("note: that asks for up to 1,000,000 trials x 100,000 epochs = 100,000,000,000 epochs of training; "
             "the time it needs is estimated after the first epoch") in text, text + rest
@@ -478,9 +476,7 @@ def test_an_interrupted_confirmation_records_nothing_and_a_second_completes(fail
         os.kill(proc.pid, signal.SIGTERM)  # the first run has reported an epoch: the others have not started
         out, err = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
     assert proc.returncode == 130, out[-3000:] + err[-3000:]
     assert ("interrupted: this confirmation recorded nothing (confirm.csv and the analysis are as they were); run it "
             f"again to confirm: python -m analysis.confirm {exp}") in err
@@ -584,9 +580,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_it_resumes(small_disk, tmp
                 break
         out, err = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
         time.sleep(1)
         with pytest.raises(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # Ray's processes ended with the driver

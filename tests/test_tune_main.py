@@ -22,7 +22,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before anything starts 
 import pandas as pd  # noqa: E402
 
 import tune_main  # noqa: E402
-from helpers import METRIC_COLUMNS, cli_env, digits_space, kill_driver_when  # noqa: E402
+from helpers import METRIC_COLUMNS, cli_env, digits_space, kill_driver_when, kill_group  # noqa: E402
 from layerout.policy import load_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,9 +276,7 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path):
         os.kill(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        kill_group(proc)
     assert proc.returncode == 130, out[-3000:]
     assert f"python tune_main.py --resume {exp}" in out and "Tuner.restore" not in out
     trials, _, meta = _read(exp)
