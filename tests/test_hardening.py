@@ -729,7 +729,7 @@ def test_a_search_whose_analysis_finds_the_disk_full_exits_2(tmp_path, monkeypat
     def full(exp, quiet=False):
         raise WriteError(exp / "curves.png", "no space left on device")
 
-    monkeypatch.setattr(tune_main, "run_analysis", full)
+    monkeypatch.setattr("analysis.run.run_analysis", full)  # tune_main imports it when it reports
     trials = pd.DataFrame({"trial_id": ["a"], "status": ["TERMINATED"], "stopped_early": [False], "reference": [""],
                            "epochs_done": [2]})
     result = SearchResult(exp_dir=str(tmp_path), meta={"epochs": 2}, trials=trials, epochs=pd.DataFrame(), wall_s=1.0,
