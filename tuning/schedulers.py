@@ -34,6 +34,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 
 from layerout.dominance import pareto_mask
 from search_spaces.trials import config_epochs
+from tuning.rungs import RungTable, rank_at_rung
 from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
 
 PROTECTED_KEYS = ("paper_config", "reference")
@@ -93,17 +94,17 @@ def rung_rank(new: Sequence[float], recorded: Sequence[Sequence[float]], reducti
               ) -> tuple[int, int, bool]:
     """The rank rule at one rung: (rank of ``new`` among ``recorded`` + itself, 0 = best; the
     number of results ranked; whether it continues). Values are maximized (negate minimized
-    objectives). The rank is ``new``'s place in ``pareto_order``, the best over the objectives the
-    epsilon net may start from. It continues when ``rank < (len(recorded) + 1) /
-    reduction_factor``: the first result at a rung always continues, one that dominates every
-    recorded result is alone on the first front (rank 0) and continues, one that is the best of
-    its front in some objective is first there, and one dominated by more than
-    ``1/reduction_factor`` of the recorded results ranks below all of them and stops. Exact
-    duplicates of a recorded result come after it."""
-    rows = np.asarray([list(map(float, r)) for r in recorded] + [list(map(float, new))], dtype=float)
-    new_row = len(rows) - 1
-    rank = min(pareto_order(rows, start).index(new_row) for start in range(rows.shape[1]))
-    return rank, len(rows), rank * reduction_factor < len(rows)
+    objectives). It continues when ``rank < (len(recorded) + 1) / reduction_factor``: the first
+    result at a rung always continues, one that dominates every recorded result is alone on the
+    first front (rank 0) and continues, one that is the best of its front in some objective is
+    first there, and one dominated by at least the cut-off's number of recorded results stops.
+    Exact duplicates of a recorded result come after it. Within the contested front the order is
+    the epsilon net of the recorded front with the new result entering it monotonically
+    (``tuning.rungs``): raising an objective never turns CONTINUE into STOP. ``pareto_order``
+    is the plain epsilon-net order it agrees with in most cases."""
+    new_row = [float(v) for v in new]
+    rows = np.asarray([list(map(float, r)) for r in recorded], dtype=float).reshape(-1, len(new_row))
+    return rank_at_rung(new_row, rows, reduction_factor)
 
 
 # ------------------------------------------------------------------------------ MOASHA
@@ -169,10 +170,10 @@ class MOASHA(FIFOScheduler):
         if not all(math.isfinite(v) for v in raw):
             return CONTINUE
         signed = [v if mode == "max" else -v for v, (_, mode) in zip(raw, self.objectives)]
-        recorded = [[v if mode == "max" else -v for v, (_, mode) in zip(vals, self.objectives)]
-                    for tid, vals in self.rungs[rung].items() if tid != trial_id]
-        rank, of, keep = rung_rank(signed, recorded, self.reduction_factor)
+        table = self._table(rung)
+        rank, of, keep = table.rank(signed, self.reduction_factor)
         self.rungs[rung][trial_id] = raw
+        table.add(signed)
         why = protected(config)
         decision = "continue" if keep else ("kept: " + why if why else "stop")
         self._decided[trial_id, rung] = "stop" if decision == "stop" else "continue"
@@ -180,6 +181,18 @@ class MOASHA(FIFOScheduler):
                                **{m: v for (m, _), v in zip(self.objectives, raw)},
                                "rank": rank + 1, "of": of, "decision": decision})
         return STOP if decision == "stop" else CONTINUE
+
+    def _table(self, rung: int) -> RungTable:
+        """The rung's results as a ``RungTable`` (signed: every objective maximized), kept
+        beside ``rungs`` so that a decision does not sort the rung again; rebuilt from ``rungs``
+        when they no longer match (a restored state, an older pickle without tables)."""
+        tables = self.__dict__.setdefault("_tables", {})
+        table = tables.get(rung)
+        if table is None or len(table) != len(self.rungs[rung]):
+            signs = [1.0 if mode == "max" else -1.0 for _, mode in self.objectives]
+            table = tables[rung] = RungTable(len(signs), [[s * v for s, v in zip(signs, vals)]
+                                                          for vals in self.rungs[rung].values()])
+        return table
 
     def debug_string(self) -> str:
         return (f"MOASHA: rungs at {self.milestones} epochs, {self.num_stopped} trials stopped, "
@@ -196,6 +209,7 @@ class MOASHA(FIFOScheduler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rungs = {int(m): dict(r) for m, r in state["rungs"].items()}
+        self._tables = {}
         self.decisions = [dict(d) for d in state["decisions"]]
         self._decided = {(d["trial_id"], int(d["rung"])): ("stop" if d["decision"] == "stop" else "continue")
                          for d in self.decisions}
