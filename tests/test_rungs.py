@@ -150,3 +150,43 @@ def test_moasha_decides_from_its_tables_and_rebuilds_them_after_a_restore():
             restored.load_state_dict(s.state_dict())
             s = restored
     assert len(s.decision_rows()) == 120
+
+
+def test_an_adaptive_trial_is_ranked_on_its_familys_finished_savings_not_on_zero():
+    def new():
+        return MOASHA(objectives=[("val_accuracy", "max"), ("planned_compute_saved_frac", "max")], max_t=8,
+                      grace_period=2, reduction_factor=2)
+
+    adaptive = {"family": "adaptive", "schedule": {"kind": "adaptive", "check_every": 1, "threshold_mode": "percentile",
+                                                   "threshold": 50.0, "min_trainable_units": 1, "freeze_epochs": None}}
+    replay = {"family": "adaptive", "schedule": {**adaptive["schedule"], "freeze_epochs": [3, None]}}
+    prefix = {"family": "prefix", "schedule": {"kind": "prefix", "k": 1, "start_epoch": 0}}
+    at_rung = {"epoch": 2, "val_accuracy": 0.80, "planned_compute_saved_frac": 0.0}  # nothing frozen yet
+
+    def rung_with(s):
+        # one recorded result, more accurate and saving 0.2: an adaptive trial that has not frozen yet
+        # is dominated by it (planned 0) unless its family's record says it will save more
+        s.decide("a", {}, {"epoch": 2, "val_accuracy": 0.85, "planned_compute_saved_frac": 0.2})
+        return s
+
+    assert rung_with(new()).decide("x", adaptive, at_rung) == "STOP"  # no prior yet: its own plan, as before
+    s = new()
+    s.finished(adaptive, {"epoch": 8, "planned_compute_saved_frac": 0.4, "compute_saved_frac": 0.4})
+    s.finished(adaptive, {"epoch": 3, "planned_compute_saved_frac": 0.9})  # stopped early: not a final saving
+    s.finished(prefix, {"epoch": 8, "planned_compute_saved_frac": 0.9})  # its plan is exact: no prior needed
+    assert s.prior.estimate("adaptive", 8) == 0.4 and s.prior.estimate("prefix", 8) is None
+    rung_with(s)
+    assert s.decide("x", adaptive, at_rung) == "CONTINUE"
+    assert s.decision_rows()[-1]["planned_compute_saved_frac"] == 0.4  # the value it was ranked on
+    # a trial whose own plan already promises more keeps its own; a replayed policy's plan is exact
+    assert s.decide("y", adaptive, {**at_rung, "planned_compute_saved_frac": 0.6}) == "CONTINUE"
+    assert s.decision_rows()[-1]["planned_compute_saved_frac"] == 0.6
+    assert s.decide("z", replay, {**at_rung, "val_accuracy": 0.5}) == "STOP"
+    assert s.decision_rows()[-1]["planned_compute_saved_frac"] == 0.0
+    # the prior survives --resume with the rest of the state; a state saved before priors loads
+    restored = new()
+    restored.load_state_dict(s.state_dict())
+    assert restored.prior.estimate("adaptive", 8) == 0.4
+    older = {k: v for k, v in s.state_dict().items() if k != "prior"}
+    restored.load_state_dict(older)
+    assert restored.prior.estimate("adaptive", 8) is None

@@ -205,3 +205,39 @@ class RungTable:
             self.levels = np.concatenate([self.levels, np.empty(cap - self._n, dtype=np.int64)])
         self.values[self._n], self.levels[self._n] = row, f
         self._n += 1
+
+
+class PlanPrior:
+    """What a schedule that learns from training (``adaptive``) saves by its end, from the trials
+    of its family that trained to their end: a prior for the trials still running.
+
+    Such a trial's ``planned_compute_saved_frac`` holds its current mask to the end: 0 until its
+    first freeze, though it will freeze later (its plan only ever rises). Ranked on 0 it looks
+    like the unfrozen baseline with less accuracy and is stopped more easily than it deserves.
+    MOASHA ranks it on ``max(its own plan, the median final saving of the finished trials of the
+    same family and epochs)``: its plan where it already promises more, the family's record
+    where it has not decided yet. Before any such trial finished there is no prior and its own
+    plan counts, as before. Keyed by (family, epochs): a shorter run's saving counts its
+    shorter training too."""
+
+    def __init__(self, finals: dict[str, list[float]] | None = None) -> None:
+        self.finals: dict[str, list[float]] = {k: list(v) for k, v in (finals or {}).items()}
+
+    @staticmethod
+    def key(family: str, epochs: int) -> str:
+        return f"{family}/{int(epochs)}"  # a string: the state is saved as JSON-like data
+
+    def record(self, family: str, epochs: int, final: float) -> None:
+        """A trial of ``family`` trained its ``epochs`` to the end and saved ``final``."""
+        if np.isfinite(final):
+            self.finals.setdefault(self.key(family, epochs), []).append(float(final))
+
+    def estimate(self, family: str, epochs: int) -> float | None:
+        """The median final saving of the finished trials of this family and length, or None."""
+        done = self.finals.get(self.key(family, epochs))
+        return float(np.median(done)) if done else None
+
+    def planned(self, family: str, epochs: int, own: float) -> float:
+        """The planned saving a learning trial is ranked on: its own, or the prior if higher."""
+        prior = self.estimate(family, epochs)
+        return own if prior is None else max(own, prior)
