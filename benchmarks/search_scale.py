@@ -104,6 +104,8 @@ class Timer:
         ms = [s * 1000 for _, s in self.calls]
         big = sorted(self.calls, key=lambda c: c[0])[-max(1, len(self.calls) // 10):]
         return {"calls": len(self.calls), "median_ms": statistics.median(ms), "max_ms": max(ms),
+                # every call's (size, ms), for how the cost grows with the rung or the study
+                "by_size": [[n, round(s * 1000, 4)] for n, s in self.calls],
                 "total_s": sum(ms) / 1000, "largest_size": big[-1][0], "largest_tenth_min_size": big[0][0],
                 "largest_tenth_median_ms": statistics.median(s * 1000 for _, s in big)}
 
@@ -255,6 +257,8 @@ def main() -> int:
     ap.add_argument("--no-analysis", action="store_true", help="skip python -m analysis on our experiment")
     ap.add_argument("--keep", metavar="DIR", help="keep the experiments here (default: a temporary folder)")
     ap.add_argument("--json", default=str(OUT_DIR / "search_scale.json"))
+    ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES),
+                    help="which sides to run (ours always; default all)")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--side-json", help=argparse.SUPPRESS)
@@ -268,7 +272,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     sides: dict[str, Any] = {}
     try:
-        for side in SIDES:
+        for side in [x for x in SIDES if x in args.sides or x == "ours"]:
             side_json = work / f"{side}.json"
             cmd = [sys.executable, __file__, "--side", side, "--trials", str(args.trials), "--concurrent",
                    str(args.concurrent), "--out", str(work / side), "--side-json", str(side_json)]
@@ -285,17 +289,18 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     finish_environment(env)
-    ours, plain = sides["ours"], sides["plain"]
+    ours = sides["ours"]
+    run = [x for x in SIDES if x in sides]
     per = {s: {k: sides[s][k] / max(1, sides[s]["trials"]) for k in ("search_s", "fit_s")} for s in sides}
-    ratios = {base: {k: per["ours"][k] / per[base][k] for k in ("search_s", "fit_s")} for base in ("plain", "plain-space")}
+    ratios = {base: {k: per["ours"][k] / per[base][k] for k in ("search_s", "fit_s")} for base in run if base != "ours"}
     rows = [[s, sides[s]["trials"], per[s]["search_s"] * 1000, per[s]["fit_s"] * 1000, sides[s]["driver_peak_rss_mb"],
-             sides[s]["dir_bytes"]["total"] / max(1, sides[s]["trials"]) / 1024] for s in SIDES]
+             sides[s]["dir_bytes"]["total"] / max(1, sides[s]["trials"]) / 1024] for s in run]
     print(table(rows, ["side", "trials", "ms/trial (search)", "ms/trial (fit)", "driver peak MB", "dir KB/trial"]))
     for base, r in ratios.items():
         print(f"ours / {base} per trial: search {r['search_s']:.2f}x, fit {r['fit_s']:.2f}x")
-    dec = [["MOASHA decision (ours)", ours["moasha"]], *[[f"ASHA decision ({s})", sides[s]["asha"]] for s in SIDES[:2]],
-           *[[f"suggest ({s})", sides[s]["searcher_suggest"]] for s in SIDES],
-           *[[f"on_trial_complete ({s})", sides[s]["searcher_complete"]] for s in SIDES]]
+    dec = [["MOASHA decision (ours)", ours["moasha"]], *[[f"ASHA decision ({s})", sides[s]["asha"]] for s in run if s != "ours"],
+           *[[f"suggest ({s})", sides[s]["searcher_suggest"]] for s in run],
+           *[[f"on_trial_complete ({s})", sides[s]["searcher_complete"]] for s in run]]
     print(table([[name, s.get("calls"), s.get("median_ms"), s.get("largest_size"), s.get("largest_tenth_median_ms"),
                   s.get("max_ms"), s.get("total_s")] for name, s in dec],
                 ["call", "calls", "median ms", "largest size", "ms at the largest tenth", "max ms", "total s"]))
@@ -303,8 +308,8 @@ def main() -> int:
           "proposals, not trained again)")
     print("\nexperiment directory, bytes per trial by kind:")
     kinds = list(ours["dir_bytes"])
-    print(table([[k, *[sides[s]["dir_bytes"].get(k, 0) / max(1, sides[s]["trials"]) for s in SIDES]] for k in kinds],
-                ["kind", *SIDES]))
+    print(table([[k, *[sides[s]["dir_bytes"].get(k, 0) / max(1, sides[s]["trials"]) for s in run]] for k in kinds],
+                ["kind", *run]))
     if analysis:
         print(f"\npython -m analysis on {ours['trials']} trials: {analysis['wall_s']:.1f} s, peak {analysis['peak_rss_mb']:.0f} MB, "
               f"exit {analysis['exit_status']}")
