@@ -7,7 +7,7 @@ points far from those already chosen, so raising a result's accuracy could bring
 chosen point and turn CONTINUE into STOP. This module decides the same way in the cases that do
 not depend on the net, and uses the net only where it decides, in a form that is monotone:
 
-1. Fronts of the *recorded* results alone (two objectives: one sort and one pass,
+1. Fronts of the *recorded* results alone (two objectives: one sort, one vectorized pass per front,
    ``front_levels``). The new result's front ``f`` is the number of fronts among the recorded
    results that dominate it; ``B``, the recorded results on better fronts, come before it
    whatever it is, and the results it dominates fall behind it. Raising an objective never
