@@ -332,14 +332,23 @@ def plot_front_policies(exp: Experiment, fr: Front, path: str | Path) -> Path:
 # curves.png
 
 
+CURVES_NAMED = 12  # front trials named one by one in curves.png; beyond, a colour scale of compute saved
+
+
 def plot_curves(exp: Experiment, fr: Front, path: str | Path) -> Path:
-    """Validation accuracy by epoch for the front's trials and the baseline."""
+    """Validation accuracy by epoch for the front's trials and the baseline. Up to
+    ``CURVES_NAMED`` front trials each get a legend line; a larger front (a search of thousands of
+    trials) is coloured by compute saved with a colour bar, and only the knee is named, so that
+    the legend never covers the curves."""
     fig = _new_figure(8.0, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     e = exp.epochs
     base_ids = list(fr.baseline["trial_id"])
     front_ids = [x for x in fr.front["trial_id"] if x not in base_ids]
     cmap = colormaps["viridis"]
+    named = len(front_ids) <= CURVES_NAMED
+    saved = fr.front.set_index("trial_id")["compute_saved_frac"].astype(float)
+    lo, hi = (float(saved.min()), float(saved.max())) if len(saved) else (0.0, 1.0)
     drawn = 0
     for i, tid in enumerate(front_ids):
         d = e[e["trial_id"] == tid].sort_values("epoch")
@@ -347,13 +356,23 @@ def plot_curves(exp: Experiment, fr: Front, path: str | Path) -> Path:
             continue
         row = fr.front[fr.front["trial_id"] == tid].iloc[0]
         knee = tid == fr.knee
-        color = "crimson" if knee else cmap(i / max(1, len(front_ids) - 1) * 0.85)
+        where = i / max(1, len(front_ids) - 1) if named else (float(row["compute_saved_frac"]) - lo) / ((hi - lo) or 1.0)
+        color = "crimson" if knee else cmap(where * 0.85)
         tag_name = row["paper_config"] or row.get("reference", "")
         label = f"{tid} {row['family']}" + (f" [{tag_name}]" if tag_name else "")
         label += f" · {100 * row['compute_saved_frac']:.0f}% saved" + (" (knee)" if knee else "")
-        ax.plot(d["epoch"], _pct(d["val_accuracy"]), "-o", ms=2.5, lw=2.2 if knee else 1.2,
-                color=color, label=label, zorder=4 if knee else 3)
+        ax.plot(d["epoch"], _pct(d["val_accuracy"]), "-o" if named or knee else "-", ms=2.5,
+                lw=2.2 if knee else 1.2 if named else 0.8, alpha=1.0 if named or knee else 0.6,
+                color=color, label=label if named or knee else None, zorder=4 if knee else 3)
         drawn += 1
+    if not named and front_ids:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import LinearSegmentedColormap, Normalize
+
+        # the colours drawn (viridis up to 0.85), labelled in percent saved
+        part = LinearSegmentedColormap.from_list("viridis_085", [cmap(x * 0.85) for x in np.linspace(0, 1, 64)])
+        bar = fig.colorbar(ScalarMappable(norm=Normalize(100 * lo, 100 * hi), cmap=part), ax=ax, fraction=0.04, pad=0.02)
+        bar.set_label(f"compute saved (%), {len(front_ids)} front trials", fontsize=8)
     for tid in base_ids:
         d = e[e["trial_id"] == tid].sort_values("epoch")
         if d.empty:

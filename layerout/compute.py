@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -80,21 +80,39 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return out
 
 
+# Per-sample FLOPs by (model identity, mask), shared by the FlopCaches of one process: the trials
+# of a search run one after another in a reused worker process and meet the same masks of the same
+# model again; probing each costs a forward and backward under torch's FLOP counter (tens of
+# milliseconds on the demo's model, more on large ones). Only for a ``shared_key`` that names the
+# model completely (``Trainer``: built-in models only; your own model's FLOPs may depend on its
+# code, which the key cannot see).
+SHARED_FLOPS: dict[tuple[Any, tuple[bool, ...]], float] = {}
+
+
 class FlopCache:
-    """Per-sample training FLOPs for each mask seen, measured once on a small probe batch."""
+    """Per-sample training FLOPs for each mask seen, measured once on a small probe batch (once
+    per process for models with a ``shared_key``: ``SHARED_FLOPS``)."""
 
     def __init__(self, model: nn.Module, unit_params: list[list[nn.Parameter]], probe_x: torch.Tensor,
-                 probe_y: torch.Tensor, loss_fn: LossFn = nn.functional.cross_entropy) -> None:
+                 probe_y: torch.Tensor, loss_fn: LossFn = nn.functional.cross_entropy,
+                 shared_key: Any = None) -> None:
         self.model, self.unit_params, self.loss_fn = model, unit_params, loss_fn
         self.probe_x, self.probe_y = probe_x, probe_y
+        self.shared_key = shared_key
         self.per_sample: dict[tuple[bool, ...], float] = {}
 
     def __call__(self, frozen: tuple[bool, ...]) -> float:
         key = tuple(bool(f) for f in frozen)
         if key not in self.per_sample:
-            n = len(self.probe_x)
-            self.per_sample[key] = step_flops(self.model, self.unit_params, key, self.probe_x,
-                                              self.probe_y, self.loss_fn) / n
+            shared = (self.shared_key, key) if self.shared_key is not None else None
+            if shared is not None and shared in SHARED_FLOPS:
+                self.per_sample[key] = SHARED_FLOPS[shared]
+            else:
+                n = len(self.probe_x)
+                self.per_sample[key] = step_flops(self.model, self.unit_params, key, self.probe_x,
+                                                  self.probe_y, self.loss_fn) / n
+                if shared is not None:
+                    SHARED_FLOPS[shared] = self.per_sample[key]
         return self.per_sample[key]
 
 

@@ -266,7 +266,13 @@ class Trainer:
         self.user_code = bool(model_given or user_data or is_user_code(cfg.model, cfg.dataset))
         if self.user_code:
             check_forward(self.model, px, py, self.data.num_classes, cfg.model, cfg.dataset)
-        self.flops = FlopCache(self.model, self.freezer.params, px, py)
+        # a built-in model is named completely by these: its FLOPs per mask are probed once per
+        # process (a search's reused worker), not once per trial; your own model's are probed per run
+        shared = None if self.user_code else (
+            cfg.model, self.data.num_classes, self.data.in_channels, tuple(px.shape[1:]), str(px.dtype),
+            self.device.type, tuple((u.name, tuple(u.prefixes)) for u in self.units),
+            tuple((n, tuple(p.shape), str(p.dtype)) for n, p in self.model.named_parameters()))
+        self.flops = FlopCache(self.model, self.freezer.params, px, py, shared_key=shared)
         if self.user_code:  # the user's model in eval mode (the FLOP count runs it so) fails here, in one line
             try:
                 self.flops((False,) * len(self.units))

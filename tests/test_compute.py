@@ -165,3 +165,33 @@ def test_a_checkpointed_ledger_from_before_the_clocks_keeps_its_wall_clock_times
     led.end_epoch(0.0, 1.0, 2, unfrozen_epoch=False, clock_seconds=0.25)
     assert (led.train_time_s, led.train_clock_s, led.steps) == (6.0, 5.25, 12)
     assert led.time_saved_frac == pytest.approx(1 - 5.25 / (12 * 0.5))
+
+
+def test_the_trainers_of_one_process_probe_each_mask_of_a_built_in_model_once(digits, mlp2_model, monkeypatch):
+    # a search's reused worker runs trial after trial: the FLOPs of a mask it met are not probed again
+    from layerout import compute
+
+    monkeypatch.setattr(compute, "SHARED_FLOPS", {})
+    probed = []
+    real = compute.step_flops
+    monkeypatch.setattr(compute, "step_flops", lambda model, params, mask, *a, **k: probed.append(tuple(mask))
+                        or real(model, params, mask, *a, **k))
+    cfg = TrainConfig(model=mlp2_model, dataset="digits", epochs=2, max_train_batches=2, batch_size=32, seed=1)
+    first = Trainer(cfg, LayerOutSchedule(v=[0.5, 0.5]), verbose=False, data=digits)
+    first.fit()
+    seen = sorted(set(probed))
+    assert len(probed) == len(seen) and (False, False) in seen
+    probed.clear()
+    second = Trainer(cfg, LayerOutSchedule(v=[0.5, 0.5]), verbose=False, data=digits)
+    second.fit()
+    assert probed == [] and second.flops.per_sample == first.flops.per_sample  # the same numbers, not probed
+    # another model (here: other widths under the same name) is probed afresh
+    monkeypatch.setitem(MODELS, mlp2_model, ModelSpec(mlp2_model, lambda num_classes=10, in_channels=1: nn.Sequential(
+        nn.Flatten(), nn.Linear(64 * in_channels, 20), nn.ReLU(), nn.Linear(20, num_classes)), "test", 8, "digits", 1))
+    Trainer(cfg, LayerOutSchedule(v=[0.5, 0.5]), verbose=False, data=digits).flops((False, False))
+    assert probed == [(False, False)]
+    # your own model object is never shared: its FLOPs may depend on code the key cannot see
+    probed.clear()
+    for _ in range(2):
+        Trainer(cfg, LayerOutSchedule(v=[0.5, 0.5]), verbose=False, data=digits, model=_mlp2).flops((False, False))
+    assert len(probed) >= 2

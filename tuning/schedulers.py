@@ -11,6 +11,10 @@
   lets a result equal to its cut-off continue: a result is stopped only when it falls outside the
   top ``1 / reduction_factor`` whichever objective the net starts from. The search ranks on (val_accuracy, planned_compute_saved_frac): what a
   trial's policy will save by the end, not what it has saved so far.
+  An ``adaptive`` trial's plan is 0 until its first freeze; it is ranked on the larger of its
+  plan and the median final saving of its family's finished trials (``tuning.rungs.PlanPrior``).
+  The rule itself lives in ``tuning.rungs`` (fast, and monotone: raising an objective never turns
+  CONTINUE into STOP, which the plain epsilon net over the new result's front is not).
 - ``PaperASHA``: Ray's ASHA (accuracy alone) that never stops the protected configurations.
 
 Neither ever stops a protected configuration: one whose config has a ``paper_config`` (the paper's
@@ -33,10 +37,13 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from layerout.dominance import pareto_mask
+from layerout.schedules import schedule_from_dict
 from search_spaces.trials import config_epochs
+from tuning.rungs import PlanPrior, RungTable, rank_at_rung
 from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
 
 PROTECTED_KEYS = ("paper_config", "reference")
+PLANNED = "planned_compute_saved_frac"  # the objective a learning schedule's prior stands in for
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
@@ -47,6 +54,19 @@ def protected(config: dict[str, Any] | None) -> str:
         if value:
             return f"{key}={value}"
     return ""
+
+
+def learns(config: dict[str, Any] | None) -> str:
+    """The family of a trial whose schedule learns from training (its plan holds its current
+    mask: ``adaptive`` deciding afresh, not replaying), or ""."""
+    sched = (config or {}).get("schedule")
+    if not isinstance(sched, dict):
+        return ""
+    try:
+        learning = bool(schedule_from_dict(sched).needs_grad_stats)
+    except Exception:  # noqa: BLE001 - a config the trial itself will report on; not ours to judge here
+        return ""
+    return str((config or {}).get("family") or sched.get("kind") or "") if learning else ""
 
 
 # ------------------------------------------------------------------------------ the rank rule
@@ -93,17 +113,17 @@ def rung_rank(new: Sequence[float], recorded: Sequence[Sequence[float]], reducti
               ) -> tuple[int, int, bool]:
     """The rank rule at one rung: (rank of ``new`` among ``recorded`` + itself, 0 = best; the
     number of results ranked; whether it continues). Values are maximized (negate minimized
-    objectives). The rank is ``new``'s place in ``pareto_order``, the best over the objectives the
-    epsilon net may start from. It continues when ``rank < (len(recorded) + 1) /
-    reduction_factor``: the first result at a rung always continues, one that dominates every
-    recorded result is alone on the first front (rank 0) and continues, one that is the best of
-    its front in some objective is first there, and one dominated by more than
-    ``1/reduction_factor`` of the recorded results ranks below all of them and stops. Exact
-    duplicates of a recorded result come after it."""
-    rows = np.asarray([list(map(float, r)) for r in recorded] + [list(map(float, new))], dtype=float)
-    new_row = len(rows) - 1
-    rank = min(pareto_order(rows, start).index(new_row) for start in range(rows.shape[1]))
-    return rank, len(rows), rank * reduction_factor < len(rows)
+    objectives). It continues when ``rank < (len(recorded) + 1) / reduction_factor``: the first
+    result at a rung always continues, one that dominates every recorded result is alone on the
+    first front (rank 0) and continues, one that is the best of its front in some objective is
+    first there, and one dominated by at least the cut-off's number of recorded results stops.
+    Exact duplicates of a recorded result come after it. Within the contested front the order is
+    the epsilon net of the recorded front with the new result entering it monotonically
+    (``tuning.rungs``): raising an objective never turns CONTINUE into STOP. ``pareto_order``
+    is the plain epsilon-net order it agrees with in most cases."""
+    new_row = [float(v) for v in new]
+    rows = np.asarray([list(map(float, r)) for r in recorded], dtype=float).reshape(-1, len(new_row))
+    return rank_at_rung(new_row, rows, reduction_factor)
 
 
 # ------------------------------------------------------------------------------ MOASHA
@@ -132,6 +152,7 @@ class MOASHA(FIFOScheduler):
         self.rungs: dict[int, dict[str, list[float]]] = {m: {} for m in milestones}
         self.decisions: list[dict[str, Any]] = []
         self._decided: dict[tuple[str, int], str] = {}
+        self.prior = PlanPrior()  # finished learning trials' savings (tuning.rungs.PlanPrior)
 
     # Ray Tune passes the TuneConfig metric (none: the searcher has several); ours are our own
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -168,11 +189,15 @@ class MOASHA(FIFOScheduler):
             return CONTINUE
         if not all(math.isfinite(v) for v in raw):
             return CONTINUE
+        family = learns(config)
+        if family:  # an adaptive trial: ranked on what its family's finished trials saved, if more
+            raw = [self._prior().planned(family, end, v) if m == PLANNED else v
+                   for v, (m, _) in zip(raw, self.objectives)]
         signed = [v if mode == "max" else -v for v, (_, mode) in zip(raw, self.objectives)]
-        recorded = [[v if mode == "max" else -v for v, (_, mode) in zip(vals, self.objectives)]
-                    for tid, vals in self.rungs[rung].items() if tid != trial_id]
-        rank, of, keep = rung_rank(signed, recorded, self.reduction_factor)
+        table = self._table(rung)
+        rank, of, keep = table.rank(signed, self.reduction_factor)
         self.rungs[rung][trial_id] = raw
+        table.add(signed)
         why = protected(config)
         decision = "continue" if keep else ("kept: " + why if why else "stop")
         self._decided[trial_id, rung] = "stop" if decision == "stop" else "continue"
@@ -180,6 +205,33 @@ class MOASHA(FIFOScheduler):
                                **{m: v for (m, _), v in zip(self.objectives, raw)},
                                "rank": rank + 1, "of": of, "decision": decision})
         return STOP if decision == "stop" else CONTINUE
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self.finished(trial.config, result)
+
+    def finished(self, config: dict[str, Any] | None, result: dict | None) -> None:
+        """A trial ended (``on_trial_complete`` without Ray): a learning schedule that trained
+        to its end adds its final saving to its family's prior."""
+        family, result = learns(config), result or {}
+        end = min(self.max_t, config_epochs(config, self.max_t))
+        t, final = result.get(self.time_attr), result.get(PLANNED, result.get("compute_saved_frac"))
+        if family and isinstance(t, (int, float)) and t >= end and isinstance(final, (int, float)):
+            self._prior().record(family, end, float(final))
+
+    def _prior(self) -> PlanPrior:
+        return self.__dict__.setdefault("prior", PlanPrior())  # a scheduler pickled before priors
+
+    def _table(self, rung: int) -> RungTable:
+        """The rung's results as a ``RungTable`` (signed: every objective maximized), kept
+        beside ``rungs`` so that a decision does not sort the rung again; rebuilt from ``rungs``
+        when they no longer match (a restored state, an older pickle without tables)."""
+        tables = self.__dict__.setdefault("_tables", {})
+        table = tables.get(rung)
+        if table is None or len(table) != len(self.rungs[rung]):
+            signs = [1.0 if mode == "max" else -1.0 for _, mode in self.objectives]
+            table = tables[rung] = RungTable(len(signs), [[s * v for s, v in zip(signs, vals)]
+                                                          for vals in self.rungs[rung].values()])
+        return table
 
     def debug_string(self) -> str:
         return (f"MOASHA: rungs at {self.milestones} epochs, {self.num_stopped} trials stopped, "
@@ -192,10 +244,13 @@ class MOASHA(FIFOScheduler):
 
     # the part of the scheduler that must survive --resume (SchedulerState)
     def state_dict(self) -> dict[str, Any]:
-        return {"rungs": {m: dict(r) for m, r in self.rungs.items()}, "decisions": [dict(d) for d in self.decisions]}
+        return {"rungs": {m: dict(r) for m, r in self.rungs.items()}, "decisions": [dict(d) for d in self.decisions],
+                "prior": {k: list(v) for k, v in self._prior().finals.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rungs = {int(m): dict(r) for m, r in state["rungs"].items()}
+        self._tables = {}
+        self.prior = PlanPrior(state.get("prior"))  # absent in a state saved before priors
         self.decisions = [dict(d) for d in state["decisions"]]
         self._decided = {(d["trial_id"], int(d["rung"])): ("stop" if d["decision"] == "stop" else "continue")
                          for d in self.decisions}
