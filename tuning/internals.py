@@ -128,7 +128,7 @@ def damaged(path: str, exc: BaseException) -> UserError:
 def check_restorable(exp_dir: str) -> None:
     """Read the newest experiment state, search generator, searcher and callback states, and
     the trials' ``error.pkl``, as a restore will (JSON, pickles); a UserError naming the first
-    that cannot be read. Only for a folder the user trusts (``tuning.search.check_trusted``): it
+    that cannot be read. Only for a folder the user trusts (``tuning.trust.check_trusted``): it
     unpickles what Ray would unpickle."""
     names = storage.list_names(exp_dir)
     files = [(newest, how) for kind, how in _SAVED_STATES if (newest := _newest(names, kind)) is not None]
