@@ -558,14 +558,14 @@ def test_only_the_packages_trials_import_are_shipped(monkeypatch):
     from tuning.cluster import runtime_env
 
     # what the cluster unpickles: the trial function, and (a ray:// driver runs the Tuner there) the
-    # searcher and the scheduler (MOASHA sorts with analysis.pareto)
+    # searcher and the scheduler: never the analysis (MOASHA sorts with layerout.dominance)
     code = ("import sys, tuning.trainable, tuning.searcher, tuning.schedulers\n"
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'layerout', 'search_spaces', 'tuning', 'analysis', 'tune_main', 'benchmarks', 'tests'})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),
                           timeout=120)
     imported = proc.stdout.split()
-    assert imported == ["analysis", "layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
+    assert imported == ["layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
     monkeypatch.delenv("LAYEROUT_TUNE_SHIP_CODE", raising=False)
     assert runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
     monkeypatch.setenv("LAYEROUT_TUNE_SHIP_CODE", "0")

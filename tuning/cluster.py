@@ -147,9 +147,9 @@ def _join(address: str, timeout: float, runtime_env: dict[str, Any] | None) -> N
 
 
 # The packages the cluster side imports (the trial function, tuning.trainable; the searcher and the
-# scheduler, which a ray:// driver runs there: MOASHA's non-dominated sorting is analysis.pareto's):
-# the code a cluster's workers need; nothing else of the checkout (data, results, tests) is shipped.
-TRIAL_PACKAGES = ("analysis", "layerout", "search_spaces", "tuning")
+# scheduler, which a ray:// driver runs there): the code a cluster's workers need; nothing else of
+# the checkout (the analysis, data, results, tests) is shipped.
+TRIAL_PACKAGES = ("layerout", "search_spaces", "tuning")
 
 
 def runtime_env() -> dict[str, Any] | None:
