@@ -35,30 +35,21 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default
 from layerout import userland
 from layerout.augment import AugmentConfig, augment_batch
 from layerout.checks import short
-from layerout.choices import DATASETS, FILE_DATASETS, IMAGEFOLDER  # noqa: F401 - also this module's names
+from layerout.choices import IMAGEFOLDER
+from layerout.datasets import DATASETS, LoadArgs, reads_files
 from layerout.errors import UserError
 
 
 def data_dir_note(dataset: str, data_dir: str | None) -> str | None:
     """The one-line note for a data folder given with a dataset that reads no files, else None."""
-    if not data_dir or dataset in FILE_DATASETS or dataset not in DATASETS:
+    if not data_dir or reads_files(dataset) or dataset not in DATASETS:
         return None
-    what = "is bundled with scikit-learn" if dataset == "digits" else "is generated"
-    return f"note: --data-dir {data_dir} is not used: the {dataset} dataset {what}, no files are read"
+    return f"note: --data-dir {data_dir} is not used: the {dataset} dataset {DATASETS[dataset].origin}, no files are read"
 DEFAULT_DATA_DIR = "~/.cache/layerout-tune/data"
 DEFAULT_IMAGE_SIZE = 64  # imagefolder images are resized and center-cropped to this size unless told
 STATS_IMAGES = 256  # imagefolder: per-channel mean and std from this many training images
 DIGITS_TEST_FRAC = 0.2
 _DIGITS_SPLIT_SEED = 20231122  # fixed: the digits test split never depends on the run's seed
-
-# what torchvision needs in the data folder, for the offline error message
-_EXPECTED = {
-    "mnist": "the folder MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-             "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the same files .gz)",
-    "cifar10": "cifar-10-python.tar.gz or the folder cifar-10-batches-py/ "
-               "(data_batch_1..5, test_batch, batches.meta)",
-    "cifar100": "cifar-100-python.tar.gz or the folder cifar-100-python/ (train, test, meta)",
-}
 
 
 @dataclass
@@ -142,29 +133,26 @@ def load_data(
     if name not in DATASETS:
         raise UserError(f"unknown dataset {short(name)}; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, or an "
                         "import path to your own data function like my_pkg.data:load")
-    if name == "synthetic":
-        return _synthetic(device, val_frac, seed, synthetic_shape, synthetic_size or 4096)
-
-    if name == "digits":
-        x, y, tx, ty = _digits()
-        aug = AugmentConfig()  # 8x8 digits: no crop or flip (a flipped digit is another glyph)
-    else:
-        x, y, tx, ty = _torchvision(name, data_root(data_dir), download)
-        aug = AugmentConfig(crop_pad=4, flip=name != "mnist")  # the paper's recipe; no flip for digits
+    entry = DATASETS[name]
+    x, y, tx, ty = entry.load(LoadArgs(root=data_root(data_dir), download=download, seed=seed, shape=synthetic_shape,
+                                   size=synthetic_size or 4096, classes=entry.classes))
+    aug = AugmentConfig(crop_pad=entry.crop_pad, flip=entry.flip)
     aug.random_erasing = random_erasing
-    num_classes = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}[name]
-
     tr, va = _val_split(len(x), val_frac, seed)
     x_tr = x[tr]
-    mean = x_tr.mean(dim=(0, 2, 3))
-    std = x_tr.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    norm = lambda t: (t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
-    aug.pad_value = tuple((-mean / std).tolist())  # a black pixel, as padding before normalizing gives
-    tensors = [norm(x_tr), y[tr], norm(x[va]), y[va], norm(tx), ty]
+    if entry.normalize:
+        mean = x_tr.mean(dim=(0, 2, 3))
+        std = x_tr.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        norm = lambda t: (t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
+        aug.pad_value = tuple((-mean / std).tolist())  # a black pixel, as padding before normalizing gives
+        tensors = [norm(x_tr), y[tr], norm(x[va]), y[va], norm(tx), ty]
+        mean_std = (tuple(mean.tolist()), tuple(std.tolist()))
+    else:
+        tensors = [x_tr, y[tr], x[va], y[va], tx, ty]
+        mean_std = ((0.0,) * x.shape[1], (1.0,) * x.shape[1])
     tensors = _to_device(tensors, device)
-    return DataSplits(*tensors, num_classes=num_classes, in_channels=x.shape[1],
-                      image_size=x.shape[-1], name=name, synthetic=False, augment=aug,
-                      mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+    return DataSplits(*tensors, num_classes=entry.classes, in_channels=x.shape[1], image_size=x.shape[-1], name=name,
+                      synthetic=entry.synthetic, augment=aug, mean=mean_std[0], std=mean_std[1])
 
 
 def _val_split(n: int, val_frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,11 +174,11 @@ def _to_device(tensors: list[torch.Tensor], device: str | torch.device) -> list[
     return [t.to(dev) for t in tensors]
 
 
-def _digits() -> tuple[torch.Tensor, ...]:
+def load_digits(args: LoadArgs | None = None) -> tuple[torch.Tensor, ...]:
     """scikit-learn's bundled 8x8 digits (1797 images); test = fixed 20%."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits as bundled_digits
 
-    d = load_digits()
+    d = bundled_digits()
     x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
     perm = torch.from_numpy(np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(x)))
@@ -203,7 +191,7 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
     """Train and test tensors from torchvision's arrays; missing files -> one-line UserError."""
     import torchvision.datasets as tvd
 
-    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]  # the loaders below
     _extract_local_archives(name, root)
     try:
         if download:
@@ -217,7 +205,7 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, .
         else:
             why, fix = "downloading is off", "allow downloading"
         raise UserError(f"{name}: dataset files not found in {root} and {why}; "
-                        f"put {_EXPECTED[name]} into {root}, or {fix}") from None
+                        f"put {DATASETS[name].files} into {root}, or {fix}") from None
     out = []
     for ds in (train, test):
         data = torch.as_tensor(np.asarray(ds.data))
@@ -245,18 +233,26 @@ def _extract_local_archives(name: str, root: Path) -> None:
         extract_archive(str(root / archive), str(root))
 
 
-def _synthetic(device, val_frac: float, seed: int, shape: tuple[int, int, int], size: int) -> DataSplits:
+def load_mnist(args: LoadArgs) -> tuple[torch.Tensor, ...]:
+    return _torchvision("mnist", args.root, args.download)
+
+
+def load_cifar10(args: LoadArgs) -> tuple[torch.Tensor, ...]:
+    return _torchvision("cifar10", args.root, args.download)
+
+
+def load_cifar100(args: LoadArgs) -> tuple[torch.Tensor, ...]:
+    return _torchvision("cifar100", args.root, args.download)
+
+
+def load_synthetic(args: LoadArgs) -> tuple[torch.Tensor, ...]:
     """Random N(0,1) images and labels: for throughput measurement only (accuracy is meaningless)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(args.seed)
+    size = args.size
     n_test = max(1, size // 5)
-    x = torch.randn(size + n_test, *shape, generator=g)
-    y = torch.randint(0, 10, (size + n_test,), generator=g)
-    tr, va = _val_split(size, val_frac, seed)
-    tensors = _to_device([x[tr], y[tr], x[va], y[va], x[size:], y[size:]], device)
-    c = shape[0]
-    return DataSplits(*tensors, num_classes=10, in_channels=c, image_size=shape[-1], name="synthetic",
-                      synthetic=True, augment=AugmentConfig(crop_pad=4, flip=True),
-                      mean=(0.0,) * c, std=(1.0,) * c)
+    x = torch.randn(size + n_test, *args.shape, generator=g)
+    y = torch.randint(0, args.classes, (size + n_test,), generator=g)
+    return x[:size], y[:size], x[size:], y[size:]
 
 
 # ---------------------------------------------------------------- your own data

@@ -21,8 +21,6 @@ from layerout.choices import BN_CHOICES, BUILTIN_MODELS, DATASETS, FAST_PATHS, I
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
 
-DEFAULT_MODEL_FOR = {"digits": "digits_cnn", "mnist": "mnist_shallow", "cifar10": "resnet20",
-                     "cifar100": "resnet20", "synthetic": "resnet20"}
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
@@ -38,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model under one freezing schedule (or a policy file); no Ray needed.")
     ap.add_argument("--model", help=f"built-in model: {', '.join(BUILTIN_MODELS)}, or your own: my_pkg.nets:build "
                                     "(default: the dataset's usual one)")
-    ap.add_argument("--dataset", help="digits (bundled), mnist, cifar10, cifar100, synthetic, imagefolder:PATH, "
+    ap.add_argument("--dataset", help=f"built-in: {', '.join(DATASETS)}; imagefolder:PATH, "
                                       "or your own data function: my_pkg.data:load")
     src = ap.add_argument_group("what to freeze (pick --policy or --schedule)")
     src.add_argument("--policy", help="a policy JSON file (exported by analysis.export or a run's summary.json)")
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     prov_dataset = policy.provenance.get("dataset") if policy is not None else None
     dataset = args.dataset or (prov_dataset if isinstance(prov_dataset, str) and prov_dataset else None) or (
         MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
-    model = args.model or (policy.model if policy else DEFAULT_MODEL_FOR.get(dataset or ""))
+    model = args.model or (policy.model if policy else getattr(DATASETS.get(dataset or ""), "default_model", None))
     if not dataset:
         raise UserError(f"--dataset: required; allowed: {', '.join(DATASETS)}, "
                         f"{IMAGEFOLDER}PATH, or an import path to your own data function like my_pkg.data:load")

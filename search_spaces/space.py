@@ -68,6 +68,7 @@ from layerout.errors import UserError
 from layerout.metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, OBJECTIVE_MODES, REPORT_ONLY
 from layerout.userland import names_user_code
 from search_spaces.checks import Checker
+from search_spaces.schedulers import SCHEDULERS
 
 if TYPE_CHECKING:  # imported where a space is validated: reading one, listing presets need no numpy
     from search_spaces.families import FamilySpace, SpaceContext
@@ -77,9 +78,6 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 MAX_SPACE_BYTES = 1 << 20
 MAX_SPACE_VALUES = 100_000
 
-# moasha: Pareto-aware successive halving, the default with two or more objectives; asha: on the first
-# (accuracy) alone, the default with one; none: every trial trains its whole budget
-SCHEDULERS = ("moasha", "asha", "none")
 # Ray Tune's logger callbacks a search may use besides result.json (tuning.loggers)
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "families", "objectives",

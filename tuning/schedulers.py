@@ -26,13 +26,15 @@ its rungs and decisions survive ``--resume``, also after the driver was killed.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from layerout.dominance import pareto_mask
+from layerout.registry import resolved
+from search_spaces.schedulers import SCHEDULERS
 from search_spaces.space import SearchSpace
 from search_spaces.trials import config_epochs
 from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
@@ -240,29 +242,18 @@ class PaperASHA(AsyncHyperBandScheduler):
 # ------------------------------------------------------------------------------ the choice (--scheduler)
 # what MOASHA ranks on in place of an objective: what the trial's policy will save, not what it has saved so far
 PLANNED = {"compute_saved_frac": "planned_compute_saved_frac"}
-# name -> builder: the scheduler a search of a space uses (names as --scheduler and early_stopping.scheduler say)
-SCHEDULER_BUILDERS: dict[str, Callable[[SearchSpace], TrialScheduler]] = {}
 
 
-def register_scheduler(name: str) -> Callable[[Callable[[SearchSpace], TrialScheduler]],
-                                              Callable[[SearchSpace], TrialScheduler]]:
-    """Decorator: ``build(space)`` makes the scheduler called ``name``."""
-    def put(build: Callable[[SearchSpace], TrialScheduler]) -> Callable[[SearchSpace], TrialScheduler]:
-        SCHEDULER_BUILDERS[name] = build
-        return build
-    return put
-
-
-@register_scheduler("moasha")
-def _moasha(space: SearchSpace) -> TrialScheduler:
+def build_moasha(space: SearchSpace) -> TrialScheduler:
+    """MOASHA on every objective."""
     es = space.early_stopping
     # every objective, with compute_saved_frac replaced by what the trial's policy will save
     return MOASHA(objectives=[(PLANNED.get(n, n), m) for n, m in space.objectives], max_t=space.epochs,
                   grace_period=es.grace_period, reduction_factor=es.reduction_factor)
 
 
-@register_scheduler("asha")
-def _asha(space: SearchSpace) -> TrialScheduler:
+def build_asha(space: SearchSpace) -> TrialScheduler:
+    """ASHA on accuracy (else the first objective)."""
     objectives = space.objectives
     metric, mode = next(((n, m) for n, m in objectives if n == "val_accuracy"), objectives[0])
     # ASHA, except that the paper's configurations always train the full budget
@@ -271,14 +262,14 @@ def _asha(space: SearchSpace) -> TrialScheduler:
                      reduction_factor=space.early_stopping.reduction_factor)
 
 
-@register_scheduler("none")
-def _fifo(space: SearchSpace) -> TrialScheduler:
+def build_fifo(space: SearchSpace) -> TrialScheduler:
+    """No early stopping: every trial trains its whole budget."""
     return FIFOScheduler()
 
 
 def build_scheduler(space: SearchSpace, name: str) -> TrialScheduler:
-    """The scheduler ``name`` (checked before: ``tuning.options``, the space) for ``space``."""
-    return SCHEDULER_BUILDERS[name](space)
+    """The scheduler ``name`` (registered in ``search_spaces.schedulers``, checked before) for ``space``."""
+    return resolved(SCHEDULERS[name])(space)
 
 
 def keeps_state(scheduler: TrialScheduler) -> bool:

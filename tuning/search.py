@@ -27,7 +27,8 @@ from ray import tune
 
 from layerout import userland
 from layerout.checks import cut, short
-from layerout.data import FILE_DATASETS, data_dir_note, load_data
+from layerout.data import data_dir_note, load_data
+from layerout.datasets import reads_files
 from layerout.errors import UserError
 from layerout.experiment import (EXPERIMENT_JSON, FORMAT, RESULT_JSON, USER_ERROR, VERSION, meta_json, parse_meta,
                                  parse_result_lines)
@@ -424,7 +425,7 @@ def _code_lines(space: SearchSpace, code: dict[str, Any], address: str | None) -
 def _check_dataset(space: SearchSpace, data_dir: str | None, download: bool) -> None:
     """Make sure a real dataset is there (downloading it once, in the driver, not in every
     trial at the same time); a missing dataset offline is a UserError naming the files."""
-    if space.dataset not in FILE_DATASETS:
+    if not reads_files(space.dataset):
         return
     with slow_notice(f"loading dataset {space.dataset} once in the driver" + (", downloading it if needed" if download
                                                                                else "")):
