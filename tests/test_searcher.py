@@ -16,6 +16,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from search_spaces.space import space_from_dict  # noqa: E402
 from search_spaces.trials import define_by_run  # noqa: E402
+from tuning import internals  # noqa: E402
 from tuning import searcher as searcher_mod  # noqa: E402
 from tuning.searcher import TruthfulOptunaSearch, config_key  # noqa: E402
 
@@ -198,7 +199,7 @@ def test_a_trial_the_storage_already_finished_is_left_alone():
     """A database study can be ahead of the searcher state restored after a killed driver."""
     s = _searcher()
     cfg = s.suggest("a")
-    s.study.tell(s._ot_trials["a"], [0.5, 0.5])  # told before the kill, after the last snapshot
+    s.study.tell(internals.optuna_trials(s)["a"], [0.5, 0.5])  # told before the kill, after the last snapshot
     s.on_trial_complete("a", _result(cfg, EPOCHS, 0.9, 0.1))
     (a,) = _by_attr(s.study, "ray_trial_id", "a")
     assert a.state == TrialState.COMPLETE and a.values == [0.5, 0.5]

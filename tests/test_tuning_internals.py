@@ -142,6 +142,28 @@ class _Counts(tune.Stopper):
         return False
 
 
+def test_optuna_search_study_trials_and_completed():
+    """What tuning.searcher reads of Ray's OptunaSearch: its study, the Optuna trial each Ray trial
+    was asked as (until told), and the Ray trials it has told."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="score", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    config = searcher.suggest("t1")
+    study, asked = internals.optuna_study(searcher), internals.optuna_trials(searcher)
+    assert isinstance(study, optuna.Study) and set(asked) == {"t1"} and isinstance(asked["t1"], optuna.Trial)
+    assert asked["t1"].params == config and study.trials[0].state == TrialState.RUNNING
+    assert internals.completed_trials(searcher) == set()
+    searcher.on_trial_complete("t1", {"score": 0.5, **config})
+    assert "t1" in internals.completed_trials(searcher)
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].values == [0.5]
+    searcher.on_trial_complete("t1", {"score": 0.9, **config})  # told once: the set is what OptunaSearch checks
+    assert study.trials[0].values == [0.5]
+
+
 def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
     import optuna
     from ray.tune.schedulers import FIFOScheduler
@@ -175,7 +197,7 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
         assert again is not searcher and isinstance(again, OptunaSearch)
         assert isinstance(internals.tuner_scheduler(restored), FIFOScheduler)
         assert isinstance(internals.tuner_stopper(restored), _Counts) and internals.tuner_stopper(restored) is not counts
-        assert len(again._ot_study.trials) == 2
+        assert len(internals.optuna_study(again).trials) == 2
     finally:
         ray.shutdown()
 
