@@ -40,6 +40,7 @@ from layerout.errors import UserError
 from layerout.experiment import CONFIRM_CSV, POLICIES_DIR
 from layerout.files import atomic_write, cannot_write
 from layerout.progress import check_interval
+from layerout.schedules.none import UNFROZEN
 
 DEFAULT_TOP = 3
 DEFAULT_SEEDS = 3
@@ -116,7 +117,7 @@ def choose(fr: Front, top: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _name(row: pd.Series, budget: int | None, epochs: float) -> str:
-    if row["family"] == "none":
+    if row["family"] == UNFROZEN:
         return row.get("paper_config") or point_name(row.get("reference", ""), epochs, budget)
     return row.get("paper_config") or schedule_summary(parse_schedule(row.get("policy")))
 

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from analysis._cli import ArgumentParser, run_cli
-from analysis.curve import beats_curve
+from analysis.curve import beats_curve, is_unfrozen
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
@@ -48,6 +48,7 @@ from layerout.policy import FORMAT as POLICY_FORMAT
 from layerout.policy import VERSION as POLICY_VERSION
 from layerout.policy import Policy, save_policy
 from layerout.schedules import SCHEDULES
+from layerout.schedules.none import UNFROZEN
 from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
@@ -340,13 +341,13 @@ def below_curve_line(fr: Front, pick: str, min_accuracy: float | None, budget: i
     far below it the freezing policy ``pick`` would have chosen is, and the shorter-training run
     to use instead. For the knee that is the experiment's one knee (``Front.knee``: the whole
     front's, since none beats the curve), or the best freezing policy where the knee is unfrozen."""
-    free = fr.front[fr.front["family"] != "none"]
+    free = fr.front[~is_unfrozen(fr.front)]
     what = f"--min-accuracy {min_accuracy * 100:g}%" if min_accuracy is not None else f"the {pick}"
     if free.empty:
         row = fr.knee_row
         how = "no freezing policy is on the front"
     else:
-        knee_unfrozen = min_accuracy is None and pick == "knee" and fr.knee_row["family"] == "none"
+        knee_unfrozen = min_accuracy is None and pick == "knee" and fr.knee_row["family"] == UNFROZEN
         row = None if knee_unfrozen else _pick_or_none(fr, pick, min_accuracy, free)
         if row is None:
             row = free.loc[pd.to_numeric(free["margin"]).idxmax()]

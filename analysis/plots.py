@@ -15,16 +15,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.curve import point_name, trial_epochs
+from analysis.curve import is_unfrozen, point_name, trial_epochs
 from analysis.front import CONFIRMED_METRICS, Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
 from analysis.results import Experiment
 from analysis.stats import summarize
 from layerout.files import atomic_write
+from layerout.schedules.none import UNFROZEN
 
 DPI = 130
 FAMILY_COLORS = {
-    "none": "#222222",
+    UNFROZEN: "#222222",
     "layerout": "#1f77b4",
     "freezeout": "#2ca02c",
     "prefix": "#ff7f0e",
@@ -183,7 +184,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
 
     # labels: baseline, reference points and paper configurations (finished or not), then the knee
     with_metrics = t[has]
-    labelled = with_metrics[(with_metrics["paper_config"] != "") | (with_metrics["family"] == "none")]
+    labelled = with_metrics[(with_metrics["paper_config"] != "") | is_unfrozen(with_metrics)]
     labelled = labelled.drop_duplicates(["compute_saved_frac", "val_accuracy", "paper_config", "reference"])
     own = trial_epochs(labelled, exp.epoch_budget)
     # The paper's points often sit close together (random v on few units): stagger their labels at
@@ -192,7 +193,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     i = 0
     for idx, r in labelled.iterrows():
         name = r["paper_config"] or point_name(r.get("reference", ""), float(own[idx]), exp.epoch_budget)
-        shorter = r["family"] == "none" and name != "baseline" and not r["paper_config"]
+        shorter = r["family"] == UNFROZEN and name != "baseline" and not r["paper_config"]
         if r["trial_id"] not in cand_ids:
             name += " (not finished)"
         elif r["trial_id"] in stopped_ids:
@@ -200,7 +201,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
         if shorter:
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="s", s=42,
                        color="#dddddd", edgecolors="black", zorder=5)
-        elif r["family"] == "none":
+        elif r["family"] == UNFROZEN:
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="*", s=170,
                        color="gold", edgecolors="black", zorder=5)
         else:
@@ -208,7 +209,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
                        facecolors="none", edgecolors="black", zorder=5)
         if shorter:
             dx, dy = (6, -14)
-        elif r["family"] == "none":
+        elif r["family"] == UNFROZEN:
             dx, dy = (4, -20)
         else:
             dx, dy = offsets[i % len(offsets)]

@@ -20,6 +20,7 @@ from layerout.checks import short
 from layerout.choices import BN_CHOICES, BUILTIN_MODELS, DATASETS, FAST_PATHS, IMAGEFOLDER
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
+from layerout.schedules.none import UNFROZEN
 
 
 
@@ -134,14 +135,14 @@ def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[st
     if kind is None:
         fits = [k for k, flags in families.items() if flags and given <= {f.dest for f in flags}]
         if not given:
-            kind = "none"
+            kind = UNFROZEN
         elif len(fits) == 1:
             kind = fits[0]
         elif fits:
             raise UserError(f"{', '.join(_option(d) for d in sorted(given))}: used by the "
                             f"{' and '.join(fits)} schedules; pick one with --schedule")
         else:
-            kind = "none"  # the stray flags are reported below
+            kind = UNFROZEN  # the stray flags are reported below
     allowed = {f.dest for f in families[kind]}
     stray = sorted(given - allowed)
     if stray:
