@@ -30,11 +30,11 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis._cli import ArgumentParser, run_cli
-from analysis.curve import curve_at, is_unfrozen, point_name, trial_epochs
+from analysis.curve import curve_at, is_unfrozen, point_name
 from analysis.export import export_policy, train_recipe
 from analysis.front import CONFIRMED_METRICS, Front, compute_front
 from analysis.policies import parse_schedule, schedule_summary
-from analysis.results import Experiment, load_experiment
+from analysis.results import Experiment, load_experiment, trial_epochs
 from analysis.stats import summarize
 from layerout.errors import UserError
 from layerout.experiment import CONFIRM_CSV, POLICIES_DIR

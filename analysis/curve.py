@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.policies import parse_schedule, schedule_summary
+from analysis.results import trial_epochs
 from analysis.stats import interval
 from layerout.formatting import pct
 from layerout.schedules.none import UNFROZEN
@@ -39,13 +40,6 @@ from layerout.schedules.none import UNFROZEN
 CURVE_COLUMNS = ["name", "epochs", "compute_saved_frac", "val_accuracy", "trials"]
 MARGIN_COLUMNS = ["curve_accuracy", "margin", "margin_ci_low", "margin_ci_high", "beyond_curve", "confirmed_runs"]
 BASELINE = "baseline"
-
-
-def trial_epochs(trials: pd.DataFrame, budget: int | None) -> pd.Series:
-    """The epochs each trial was asked to train (``config/train/epochs``; the budget where absent)."""
-    col = trials["config/train/epochs"] if "config/train/epochs" in trials.columns else pd.Series(np.nan, trials.index)
-    out = pd.to_numeric(col, errors="coerce")
-    return out.fillna(float(budget)) if budget else out
 
 
 def is_unfrozen(trials: pd.DataFrame) -> pd.Series:

@@ -49,6 +49,7 @@ from layerout.policy import VERSION as POLICY_VERSION
 from layerout.policy import Policy, save_policy
 from layerout.schedules import SCHEDULES
 from layerout.schedules.none import UNFROZEN
+from layerout.train import SWITCHES, VALUE_FLAGS
 from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
@@ -275,16 +276,6 @@ def policy_filename(trial_id: str) -> str:
     return f"{_slug(str(trial_id))}.json"
 
 
-# TrainConfig field -> the ``python -m layerout.train`` flag that sets it (values are written only
-# where they differ from TrainConfig's defaults, so the command stays short and still exact).
-_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
-          "weight_decay": "--weight-decay", "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
-          "bn_frozen": "--bn-frozen", "val_frac": "--val-frac", "seed": "--seed",
-          "max_train_batches": "--max-train-batches", "threads": "--threads"}
-_SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--random-erasing"),
-             "test_every_epoch": (True, "--test-every-epoch"), "deterministic": (True, "--deterministic")}
-
-
 def _defaults() -> dict[str, Any]:
     out = {}
     for f in fields(TrainConfig):
@@ -306,14 +297,16 @@ def retrain_command(exp: Experiment, row: pd.Series, policy_path: str | Path) ->
     if exp.dataset:
         parts += ["--dataset", str(exp.dataset)]
     parts += ["--policy", str(policy_path)]
-    for key, flag in _FLAGS.items():
+    # values are written only where they differ from TrainConfig's defaults, so the command stays
+    # short and still exact; the recipe has no LOCAL_FIELDS (where it ran)
+    for key, flag in VALUE_FLAGS.items():
         val = recipe.get(key)
         if val is None or (key != "epochs" and val == defaults.get(key)):
             continue
         parts += [flag, ",".join(str(v) for v in val) if isinstance(val, list) else str(val)]
     if recipe.get("lr_warmup_epochs") and recipe.get("lr_warmup_value") is not None:
         parts += ["--lr-warmup", f"{recipe['lr_warmup_epochs']}:{recipe['lr_warmup_value']}"]
-    for key, (when, flag) in _SWITCHES.items():
+    for key, (when, flag) in SWITCHES.items():
         if key in recipe and recipe[key] == when:
             parts.append(flag)
     parts += ["--out", f"runs/{_slug(str(row['trial_id']))}"]

@@ -15,10 +15,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.curve import is_unfrozen, point_name, trial_epochs
+from analysis.curve import is_unfrozen, point_name
 from analysis.front import CONFIRMED_METRICS, Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
-from analysis.results import Experiment
+from analysis.results import Experiment, trial_epochs
 from analysis.stats import summarize
 from layerout.files import atomic_write
 from layerout.schedules.none import UNFROZEN

@@ -383,16 +383,18 @@ def _rebuild_from_ray(files: list[Path], meta: dict | None,
 # which trials count
 
 
-def own_budget(exp: Experiment) -> pd.Series | None:
+def trial_epochs(trials: pd.DataFrame, budget: int | None) -> pd.Series:
     """The epochs each trial was asked to train: its recipe's ``train.epochs`` (fewer than the
-    search's budget for a shorter-training reference point or a ``budget_frac`` trial), else the
-    experiment's budget; None when neither is known."""
-    t = exp.trials
-    budget = exp.epoch_budget
-    own = (pd.to_numeric(t["config/train/epochs"], errors="coerce") if "config/train/epochs" in t.columns
-           else pd.Series(np.nan, index=t.index))
-    if budget is not None:
-        own = own.fillna(float(budget))
+    search's budget for a shorter-training reference point or a ``budget_frac`` trial), else
+    ``budget`` (NaN where neither is known)."""
+    col = trials["config/train/epochs"] if "config/train/epochs" in trials.columns else pd.Series(np.nan, trials.index)
+    out = pd.to_numeric(col, errors="coerce")
+    return out.fillna(float(budget)) if budget else out
+
+
+def own_budget(exp: Experiment) -> pd.Series | None:
+    """``trial_epochs`` of the experiment's trials; None when no trial's is known."""
+    own = trial_epochs(exp.trials, exp.epoch_budget)
     return None if own.isna().all() else own
 
 

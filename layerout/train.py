@@ -152,34 +152,41 @@ def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[st
 
 
 # ------------------------------------------------------------------------------ main
+# TrainConfig field -> the flag that sets it to a value, and -> (the value, the switch that sets
+# it): the command line's map of the recipe, also used to write a trial's recipe back as a
+# command (analysis.export). --lr-warmup EPOCHS:LR sets lr_warmup_epochs and lr_warmup_value.
+VALUE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+               "weight_decay": "--weight-decay", "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
+               "bn_frozen": "--bn-frozen", "val_frac": "--val-frac", "seed": "--seed", "device": "--device",
+               "fast_path": "--fast-path", "data_dir": "--data-dir", "max_train_batches": "--max-train-batches",
+               "image_size": "--image-size", "data_workers": "--data-workers", "threads": "--threads"}
+SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--random-erasing"),
+            "download": (False, "--no-download"), "test_every_epoch": (True, "--test-every-epoch"),
+            "deterministic": (True, "--deterministic")}
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {"model": model, "dataset": dataset}
-    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
-                      ("weight_decay", "weight_decay"), ("lr_gamma", "lr_gamma"), ("bn_frozen", "bn_frozen"),
-                      ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"),
-                      ("data_dir", "data_dir"), ("max_train_batches", "max_train_batches"),
-                      ("image_size", "image_size"), ("data_workers", "data_workers"), ("threads", "threads")):
-        v = getattr(args, flag)
-        if v is not None:
+    for key, flag in VALUE_FLAGS.items():
+        v = getattr(args, _dest(flag))
+        if key == "lr_milestones":
+            if v:
+                cfg[key] = parse_ints(v, flag)
+        elif v is not None:
             cfg[key] = v
-    if args.lr_milestones:
-        cfg["lr_milestones"] = parse_ints(args.lr_milestones, "--lr-milestones")
     if args.lr_warmup:
         try:
             e, v = args.lr_warmup.split(":")
             cfg["lr_warmup_epochs"], cfg["lr_warmup_value"] = int(e), float(v)
         except ValueError:
             raise UserError(f"--lr-warmup: expected EPOCHS:LR like 4:0.01, got {short(args.lr_warmup)}") from None
-    if args.no_augment:
-        cfg["augment"] = False
-    if args.random_erasing:
-        cfg["random_erasing"] = True
-    if args.no_download:
-        cfg["download"] = False
-    if args.test_every_epoch:
-        cfg["test_every_epoch"] = True
-    if args.deterministic:
-        cfg["deterministic"] = True
+    for key, (value, flag) in SWITCHES.items():
+        if getattr(args, _dest(flag)):
+            cfg[key] = value
     return cfg
 
 
