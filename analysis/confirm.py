@@ -32,7 +32,7 @@ import pandas as pd
 from analysis._cli import ArgumentParser, run_cli
 from analysis.curve import curve_at, is_unfrozen, point_name
 from analysis.export import export_policy, train_recipe
-from analysis.front import CONFIRMED_METRICS, Front, compute_front
+from analysis.front import Front, compute_front
 from analysis.policies import parse_schedule, schedule_summary
 from analysis.results import Experiment, load_experiment, trial_epochs
 from analysis.stats import summarize
@@ -40,6 +40,7 @@ from layerout.errors import UserError
 from layerout.experiment import CONFIRM_CSV, POLICIES_DIR
 from layerout.files import atomic_write, cannot_write
 from layerout.progress import check_interval
+from layerout.metrics import CONFIRMED_METRICS
 from layerout.schedules.none import UNFROZEN
 
 DEFAULT_TOP = 3

@@ -49,21 +49,12 @@ from layerout.policy import VERSION as POLICY_VERSION
 from layerout.policy import Policy, save_policy
 from layerout.schedules import SCHEDULES
 from layerout.schedules.none import UNFROZEN
+from layerout.metrics import POLICY_MEASURED
 from layerout.train import SWITCHES, VALUE_FLAGS
 from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
-MEASURED = [
-    "val_accuracy",
-    "test_accuracy",
-    "compute_saved_frac",
-    "time_saved_frac",
-    "params_frozen_frac",
-    "compute_spent_gflop",
-    "train_time_s",
-    "train_loss",
-    "val_loss",
-]
+MEASURED = list(POLICY_MEASURED)
 
 
 def parse_accuracy(value: Any) -> float:

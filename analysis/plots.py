@@ -16,11 +16,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.curve import is_unfrozen, point_name
-from analysis.front import CONFIRMED_METRICS, Front, hypervolume_history
+from analysis.front import Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
 from analysis.results import Experiment, trial_epochs
 from analysis.stats import summarize
 from layerout.files import atomic_write
+from layerout.metrics import CONFIRMED_METRICS
 from layerout.schedules.none import UNFROZEN
 
 DPI = 130

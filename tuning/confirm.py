@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from layerout.checks import cut
 from layerout.formatting import pct
+from layerout.metrics import CONFIRM_RUN_METRICS
 from layerout.experiment import CONFIRM_DIR, CONFIRM_RUNNING, RESULT_JSON, USER_ERROR, epochs_of, parse_result_lines
 from layerout.progress import JobProgress, StatusDisplay
 from search_spaces.trials import config_epochs
@@ -33,7 +34,6 @@ from tuning.search import options_again, read_experiment, register_objects
 from tuning.trust import private_files
 from tuning.trainable import train_trial, trial_dirname
 
-RUN_METRICS = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac", "train_time_s")
 
 
 def confirm_trial(config: dict[str, Any], opts: dict[str, Any] | None = None,
@@ -108,7 +108,7 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every job (``{"trial_id", "seed", "name", "train": {...}, "schedule": {...}}``) on
     Ray with the search's resources; one row per job: ``trial_id``, ``seed``, ``confirm_trial``
-    (the Ray trial id), ``epochs`` (trained), the final ``RUN_METRICS``, and ``error`` (empty when
+    (the Ray trial id), ``epochs`` (trained), the final ``CONFIRM_RUN_METRICS``, and ``error`` (empty when
     it trained its budget). ``progress_interval``: seconds between status updates (None: a few
     on a terminal, a minute in a log; 0: none). A search given its model or data as Python objects needs them again
     (``model=``, ``dataset=``)."""
@@ -191,7 +191,7 @@ def _row(result: Any) -> dict[str, Any]:
         error = f"ended after {int(last.get('epoch') or 0)} of {budget} epochs"
     out = {"trial_id": str(job.get("trial_id")), "seed": job.get("seed"),
            "confirm_trial": Path(path).name.removeprefix("trial_"), "epochs": last.get("epoch"),
-           **{m: (last.get(m) if error is None else None) for m in RUN_METRICS}, "error": error or ""}
+           **{m: (last.get(m) if error is None else None) for m in CONFIRM_RUN_METRICS}, "error": error or ""}
     if error:
         print(f"warning: confirmation run of trial {out['trial_id']} with seed {out['seed']} failed: {error}",
               file=sys.stderr, flush=True)
