@@ -115,6 +115,16 @@ def test_no_arrow_runs_back_up_to_the_analysis():
     assert {m: ws for m, ws in upward.items() if ws} == {}
 
 
+def test_no_module_imports_another_modules_private_names():
+    """What modules share is public; an underscore name stays in its module."""
+    private = []
+    for name, file in project_modules().items():
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                private += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []
+
+
 def test_every_schedule_kind_has_one_search_family_and_the_reverse():
     assert set(SCHEDULES) == set(FAMILY_SPACES)
     for kind in SCHEDULES:
