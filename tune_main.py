@@ -35,6 +35,8 @@ from tuning.options import SAMPLERS, SCHEDULERS, SearchOptions
 if TYPE_CHECKING:
     from tuning.search import SearchResult
 
+# the options' defaults are SearchOptions' (written once there)
+DEFAULTS = SearchOptions()
 RESUME_FLAGS = ("--resume", "--address", "--connect-timeout", "--cpus-per-trial", "--gpus-per-trial",
                 "--progress-interval", "--no-analysis", "--confirm-seeds", "--confirm-top")
 
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's num_samples)")
     p.add_argument("--max-concurrent", type=int,
                    help="trials running at once (default: the space's max_concurrent; 0 = as resources allow)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default: tpe)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler,
+                   help=f"Optuna sampler (default: {DEFAULTS.sampler})")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="early stopping (default: the space's early_stopping.scheduler)")
     p.add_argument("--seed", type=int, help="sampler and training seed (default: the space's seed)")
@@ -59,16 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a journal file path (*.log / *.journal)")
     p.add_argument("--address",
                    help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: start a local Ray)")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="with --address: how long to wait for the cluster to answer (default 30)")
-    p.add_argument("--storage", default="./results", help="where experiments live: a shared path or a URI "
-                                                             "(s3://..., gs://...) (default: ./results)")
+    p.add_argument("--connect-timeout", type=float, default=DEFAULTS.connect_timeout, metavar="SECONDS",
+                   help="with --address: how long to wait for the cluster to answer "
+                        f"(default {DEFAULTS.connect_timeout:g})")
+    p.add_argument("--storage", default=DEFAULTS.storage, help="where experiments live: a shared path or a URI "
+                                                                  f"(s3://..., gs://...) (default: {DEFAULTS.storage})")
     p.add_argument("--name", help="experiment name (default: <space name>-YYYYmmdd-HHMMSS)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs per trial; fractions share a GPU, e.g. 0.25 = 4 trials per GPU (default 0)")
-    p.add_argument("--max-failures", type=int, default=2,
-                   help="restarts of a trial whose worker died, from its last epoch (default 2)")
+    p.add_argument("--cpus-per-trial", type=float, default=DEFAULTS.cpus_per_trial,
+                   help=f"CPUs per trial (default {DEFAULTS.cpus_per_trial:g})")
+    p.add_argument("--gpus-per-trial", type=float, default=DEFAULTS.gpus_per_trial,
+                   help="GPUs per trial; fractions share a GPU, e.g. 0.25 = 4 trials per GPU "
+                        f"(default {DEFAULTS.gpus_per_trial:g})")
+    p.add_argument("--max-failures", type=int, default=DEFAULTS.max_failures,
+                   help=f"restarts of a trial whose worker died, from its last epoch (default {DEFAULTS.max_failures})")
     p.add_argument("--data-dir", help="dataset folder (default ~/.cache/layerout-tune/data)")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--no-analysis", action="store_true", help="skip the Pareto analysis at the end")

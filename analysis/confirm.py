@@ -30,16 +30,18 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis._cli import ArgumentParser, run_cli
-from analysis.curve import curve_at, is_unfrozen, point_name, trial_epochs
+from analysis.curve import curve_at, is_unfrozen, point_name
 from analysis.export import export_policy, train_recipe
-from analysis.front import CONFIRMED_METRICS, Front, compute_front
+from analysis.front import Front, compute_front
 from analysis.policies import parse_schedule, schedule_summary
-from analysis.results import Experiment, load_experiment
+from analysis.results import Experiment, load_experiment, trial_epochs
 from analysis.stats import summarize
 from layerout.errors import UserError
 from layerout.experiment import CONFIRM_CSV, POLICIES_DIR
 from layerout.files import atomic_write, cannot_write
 from layerout.progress import check_interval
+from layerout.metrics import CONFIRMED_METRICS
+from layerout.schedules.none import UNFROZEN
 
 DEFAULT_TOP = 3
 DEFAULT_SEEDS = 3
@@ -116,7 +118,7 @@ def choose(fr: Front, top: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _name(row: pd.Series, budget: int | None, epochs: float) -> str:
-    if row["family"] == "none":
+    if row["family"] == UNFROZEN:
         return row.get("paper_config") or point_name(row.get("reference", ""), epochs, budget)
     return row.get("paper_config") or schedule_summary(parse_schedule(row.get("policy")))
 

@@ -32,24 +32,19 @@ import numpy as np
 import pandas as pd
 
 from analysis.policies import parse_schedule, schedule_summary
+from analysis.results import trial_epochs
 from analysis.stats import interval
 from layerout.formatting import pct
+from layerout.schedules.none import UNFROZEN
 
 CURVE_COLUMNS = ["name", "epochs", "compute_saved_frac", "val_accuracy", "trials"]
 MARGIN_COLUMNS = ["curve_accuracy", "margin", "margin_ci_low", "margin_ci_high", "beyond_curve", "confirmed_runs"]
 BASELINE = "baseline"
 
 
-def trial_epochs(trials: pd.DataFrame, budget: int | None) -> pd.Series:
-    """The epochs each trial was asked to train (``config/train/epochs``; the budget where absent)."""
-    col = trials["config/train/epochs"] if "config/train/epochs" in trials.columns else pd.Series(np.nan, trials.index)
-    out = pd.to_numeric(col, errors="coerce")
-    return out.fillna(float(budget)) if budget else out
-
-
 def is_unfrozen(trials: pd.DataFrame) -> pd.Series:
     """Trials of the unfrozen model (the ``none`` family: the baseline and the shorter runs)."""
-    return trials["family"].astype(str) == "none"
+    return trials["family"].astype(str) == UNFROZEN
 
 
 def point_name(reference: Any, epochs: float, budget: int | None) -> str:
@@ -149,7 +144,7 @@ def add_margins(front: pd.DataFrame, curve: pd.DataFrame, runs: pd.DataFrame | N
         ca, beyond = curve_at(curve, x)
         row = {"curve_accuracy": ca, "margin": y - ca, "margin_ci_low": math.nan, "margin_ci_high": math.nan,
                "beyond_curve": beyond, "confirmed_runs": 0}
-        if r["family"] == "none":
+        if r["family"] == UNFROZEN:
             row.update(curve_accuracy=math.nan, margin=math.nan, beyond_curve=False)
         elif str(r["trial_id"]) in confirmed and not curve.empty:
             pca, iv, n = paired_margin(runs, str(r["trial_id"]), curve)
@@ -169,7 +164,7 @@ def beats_curve(front: pd.DataFrame) -> pd.DataFrame:
     """The freezing policies of ``front`` above the shorter-training curve (margin > 0, the
     confirmed mean where confirmed), not stopped early."""
     f = front
-    ok = (f["family"] != "none") & (pd.to_numeric(f["margin"], errors="coerce") > 0)
+    ok = ~is_unfrozen(f) & (pd.to_numeric(f["margin"], errors="coerce") > 0)
     if "stopped" in f.columns:
         ok &= ~f["stopped"].astype(bool)
     return f[ok]
@@ -189,7 +184,7 @@ def _who(r: pd.Series) -> str:
 
 def _freezing(rows: pd.DataFrame) -> pd.DataFrame:
     """The freezing policies of ``rows`` that have a margin and were not stopped early."""
-    f = rows[(rows["family"] != "none") & pd.to_numeric(rows["margin"], errors="coerce").notna()]
+    f = rows[~is_unfrozen(rows) & pd.to_numeric(rows["margin"], errors="coerce").notna()]
     return f[~f["stopped"].astype(bool)] if "stopped" in f.columns else f
 
 

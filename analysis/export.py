@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from analysis._cli import ArgumentParser, run_cli
-from analysis.curve import beats_curve
+from analysis.curve import beats_curve, is_unfrozen
 from analysis.front import Front, compute_front, pick_trial
 from analysis.policies import parse_schedule
 from analysis.results import Experiment, load_experiment
@@ -48,20 +48,13 @@ from layerout.policy import FORMAT as POLICY_FORMAT
 from layerout.policy import VERSION as POLICY_VERSION
 from layerout.policy import Policy, save_policy
 from layerout.schedules import SCHEDULES
+from layerout.schedules.none import UNFROZEN
+from layerout.metrics import POLICY_MEASURED
+from layerout.train import SWITCHES, VALUE_FLAGS
 from layerout.trainer import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
-MEASURED = [
-    "val_accuracy",
-    "test_accuracy",
-    "compute_saved_frac",
-    "time_saved_frac",
-    "params_frozen_frac",
-    "compute_spent_gflop",
-    "train_time_s",
-    "train_loss",
-    "val_loss",
-]
+MEASURED = list(POLICY_MEASURED)
 
 
 def parse_accuracy(value: Any) -> float:
@@ -274,16 +267,6 @@ def policy_filename(trial_id: str) -> str:
     return f"{_slug(str(trial_id))}.json"
 
 
-# TrainConfig field -> the ``python -m layerout.train`` flag that sets it (values are written only
-# where they differ from TrainConfig's defaults, so the command stays short and still exact).
-_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
-          "weight_decay": "--weight-decay", "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
-          "bn_frozen": "--bn-frozen", "val_frac": "--val-frac", "seed": "--seed",
-          "max_train_batches": "--max-train-batches", "threads": "--threads"}
-_SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--random-erasing"),
-             "test_every_epoch": (True, "--test-every-epoch"), "deterministic": (True, "--deterministic")}
-
-
 def _defaults() -> dict[str, Any]:
     out = {}
     for f in fields(TrainConfig):
@@ -305,14 +288,16 @@ def retrain_command(exp: Experiment, row: pd.Series, policy_path: str | Path) ->
     if exp.dataset:
         parts += ["--dataset", str(exp.dataset)]
     parts += ["--policy", str(policy_path)]
-    for key, flag in _FLAGS.items():
+    # values are written only where they differ from TrainConfig's defaults, so the command stays
+    # short and still exact; the recipe has no LOCAL_FIELDS (where it ran)
+    for key, flag in VALUE_FLAGS.items():
         val = recipe.get(key)
         if val is None or (key != "epochs" and val == defaults.get(key)):
             continue
         parts += [flag, ",".join(str(v) for v in val) if isinstance(val, list) else str(val)]
     if recipe.get("lr_warmup_epochs") and recipe.get("lr_warmup_value") is not None:
         parts += ["--lr-warmup", f"{recipe['lr_warmup_epochs']}:{recipe['lr_warmup_value']}"]
-    for key, (when, flag) in _SWITCHES.items():
+    for key, (when, flag) in SWITCHES.items():
         if key in recipe and recipe[key] == when:
             parts.append(flag)
     parts += ["--out", f"runs/{_slug(str(row['trial_id']))}"]
@@ -340,13 +325,13 @@ def below_curve_line(fr: Front, pick: str, min_accuracy: float | None, budget: i
     far below it the freezing policy ``pick`` would have chosen is, and the shorter-training run
     to use instead. For the knee that is the experiment's one knee (``Front.knee``: the whole
     front's, since none beats the curve), or the best freezing policy where the knee is unfrozen."""
-    free = fr.front[fr.front["family"] != "none"]
+    free = fr.front[~is_unfrozen(fr.front)]
     what = f"--min-accuracy {min_accuracy * 100:g}%" if min_accuracy is not None else f"the {pick}"
     if free.empty:
         row = fr.knee_row
         how = "no freezing policy is on the front"
     else:
-        knee_unfrozen = min_accuracy is None and pick == "knee" and fr.knee_row["family"] == "none"
+        knee_unfrozen = min_accuracy is None and pick == "knee" and fr.knee_row["family"] == UNFROZEN
         row = None if knee_unfrozen else _pick_or_none(fr, pick, min_accuracy, free)
         if row is None:
             row = free.loc[pd.to_numeric(free["margin"]).idxmax()]

@@ -14,10 +14,10 @@ from analysis.pareto import drop_missing, hypervolume_2d, knee_point, pareto_fro
 from analysis.results import Experiment, baseline_trials, finished_mask, select_trials
 from analysis.stats import summarize
 from layerout.errors import UserError
+from layerout.metrics import CONFIRMED_METRICS
 
 # what the confirmation on fresh seeds measures per run (confirm.csv); its means replace a
 # confirmed trial's single-run values in the front
-CONFIRMED_METRICS = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac")
 
 HISTORY_COLUMNS = ["trials_ended", "epochs_trained", "hypervolume", "trial_id"]
 

@@ -15,16 +15,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.curve import point_name, trial_epochs
-from analysis.front import CONFIRMED_METRICS, Front, hypervolume_history
+from analysis.curve import is_unfrozen, point_name
+from analysis.front import Front, hypervolume_history
 from analysis.policies import parse_schedule, unit_freeze_values
-from analysis.results import Experiment
+from analysis.results import Experiment, trial_epochs
 from analysis.stats import summarize
 from layerout.files import atomic_write
+from layerout.metrics import CONFIRMED_METRICS
+from layerout.schedules.none import UNFROZEN
 
 DPI = 130
 FAMILY_COLORS = {
-    "none": "#222222",
+    UNFROZEN: "#222222",
     "layerout": "#1f77b4",
     "freezeout": "#2ca02c",
     "prefix": "#ff7f0e",
@@ -131,8 +133,21 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     stopped_ids = set(fr.candidates.loc[fr.candidates["stopped"], "trial_id"])
     others = t[has & ~t["trial_id"].isin(cand_ids)]
     cands = t[has & t["trial_id"].isin(cand_ids)]
-    summary = confirmed_summary(fr)
+    _pareto_trials(ax, cands, others, stopped_ids)
+    _pareto_front_line(ax, fr)
+    _pareto_curve_and_intervals(ax, fr, cands)
+    _pareto_labels(ax, exp, t[has], cand_ids, stopped_ids)
+    _pareto_knee(ax, fr)
+    ax.set_xlabel("compute saved (% of unfrozen training FLOPs)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(_title(exp), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return _save(fig, path)
 
+
+def _pareto_trials(ax, cands: pd.DataFrame, others: pd.DataFrame, stopped_ids: set) -> None:
+    """The trials that may enter the front by family (stopped ones as crosses), the others grey."""
     for fam, grp in cands.groupby("family", sort=True):
         full = _collapsed(grp[~grp["trial_id"].isin(stopped_ids)])
         stp = _collapsed(grp[grp["trial_id"].isin(stopped_ids)])
@@ -150,6 +165,9 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     if stopped_ids:
         ax.scatter([], [], color="#555555", marker="x", label="stopped early (included)")
 
+
+def _pareto_front_line(ax, fr: Front) -> None:
+    """The front: a line, its points by family (stopped early: X)."""
     f = fr.front.sort_values("compute_saved_frac")
     ax.plot(_pct(f["compute_saved_frac"]), _pct(f["val_accuracy"]), "-", color="black", lw=1.6,
             zorder=3, label=f"Pareto front ({len(f)})")
@@ -160,6 +178,10 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
             ax.scatter(_pct(g["compute_saved_frac"]), _pct(g["val_accuracy"]), s=size, zorder=4, marker=marker,
                        c=[family_color(x) for x in g["family"]], edgecolors="black", linewidths=1.0)
 
+
+def _pareto_curve_and_intervals(ax, fr: Front, cands: pd.DataFrame) -> None:
+    """The baseline's accuracy, the shorter-training curve, the confirmed points' intervals."""
+    summary = confirmed_summary(fr)
     if fr.baseline_accuracy is not None:
         ax.axhline(100 * fr.baseline_accuracy, color="#444444", lw=0.8, ls=":", zorder=1)
     curve = fr.curve
@@ -181,9 +203,10 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
         ax.errorbar([], [], yerr=[], fmt="none", ecolor="#333333", capsize=3,
                     label=f"95% interval over {int(summary['runs'].max())} fresh seeds")
 
-    # labels: baseline, reference points and paper configurations (finished or not), then the knee
-    with_metrics = t[has]
-    labelled = with_metrics[(with_metrics["paper_config"] != "") | (with_metrics["family"] == "none")]
+
+def _pareto_labels(ax, exp: Experiment, with_metrics: pd.DataFrame, cand_ids: set, stopped_ids: set) -> None:
+    """Baseline, reference points and paper configurations (finished or not), marked and named."""
+    labelled = with_metrics[(with_metrics["paper_config"] != "") | is_unfrozen(with_metrics)]
     labelled = labelled.drop_duplicates(["compute_saved_frac", "val_accuracy", "paper_config", "reference"])
     own = trial_epochs(labelled, exp.epoch_budget)
     # The paper's points often sit close together (random v on few units): stagger their labels at
@@ -192,7 +215,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     i = 0
     for idx, r in labelled.iterrows():
         name = r["paper_config"] or point_name(r.get("reference", ""), float(own[idx]), exp.epoch_budget)
-        shorter = r["family"] == "none" and name != "baseline" and not r["paper_config"]
+        shorter = r["family"] == UNFROZEN and name != "baseline" and not r["paper_config"]
         if r["trial_id"] not in cand_ids:
             name += " (not finished)"
         elif r["trial_id"] in stopped_ids:
@@ -200,7 +223,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
         if shorter:
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="s", s=42,
                        color="#dddddd", edgecolors="black", zorder=5)
-        elif r["family"] == "none":
+        elif r["family"] == UNFROZEN:
             ax.scatter([100 * r["compute_saved_frac"]], [100 * r["val_accuracy"]], marker="*", s=170,
                        color="gold", edgecolors="black", zorder=5)
         else:
@@ -208,7 +231,7 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
                        facecolors="none", edgecolors="black", zorder=5)
         if shorter:
             dx, dy = (6, -14)
-        elif r["family"] == "none":
+        elif r["family"] == UNFROZEN:
             dx, dy = (4, -20)
         else:
             dx, dy = offsets[i % len(offsets)]
@@ -216,6 +239,10 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
         ax.annotate(name, (100 * r["compute_saved_frac"], 100 * r["val_accuracy"]), xytext=(dx, dy),
                     textcoords="offset points", fontsize=8, ha="left" if dx >= 0 else "right",
                     arrowprops=dict(arrowstyle="-", color="#555555", lw=0.6), zorder=6)
+
+
+def _pareto_knee(ax, fr: Front) -> None:
+    """The knee, circled and named; room above the top points for the labels."""
     k = fr.knee_row
     ax.scatter([100 * k["compute_saved_frac"]], [100 * k["val_accuracy"]], s=260, facecolors="none",
                edgecolors="crimson", linewidths=2.2, zorder=6, label="knee")
@@ -226,13 +253,6 @@ def plot_pareto(exp: Experiment, fr: Front, path: str | Path) -> Path:
     # top right: no trial dominates the knee, so the corner above and right of it is empty
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the labels above the top points
-
-    ax.set_xlabel("compute saved (% of unfrozen training FLOPs)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(_title(exp), fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -184,6 +184,15 @@ def build_report(
 ) -> str:
     """The report as an HTML string. ``images``: caption -> PNG path (embedded);
     ``commands``: trial id -> retrain command; ``policy_files``: trial id -> file shown."""
+    parts = _head(exp, fr, _summary(exp, fr))
+    parts += _front_and_figures(exp, fr, dict(images), policy_files)
+    parts += _retrain(exp, fr, commands)
+    parts += _trials_and_settings(exp, fr)
+    return "\n".join(parts)
+
+
+def _summary(exp: Experiment, fr: Front) -> dict[str, Any]:
+    """The summary table: the verdict, what ran, the front, the knee, the curve, the confirmation."""
     meta = exp.meta
     t = exp.trials
     fin, stp = finished_mask(exp), stopped_mask(exp)
@@ -218,8 +227,12 @@ def build_report(
     for key in ("created", "finished"):
         if meta.get(key):
             summary[key] = meta[key]
+    return summary
 
-    parts = [
+
+def _head(exp: Experiment, fr: Front, summary: dict[str, Any]) -> list[str]:
+    """The page's head, the verdict, the objectives' meaning, the summary."""
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_esc(exp.name)} · layerout-tune report</title><style>{CSS}</style></head><body>",
         f"<h1>Layer-freezing search: {_esc(exp.name)}</h1>",
@@ -231,7 +244,12 @@ def build_report(
         "<h2>Summary</h2>", _kv_table(summary),
         "<h2>Pareto front</h2>",
     ]
-    cap = dict(images)
+
+
+def _front_and_figures(exp: Experiment, fr: Front, cap: dict[str, str | Path],
+                       policy_files: Mapping[str, str] | None) -> list[str]:
+    """The Pareto plot and table with what they mean, the confirmation, the other figures."""
+    parts: list[str] = []
     if "pareto" in cap:
         parts.append(f"<img alt='Pareto front' src='{image_data_uri(cap['pareto'])}'>")
     parts.append(front_table_html(fr, policy_files))
@@ -269,7 +287,12 @@ def build_report(
     for name, p in cap.items():
         if name not in ("pareto", "front_policies", "curves", "hypervolume"):
             parts += [f"<h2>{_esc(name)}</h2>", f"<img alt='{_esc(name)}' src='{image_data_uri(p)}'>"]
+    return parts
 
+
+def _retrain(exp: Experiment, fr: Front, commands: Mapping[str, str]) -> list[str]:
+    """How to retrain each front policy (its command line) or export one."""
+    parts: list[str] = []
     parts.append("<h2>Retrain a front policy</h2><p class='muted'>Run from the experiment directory "
                  "(no Ray needed). Or export one: <code>python -m analysis.export "
                  f"{_esc(exp.path)} --pick knee -o policy.json</code>.</p>")
@@ -281,7 +304,13 @@ def build_report(
             cmd_lines.append(f"# {tid}: {r['family']}, val acc {pct(r['val_accuracy'])}, "
                              f"compute saved {pct(r['compute_saved_frac'], 1)}{tag}\n{commands[tid]}")
     parts.append(f"<pre id='retrain-commands'>{_esc(chr(10).join(cmd_lines))}</pre>")
+    return parts
 
+
+def _trials_and_settings(exp: Experiment, fr: Front) -> list[str]:
+    """Every trial, the search's settings and versions, when the report was written."""
+    meta, t = exp.meta, exp.trials
+    parts: list[str] = []
     parts.append(f"<h2>All trials</h2><details><summary>{len(t)} trials</summary>{_trials_table(exp, fr)}</details>")
     parts.append("<h2>Search settings</h2>")
     if meta.get("space_file"):
@@ -295,7 +324,7 @@ def build_report(
     parts.append("<h2>Versions</h2>" + _kv_table(meta.get("versions") or {}))
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     parts.append(f"<p class='muted'>Written by <code>python -m analysis</code> at {stamp}.</p></body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def write_report(path: str | Path, *args: Any, **kwargs: Any) -> Path:

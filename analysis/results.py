@@ -24,8 +24,9 @@ import pandas as pd
 from layerout.errors import UserError
 from layerout.experiment import (CONFIRM_CSV, CONFIRM_DIR, EPOCH_COLUMNS, EPOCHS_CSV, EXPERIMENT_JSON, FORMAT,
                                  POLICIES_DIR, RESULT_JSON, TRIALS_CSV, USER_ERROR, VERSION, TrialRecord, as_stored,
-                                 build_tables, has_no_rows, is_cut_short, parse_meta, parse_result_lines, read_table)
+                                 build_tables, has_no_rows, is_cut_short, parse_result_lines, read_meta, read_table)
 from layerout.metrics import DEFAULT_OBJECTIVES, METRICS
+from layerout.schedules.none import UNFROZEN
 
 _RAY_SKIP_DIRS = {POLICIES_DIR, CONFIRM_DIR, "__pycache__", ".git"}
 # confirm.csv: the columns every run row needs (python -m analysis.confirm writes them)
@@ -134,7 +135,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     trials_file, epochs_file = path / TRIALS_CSV, path / EPOCHS_CSV
     meta: dict | None = None
     if meta_file.exists():
-        meta = _read_meta(meta_file)
+        meta = read_meta(path)
 
     ray_trials: pd.DataFrame | None = None
     ray_epochs: pd.DataFrame | None = None
@@ -224,12 +225,6 @@ def experiment_from_tables(meta: dict, trials: pd.DataFrame, epochs: pd.DataFram
                       epochs=_normalize_epochs(epochs), path=path, source="memory")
 
 
-def _read_meta(meta_file: Path) -> dict:
-    try:
-        text = meta_file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_file}: cannot read ({exc})") from None
-    return parse_meta(text, str(meta_file))
 
 
 def _guess_epoch_budget(trials: pd.DataFrame, epochs: pd.DataFrame) -> int | None:
@@ -388,16 +383,18 @@ def _rebuild_from_ray(files: list[Path], meta: dict | None,
 # which trials count
 
 
-def own_budget(exp: Experiment) -> pd.Series | None:
+def trial_epochs(trials: pd.DataFrame, budget: int | None) -> pd.Series:
     """The epochs each trial was asked to train: its recipe's ``train.epochs`` (fewer than the
-    search's budget for a shorter-training reference point or a ``budget_frac`` trial), else the
-    experiment's budget; None when neither is known."""
-    t = exp.trials
-    budget = exp.epoch_budget
-    own = (pd.to_numeric(t["config/train/epochs"], errors="coerce") if "config/train/epochs" in t.columns
-           else pd.Series(np.nan, index=t.index))
-    if budget is not None:
-        own = own.fillna(float(budget))
+    search's budget for a shorter-training reference point or a ``budget_frac`` trial), else
+    ``budget`` (NaN where neither is known)."""
+    col = trials["config/train/epochs"] if "config/train/epochs" in trials.columns else pd.Series(np.nan, trials.index)
+    out = pd.to_numeric(col, errors="coerce")
+    return out.fillna(float(budget)) if budget else out
+
+
+def own_budget(exp: Experiment) -> pd.Series | None:
+    """``trial_epochs`` of the experiment's trials; None when no trial's is known."""
+    own = trial_epochs(exp.trials, exp.epoch_budget)
     return None if own.isna().all() else own
 
 
@@ -459,4 +456,4 @@ def baseline_trials(trials: pd.DataFrame) -> pd.DataFrame:
     ref = trials["reference"].astype(str) if "reference" in trials.columns else pd.Series("", index=trials.index)
     shorter = (pd.to_numeric(trials["config/train/budget_epochs"], errors="coerce").notna()
                if "config/train/budget_epochs" in trials.columns else pd.Series(False, index=trials.index))
-    return trials[(pc == "baseline") | (ref == "baseline") | ((fam == "none") & ~shorter)]
+    return trials[(pc == "baseline") | (ref == "baseline") | ((fam == UNFROZEN) & ~shorter)]

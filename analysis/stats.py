@@ -27,10 +27,6 @@ class Interval:
     high: float
     n: int
 
-    @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2 if math.isfinite(self.low) else math.nan
-
 
 def interval(values: Iterable[float]) -> Interval:
     """Mean, standard deviation and 95% t interval of the finite ``values``."""

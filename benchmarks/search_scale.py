@@ -136,8 +136,10 @@ def run_ours(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from tuning.schedulers import MOASHA
     from tuning.searcher import TruthfulOptunaSearch
 
-    original = search._trainable
-    search._trainable = lambda options, code=None, address=None, fn=None: original(options, code, address,
+    import tuning.cluster as cluster  # run_search builds the trial function with cluster.trainable
+
+    original = cluster.trainable
+    cluster.trainable = lambda options, code=None, address=None, fn=None: original(options, code, address,
                                                                                     fn=synthetic_trial)
     moasha = Timer(MOASHA, "on_trial_result", _rung_size)
     suggest = Timer(TruthfulOptunaSearch, "suggest", _study_size)

@@ -153,8 +153,10 @@ def main() -> int:
     parts_dir.mkdir()
     os.environ[OUT_ENV] = str(parts_dir)
     os.environ[SHARED_ENV] = "0" if args.no_shared_flops else "1"
-    original = search._trainable
-    search._trainable = lambda options, code=None, address=None, fn=None: original(options, code, address,
+    import tuning.cluster as cluster  # run_search builds the trial function with cluster.trainable
+
+    original = cluster.trainable
+    cluster.trainable = lambda options, code=None, address=None, fn=None: original(options, code, address,
                                                                                     fn=timed_trial)
     try:
         t0 = time.perf_counter()

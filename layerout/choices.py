@@ -1,5 +1,5 @@
 """The values the command lines offer and check, without torch: built-in datasets and models,
-BatchNorm modes of frozen units, the training fast paths.
+BatchNorm modes of frozen units, the training fast paths (the built-in datasets: ``layerout.datasets``).
 
 ``--help`` and argument errors are answered from here before torch is imported (importing it
 takes seconds); the modules that implement each choice (``layerout.data``, ``layerout.models``,
@@ -8,10 +8,8 @@ checks at import that its built-in registry is ``BUILTIN_MODELS``.
 """
 from __future__ import annotations
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
-# datasets read from files (a data folder, downloaded there if allowed); the others need none:
-# digits is bundled with scikit-learn, synthetic is generated
-FILE_DATASETS = ("mnist", "cifar10", "cifar100")
+from layerout.datasets import DATASETS  # noqa: F401 - the built-in datasets' registry (name -> its facts)
+
 IMAGEFOLDER = "imagefolder:"  # imagefolder:PATH, a folder in torchvision's ImageFolder layout
 # the models layerout.models registers, in its order (python -m layerout.models describes them)
 BUILTIN_MODELS = ("mnist_shallow", "vgg16", "resnet20", "resnet56", "resnet110", "digits_cnn", "digits_tiny")

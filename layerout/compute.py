@@ -134,6 +134,12 @@ def read_clock(clock: str) -> float:
     return time.process_time() if clock == "process_cpu" else time.perf_counter()
 
 
+def saved_frac(spent: float, unfrozen: float, budget_scale: float = 1.0) -> float:
+    """compute_saved_frac: 1 - FLOPs spent / FLOPs of the unfrozen model on the same steps (times
+    ``budget_scale``: a shorter run is measured against its budget's); 0 before any step."""
+    return 1.0 - spent / (unfrozen * budget_scale) if unfrozen else 0.0
+
+
 @dataclass
 class ComputeLedger:
     """Running totals behind compute_saved_frac, compute_spent_gflop, params_frozen_frac,
@@ -181,9 +187,7 @@ class ComputeLedger:
 
     @property
     def compute_saved_frac(self) -> float:
-        if not self.flops_unfrozen:
-            return 0.0
-        return 1.0 - self.flops_spent / (self.flops_unfrozen * self.budget_scale)
+        return saved_frac(self.flops_spent, self.flops_unfrozen, self.budget_scale)
 
     @property
     def compute_spent_gflop(self) -> float:

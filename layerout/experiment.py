@@ -29,7 +29,6 @@ import pandas as pd
 
 from layerout.checks import short
 from layerout.errors import UserError
-from layerout.files import atomic_write
 from layerout.metrics import EXTRA_METRICS, METRICS, OBJECTIVE_METRICS, REPORT_ONLY, TRIAL_METRICS
 
 FORMAT = "layerout-experiment"
@@ -285,13 +284,6 @@ def rungs_csv(rows: list[dict[str, Any]], objectives: list[str]) -> str:
 def tables_csv(trials: pd.DataFrame, epochs: pd.DataFrame) -> tuple[str, str]:
     """The text of trials.csv and epochs.csv."""
     return trials.to_csv(index=False), epochs.to_csv(index=False)
-
-
-def write_tables(exp_dir: str | Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> None:
-    """trials.csv and epochs.csv into a local experiment directory, atomically."""
-    trials_text, epochs_text = tables_csv(trials, epochs)
-    atomic_write(Path(exp_dir) / TRIALS_CSV, trials_text)
-    atomic_write(Path(exp_dir) / EPOCHS_CSV, epochs_text)
 
 
 def is_cut_short(path: Path) -> bool:

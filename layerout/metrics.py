@@ -34,3 +34,11 @@ OBJECTIVE_METRICS: tuple[str, ...] = tuple(m for m in METRICS if m not in REPORT
 # The search's two objectives. test_accuracy is never one.
 DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("val_accuracy", "max"), ("compute_saved_frac", "max"))
 OBJECTIVE_MODES = ("max", "min")
+# What a confirmation run on a fresh seed records (confirm.csv), and of those, the ones whose means
+# over the fresh seeds stand in for a confirmed trial's single run (analysis.front).
+CONFIRMED_METRICS: tuple[str, ...] = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac")
+CONFIRM_RUN_METRICS: tuple[str, ...] = (*CONFIRMED_METRICS, "train_time_s")
+# What a policy file records of the run it came from (analysis.export: ``measured``), in this order.
+POLICY_MEASURED: tuple[str, ...] = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac",
+                                    "params_frozen_frac", "compute_spent_gflop", "train_time_s", "train_loss",
+                                    "val_loss")

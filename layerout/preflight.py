@@ -31,11 +31,6 @@ from layerout.errors import UserError
 from layerout.models import build_model, is_user_model
 from layerout.units import Unit, rest_parameters, unit_origin, units_of
 
-# classes and input channels of the built-in datasets (so a built-in pair needs no data loaded)
-DATASET_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
-DATASET_CHANNELS = {"digits": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "synthetic": 3}
-DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 32, 32), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
-                  "synthetic": (3, 32, 32)}
 LABEL_ITEMS = 2048  # of each of your Datasets without a label array: the items whose labels are read
 LABEL_SECONDS = 10.0  # reading them stops after this long (items that decode images can be slow)
 LABEL_ARRAYS = ("targets", "labels")  # attributes holding a Dataset's labels, one per item
@@ -62,7 +57,8 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
     """See the module docstring. Built-in models on built-in datasets are only built (on the meta
     device: no memory, no init); anything else is built for real and run on one batch (CPU)."""
     if not is_user_code(model, dataset) and dataset in DATASETS:
-        kwargs = {"num_classes": DATASET_CLASSES[dataset], "in_channels": DATASET_CHANNELS[dataset]}
+        # a built-in pair needs no data loaded: the dataset's registration has its classes and channels
+        kwargs = {"num_classes": DATASETS[dataset].classes, "in_channels": DATASETS[dataset].channels}
         try:
             with torch.device("meta"):
                 m = build_model(model, **kwargs)
@@ -77,8 +73,8 @@ def check_model_and_data(model: str, dataset: str, units: Any = None, val_frac: 
         if userland.names_user_code(spec):
             userland.resolve(spec, role)
     if dataset in DATASETS:  # a user model on a built-in dataset: a probe batch of its shape
-        x, y = torch.randn(2, *DATASET_SHAPES[dataset]), torch.zeros(2, dtype=torch.int64)
-        num_classes, in_channels = DATASET_CLASSES[dataset], DATASET_CHANNELS[dataset]
+        x, y = torch.randn(2, *DATASETS[dataset].shape), torch.zeros(2, dtype=torch.int64)
+        num_classes, in_channels = DATASETS[dataset].classes, DATASETS[dataset].channels
     else:
         data = load_data(dataset, device="cpu", val_frac=val_frac, seed=seed, image_size=image_size, workers=0)
         num_classes, in_channels = data.num_classes, data.in_channels

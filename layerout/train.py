@@ -20,9 +20,8 @@ from layerout.checks import short
 from layerout.choices import BN_CHOICES, BUILTIN_MODELS, DATASETS, FAST_PATHS, IMAGEFOLDER
 from layerout.errors import ArgumentParser, UserError, cli_main
 from layerout.schedules import SCHEDULES, Flag, Schedule, schedule_from_dict
+from layerout.schedules.none import UNFROZEN
 
-DEFAULT_MODEL_FOR = {"digits": "digits_cnn", "mnist": "mnist_shallow", "cifar10": "resnet20",
-                     "cifar100": "resnet20", "synthetic": "resnet20"}
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
@@ -38,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model under one freezing schedule (or a policy file); no Ray needed.")
     ap.add_argument("--model", help=f"built-in model: {', '.join(BUILTIN_MODELS)}, or your own: my_pkg.nets:build "
                                     "(default: the dataset's usual one)")
-    ap.add_argument("--dataset", help="digits (bundled), mnist, cifar10, cifar100, synthetic, imagefolder:PATH, "
+    ap.add_argument("--dataset", help=f"built-in: {', '.join(DATASETS)}; imagefolder:PATH, "
                                       "or your own data function: my_pkg.data:load")
     src = ap.add_argument_group("what to freeze (pick --policy or --schedule)")
     src.add_argument("--policy", help="a policy JSON file (exported by analysis.export or a run's summary.json)")
@@ -136,14 +135,14 @@ def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[st
     if kind is None:
         fits = [k for k, flags in families.items() if flags and given <= {f.dest for f in flags}]
         if not given:
-            kind = "none"
+            kind = UNFROZEN
         elif len(fits) == 1:
             kind = fits[0]
         elif fits:
             raise UserError(f"{', '.join(_option(d) for d in sorted(given))}: used by the "
                             f"{' and '.join(fits)} schedules; pick one with --schedule")
         else:
-            kind = "none"  # the stray flags are reported below
+            kind = UNFROZEN  # the stray flags are reported below
     allowed = {f.dest for f in families[kind]}
     stray = sorted(given - allowed)
     if stray:
@@ -153,34 +152,41 @@ def schedule_dict_from_args(args: argparse.Namespace, num_units: int) -> dict[st
 
 
 # ------------------------------------------------------------------------------ main
+# TrainConfig field -> the flag that sets it to a value, and -> (the value, the switch that sets
+# it): the command line's map of the recipe, also used to write a trial's recipe back as a
+# command (analysis.export). --lr-warmup EPOCHS:LR sets lr_warmup_epochs and lr_warmup_value.
+VALUE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+               "weight_decay": "--weight-decay", "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
+               "bn_frozen": "--bn-frozen", "val_frac": "--val-frac", "seed": "--seed", "device": "--device",
+               "fast_path": "--fast-path", "data_dir": "--data-dir", "max_train_batches": "--max-train-batches",
+               "image_size": "--image-size", "data_workers": "--data-workers", "threads": "--threads"}
+SWITCHES = {"augment": (False, "--no-augment"), "random_erasing": (True, "--random-erasing"),
+            "download": (False, "--no-download"), "test_every_epoch": (True, "--test-every-epoch"),
+            "deterministic": (True, "--deterministic")}
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def _config_dict(args: argparse.Namespace, model: str, dataset: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {"model": model, "dataset": dataset}
-    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
-                      ("weight_decay", "weight_decay"), ("lr_gamma", "lr_gamma"), ("bn_frozen", "bn_frozen"),
-                      ("val_frac", "val_frac"), ("seed", "seed"), ("device", "device"), ("fast_path", "fast_path"),
-                      ("data_dir", "data_dir"), ("max_train_batches", "max_train_batches"),
-                      ("image_size", "image_size"), ("data_workers", "data_workers"), ("threads", "threads")):
-        v = getattr(args, flag)
-        if v is not None:
+    for key, flag in VALUE_FLAGS.items():
+        v = getattr(args, _dest(flag))
+        if key == "lr_milestones":
+            if v:
+                cfg[key] = parse_ints(v, flag)
+        elif v is not None:
             cfg[key] = v
-    if args.lr_milestones:
-        cfg["lr_milestones"] = parse_ints(args.lr_milestones, "--lr-milestones")
     if args.lr_warmup:
         try:
             e, v = args.lr_warmup.split(":")
             cfg["lr_warmup_epochs"], cfg["lr_warmup_value"] = int(e), float(v)
         except ValueError:
             raise UserError(f"--lr-warmup: expected EPOCHS:LR like 4:0.01, got {short(args.lr_warmup)}") from None
-    if args.no_augment:
-        cfg["augment"] = False
-    if args.random_erasing:
-        cfg["random_erasing"] = True
-    if args.no_download:
-        cfg["download"] = False
-    if args.test_every_epoch:
-        cfg["test_every_epoch"] = True
-    if args.deterministic:
-        cfg["deterministic"] = True
+    for key, (value, flag) in SWITCHES.items():
+        if getattr(args, _dest(flag)):
+            cfg[key] = value
     return cfg
 
 
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     prov_dataset = policy.provenance.get("dataset") if policy is not None else None
     dataset = args.dataset or (prov_dataset if isinstance(prov_dataset, str) and prov_dataset else None) or (
         MODELS[policy.model].default_dataset if policy and policy.model in MODELS else None)
-    model = args.model or (policy.model if policy else DEFAULT_MODEL_FOR.get(dataset or ""))
+    model = args.model or (policy.model if policy else getattr(DATASETS.get(dataset or ""), "default_model", None))
     if not dataset:
         raise UserError(f"--dataset: required; allowed: {', '.join(DATASETS)}, "
                         f"{IMAGEFOLDER}PATH, or an import path to your own data function like my_pkg.data:load")

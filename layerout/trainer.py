@@ -33,6 +33,7 @@ from layerout.arithmetic import computing_with, current_threads
 from layerout.augment import augment_batch
 from layerout.checks import check_bool, check_choice, check_int, check_number, fail, is_int, short
 from layerout.compute import ComputeLedger, FlopCache, clock_for, read_clock, synchronize, time_unfrozen_steps
+from layerout.compute import saved_frac
 from layerout.data import DataSplits, DatasetSplits, as_splits, is_user_dataset, load_data
 from layerout.errors import UserError
 from layerout.fastpath import FAST_PATHS, StepRunner
@@ -468,7 +469,7 @@ class Trainer:
             f, u = self._planned_epoch_flops(epoch)
             spent += f
             unfrozen += u
-        return 1.0 - spent / (unfrozen * self.ledger.budget_scale) if unfrozen else 0.0
+        return saved_frac(spent, unfrozen, self.ledger.budget_scale)
 
     def _planned_epoch_flops(self, epoch: int) -> tuple[float, float]:
         """(FLOPs under the schedule's masks, FLOPs unfrozen) of one whole epoch; cached unless

@@ -27,7 +27,7 @@ import re
 import sys
 import sysconfig
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from layerout.errors import UserError
 
@@ -224,12 +224,6 @@ def _model_kwargs(obj: Any, spec: str, num_classes: int, in_channels: int, field
         raise UserError(f"{field}: {spec}: parameter {required[0]!r} has no default; a model callable may take "
                         "num_classes and in_channels (passed by name) and nothing else without a default")
     return kwargs
-
-
-def model_factory(spec: str, field: str = "model") -> Callable[[int, int], nn.Module]:
-    """``(num_classes, in_channels) -> nn.Module`` for an import path or a registered object."""
-    obj = resolve(spec, field)
-    return lambda num_classes, in_channels: model_from(obj, spec, num_classes, in_channels, field)
 
 
 # ------------------------------------------------------------------------------ data functions

@@ -68,6 +68,7 @@ from layerout.errors import UserError
 from layerout.metrics import DEFAULT_OBJECTIVES, OBJECTIVE_METRICS, OBJECTIVE_MODES, REPORT_ONLY
 from layerout.userland import names_user_code
 from search_spaces.checks import Checker
+from search_spaces.schedulers import SCHEDULERS
 
 if TYPE_CHECKING:  # imported where a space is validated: reading one, listing presets need no numpy
     from search_spaces.families import FamilySpace, SpaceContext
@@ -77,9 +78,6 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 MAX_SPACE_BYTES = 1 << 20
 MAX_SPACE_VALUES = 100_000
 
-# moasha: Pareto-aware successive halving, the default with two or more objectives; asha: on the first
-# (accuracy) alone, the default with one; none: every trial trains its whole budget
-SCHEDULERS = ("moasha", "asha", "none")
 # Ray Tune's logger callbacks a search may use besides result.json (tuning.loggers)
 LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 TOP_KEYS = ("name", "description", "model", "dataset", "units", "train", "families", "objectives",
@@ -265,6 +263,33 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     they are imported, called and run on one batch here, so bad code fails before any training.
     A relative ``imagefolder:PATH`` is taken from ``folder`` too."""
     check = Checker(where)
+    name, description = _header(check, data, where, default_name)
+    folder = Path(folder).resolve() if folder is not None else Path.cwd()
+    model, dataset = _model_and_dataset(check, data, folder)
+    from search_spaces.families import SpaceContext
+
+    unit_spec = _unit_spec(check, data)
+    seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
+    train = _train(check, data.get("train"), model, dataset, seed)
+    checked, code = _checked_code(check, model, dataset, unit_spec, folder, train, seed)
+    units = [u.name for u in checked.units]
+    if checked.origin == "automatic":  # pinned in every trial's recipe, so policies replay the same units
+        from layerout.units import unit_pairs
+
+        unit_spec = unit_pairs(checked.units)
+    ctx = SpaceContext(units=tuple(units), epochs=train["epochs"], seed=seed)
+    # no families key: LayerOut's defaults; an empty one (``families:``, null, {}) names none
+    families = _families(check, data["families"] if "families" in data else {"layerout": {}}, ctx)
+    objectives = _objectives(check, data.get("objectives"))
+    early = _early_stopping(check, data.get("early_stopping"), objectives, ctx.epochs)
+    return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
+                       description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,
+                       code_paths=code, notes=checked.notes, objectives=objectives, early_stopping=early,
+                       seed=seed, document=_jsonable(data), **_search_settings(check, data, ctx.epochs))
+
+
+def _header(check: Checker, data: Any, where: str, default_name: str) -> tuple[str, str]:
+    """The document's shape (a mapping of known keys, model and dataset given), its name and description."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: must be a YAML mapping with keys model, dataset, train, families, ...; "
                         f"got {type(data).__name__}")
@@ -280,7 +305,11 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     if "dataset" not in data:
         raise check.err("dataset", f"missing; allowed: {', '.join(DATASETS)}, {IMAGEFOLDER}PATH, or an import path "
                                    "to your own data function like my_pkg.data:load")
-    folder = Path(folder).resolve() if folder is not None else Path.cwd()
+    return name, description
+
+
+def _model_and_dataset(check: Checker, data: dict, folder: Path) -> tuple[str, str]:
+    """The model and dataset names, known or import paths (a relative image folder made absolute)."""
     dataset = data["dataset"]
     if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.startswith(IMAGEFOLDER)
                                             or names_user_code(dataset)):
@@ -298,19 +327,27 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     if model not in models and not names_user_code(model):
         raise check.err("model", f"unknown model {short(model)}; allowed: {', '.join(models)}, or an import path to "
                                  "your own like my_pkg.nets:build")
-    from layerout.preflight import check_model_and_data
-    from layerout.trainer import check_unit_spec
-    from layerout.units import unit_pairs
-    from search_spaces.families import SpaceContext
+    return model, dataset
 
-    unit_spec = None
-    if data.get("units") is not None:
-        try:
-            unit_spec = check_unit_spec(data["units"])
-        except UserError as e:
-            raise check.err("units", str(e).split(": ", 1)[1]) from None
-    seed = check.int_("seed", data.get("seed", 0), 0, 2**31 - 1)
-    train = _train(check, data.get("train"), model, dataset, seed)
+
+def _unit_spec(check: Checker, data: dict) -> Any:
+    """The ``units:`` given, checked (None: declared or automatic)."""
+    from layerout.trainer import check_unit_spec
+
+    if data.get("units") is None:
+        return None
+    try:
+        return check_unit_spec(data["units"])
+    except UserError as e:
+        raise check.err("units", str(e).split(": ", 1)[1]) from None
+
+
+def _checked_code(check: Checker, model: str, dataset: str, unit_spec: Any, folder: Path, train: dict[str, Any],
+                  seed: int) -> tuple[Any, list[str]]:
+    """The model and data imported, called and run on one batch (``layerout.preflight``), and the
+    folders the trials import the user's code from."""
+    from layerout.preflight import check_model_and_data
+
     # each folder once (the space's folder is often the current one)
     code = list(dict.fromkeys([str(folder), str(Path.cwd().resolve())])) if names_user_code(model) or \
         names_user_code(dataset) else []
@@ -324,26 +361,27 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
         loc = userland.module_location(spec)
         if loc and str(Path(loc).parent) not in code:
             code.append(str(Path(loc).parent))
-    units = [u.name for u in checked.units]
-    if checked.origin == "automatic":  # pinned in every trial's recipe, so policies replay the same units
-        unit_spec = unit_pairs(checked.units)
-    ctx = SpaceContext(units=tuple(units), epochs=train["epochs"], seed=seed)
-    # no families key: LayerOut's defaults; an empty one (``families:``, null, {}) names none
-    families = _families(check, data["families"] if "families" in data else {"layerout": {}}, ctx)
+    return checked, code
 
-    epochs = ctx.epochs
-    ep_what = f" (0 .. epochs-1, epochs = {epochs})"
-    objectives = _objectives(check, data.get("objectives"))
-    es = check.mapping("early_stopping", data.get("early_stopping"), ("scheduler", "grace_period", "reduction_factor"))
+
+def _early_stopping(check: Checker, raw: Any, objectives: list[tuple[str, str]], epochs: int) -> EarlyStopping:
+    """The ``early_stopping:`` block (scheduler: MOASHA with two or more objectives, else ASHA)."""
+    es = check.mapping("early_stopping", raw, ("scheduler", "grace_period", "reduction_factor"))
     scheduler = es.get("scheduler", "moasha" if len(objectives) >= 2 else "asha")
     if scheduler not in SCHEDULERS:
         raise check.err("early_stopping.scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {short(scheduler)}")
-    early = EarlyStopping(
+    return EarlyStopping(
         scheduler=scheduler,
         grace_period=check.int_("early_stopping.grace_period", es.get("grace_period", 1), 1, epochs,
                                 f" (1 .. epochs, epochs = {epochs})"),
         reduction_factor=check.int_("early_stopping.reduction_factor", es.get("reduction_factor", 2), 2, 100),
     )
+
+
+def _search_settings(check: Checker, data: dict, epochs: int) -> dict[str, Any]:
+    """How the search runs: the paper's configurations, its size, loggers, the shorter-training
+    reference points and ``budget_frac``, the confirmation (SearchSpace's fields)."""
+    ep_what = f" (0 .. epochs-1, epochs = {epochs})"
     paper = check.bool_("paper_configs", data.get("paper_configs", False))
     pw_default = min(20, max(1, round(epochs * 0.2)), epochs - 1)
     paper_warmup = check.int_("paper_warmup_epochs", data.get("paper_warmup_epochs", pw_default), 0, epochs - 1,
@@ -358,13 +396,9 @@ def space_from_dict(data: Any, where: str = "<space>", default_name: str = "spac
     conf = check.mapping("confirm", data.get("confirm"), ("seeds", "top"))
     confirm_seeds = check.int_("confirm.seeds", conf.get("seeds", CONFIRM_SEEDS), 0, 100)
     confirm_top = check.int_("confirm.top", conf.get("top", CONFIRM_TOP), 1, 100)
-    return SearchSpace(name=name, model=model, dataset=dataset, units=units, train=train, families=families,
-                       description=description, source=where, unit_prefixes=unit_spec, units_from=checked.origin,
-                       code_paths=code, notes=checked.notes, objectives=objectives, early_stopping=early,
-                       paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
-                       max_concurrent=max_conc, seed=seed, loggers=loggers, reference_budgets=budgets,
-                       budget_frac=budget_frac, confirm_seeds=confirm_seeds, confirm_top=confirm_top,
-                       document=_jsonable(data))
+    return dict(paper_configs=paper, paper_warmup_epochs=paper_warmup, num_samples=num_samples,
+                max_concurrent=max_conc, loggers=loggers, reference_budgets=budgets, budget_frac=budget_frac,
+                confirm_seeds=confirm_seeds, confirm_top=confirm_top)
 
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from layerout.budget import epochs_for, shorter_recipe, shorter_schedule
 from layerout.checks import short
 from layerout.errors import UserError
 from layerout.schedules import paper_vectors, schedule_from_dict
+from layerout.schedules.none import UNFROZEN
 from search_spaces.families import FAMILY_SPACES, LayerOutSpace
 from search_spaces.space import SearchSpace
 
@@ -69,7 +70,7 @@ def paper_points(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     vecs = paper_vectors(space.num_units)
     lo = LayerOutSpace.param
     return [
-        ("baseline", {"family": "none"}),
+        ("baseline", {"family": UNFROZEN}),
         ("since_start", {"family": "layerout", lo("v_mode"): "random_epoch", lo("warmup_epochs"): 0}),
         ("warmup_random", {"family": "layerout", lo("v_mode"): "random_epoch", lo("warmup_epochs"): w}),
         ("efreeze", LayerOutSpace.manual_params(vecs["efreeze"], w)),
@@ -136,9 +137,9 @@ class DefineByRun:
             extra = {"reference": BASELINE} if pc == "baseline" else {}
             return {**trial_to_config(space, {**params, "paper_config": pc, **extra}), "optuna_trial": number}
         if ref and ref in self.references:
-            if "none" in fams:
+            if UNFROZEN in fams:
                 trial.suggest_categorical("family", fams)  # fixed by the enqueued params
-            params = {"family": "none", "reference": ref, BUDGET_PARAM: self.references[ref]}
+            params = {"family": UNFROZEN, "reference": ref, BUDGET_PARAM: self.references[ref]}
             return {**trial_to_config(space, params), "optuna_trial": number}
         fam = trial.suggest_categorical("family", fams)
         params = {"family": fam, **space.families[fam].suggest(trial, space.context)}
@@ -172,5 +173,5 @@ def reference_enqueue(space: SearchSpace) -> list[tuple[dict[str, Any], dict[str
     the paper's configurations: the full-budget baseline (unless the paper's baseline runs) and
     the shorter-training points, fewest epochs first."""
     names = ([] if space.paper_configs else [BASELINE]) + [name for name, _ in reference_points(space)]
-    fixed = {"family": "none"} if "none" in space.families else {}
+    fixed = {"family": UNFROZEN} if UNFROZEN in space.families else {}
     return [(dict(fixed), {"reference": name}) for name in names]

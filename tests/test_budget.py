@@ -157,7 +157,7 @@ def test_a_shorter_run_that_trained_its_epochs_is_finished_not_stopped():
                              mode=["max", "max"], sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
                              storage=optuna.storages.InMemoryStorage(), epochs=8, seed=0, quiet=True)
     for fixed, attrs in reference_enqueue(space):
-        s._ot_study.enqueue_trial(fixed, user_attrs=attrs)
+        s.study.enqueue_trial(fixed, user_attrs=attrs)
     configs = {tid: s.suggest(tid) for tid in ("base", "half", "free")}
     assert configs["half"]["train"]["epochs"] == 4
     for tid, epoch in (("base", 8), ("half", 4), ("free", 4)):

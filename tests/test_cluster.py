@@ -310,9 +310,9 @@ def test_two_nodes_on_loopback_with_token_auth_survive_a_node_death(tmp_path, pr
     assert set(epochs["node_id"]) == {worker_node, head_node}
     assert trials.set_index("trial_id").loc[victim, "node_id"] == head_node
 
-    # what was shipped to the workers: the four packages trials import, nothing else of the checkout
+    # what was shipped to the workers: the three packages trials import, nothing else of the checkout
     shipped = sorted({p.name for p in private_tmp.rglob("runtime_resources/py_modules_files/*/*")})
-    assert shipped == ["analysis", "layerout", "search_spaces", "tuning"], shipped
+    assert shipped == ["layerout", "search_spaces", "tuning"], shipped
     assert not list(private_tmp.rglob("runtime_resources/working_dir_files/*"))
 
 

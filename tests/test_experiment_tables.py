@@ -55,14 +55,16 @@ def test_tables_mark_stopped_errors_and_paper_configs():
 def test_tables_say_which_node_ran_each_epoch_and_where_a_moved_trial_ended(tmp_path):
     """A trial restarted on another node after its node died: epochs.csv names each epoch's node (the
     later report of a repeated epoch wins), trials.csv the node of the last epoch; read back as text."""
-    from layerout.experiment import read_table, write_tables
+    from layerout.experiment import read_table, tables_csv
 
     a, b = "0a" * 28, "1234" * 14  # Ray node ids: 56 hex digits (b: digits only, must stay text)
     t = _trial("d", 0, epochs_list=[1, 2, 2, 3])
     for row, (node, ip) in zip(t.rows, [(a, "10.0.0.5"), (a, "10.0.0.5"), (b, "10.0.0.6"), (b, "10.0.0.6")]):
         row.update(node_id=node, node_ip=ip)
     trials, epochs = build_tables([t, _trial("e", 3, number=1)], epochs_budget=3)
-    write_tables(tmp_path, trials, epochs)
+    trials_text, epochs_text = tables_csv(trials, epochs)
+    (tmp_path / "trials.csv").write_text(trials_text)
+    (tmp_path / "epochs.csv").write_text(epochs_text)
     trials = read_table(tmp_path / "trials.csv", ["trial_id"])
     epochs = read_table(tmp_path / "epochs.csv", ["trial_id"])
     assert list(epochs.columns[-2:]) == ["node_id", "node_ip"]

@@ -1,5 +1,5 @@
 """The project's layout holds: the library and the analysis never import Ray, no two modules import
-each other (directly or around a longer loop), and every schedule kind has exactly one
+each other (directly or around a longer loop), nothing below the analysis imports it, and every schedule kind has exactly one
 search-space family and the reverse."""
 from __future__ import annotations
 
@@ -101,6 +101,28 @@ def test_no_two_modules_import_each_other():
         if v not in index:
             visit(v)
     assert cycles == [], f"modules that import each other: {cycles}"
+
+
+def test_no_arrow_runs_back_up_to_the_analysis():
+    """Nothing below the analysis imports it, anywhere in a file (inside functions too): the
+    library, the search spaces and the Ray side (whose packages are what a cluster's workers get,
+    ``tuning.cluster.TRIAL_PACKAGES``)."""
+    modules = project_modules()
+    graph = {m: imports_of(m, f, modules) for m, f in modules.items()}
+    assert "analysis.pareto" in graph["analysis.front"]  # the graph sees the analysis's own imports
+    upward = {m: sorted(w for w in graph[m] if w.split(".")[0] == "analysis")
+              for m in graph if m.split(".")[0] in ("layerout", "search_spaces", "tuning")}
+    assert {m: ws for m, ws in upward.items() if ws} == {}
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What modules share is public; an underscore name stays in its module."""
+    private = []
+    for name, file in project_modules().items():
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                private += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []
 
 
 def test_every_schedule_kind_has_one_search_family_and_the_reverse():

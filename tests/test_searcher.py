@@ -16,6 +16,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from search_spaces.space import space_from_dict  # noqa: E402
 from search_spaces.trials import define_by_run  # noqa: E402
+from tuning import internals  # noqa: E402
 from tuning import searcher as searcher_mod  # noqa: E402
 from tuning.searcher import TruthfulOptunaSearch, config_key  # noqa: E402
 
@@ -157,26 +158,26 @@ def test_random_proposals_do_not_replay_the_samplers_own_start():
 
 
 def test_nsga2_population_is_sized_to_the_run():
-    from tuning.search import _sampler, nsga2_population
+    from tuning.study import make_sampler, nsga2_population
 
     assert [nsga2_population(n) for n in (4, 16, 24, 100, 400)] == [4, 4, 6, 25, 50]
     lines: list[str] = []
-    sampler = _sampler("nsga2", 0, 24, lines.append)
+    sampler = make_sampler("nsga2", 0, 24, lines.append)
     assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler.population_size == 6 and lines == []
-    _sampler("nsga2", 0, 7, lines.append)
+    make_sampler("nsga2", 0, 7, lines.append)
     assert lines == ["warning: --sampler nsga2: 7 trials are fewer than two generations of its population (4): "
                      "it samples at random until 4 trials have finished their whole budget"]
-    _sampler("tpe", 0, 3, lines.append)
+    make_sampler("tpe", 0, 3, lines.append)
     assert len(lines) == 1
 
 
 def test_nsga2_warns_that_it_evolves_only_the_shared_parameters_of_several_families():
     """Optuna's NSGA-II crosses over the intersection search space: with two families whose
     parameters differ, only ``family`` evolves (checked on Optuna itself), and the tool says so."""
-    from tuning.search import _sampler
+    from tuning.study import make_sampler
 
     lines: list[str] = []
-    sampler = _sampler("nsga2", 0, 24, lines.append, ["layerout", "prefix"])
+    sampler = make_sampler("nsga2", 0, 24, lines.append, ["layerout", "prefix"])
     assert lines == ["warning: --sampler nsga2: the 2 freezing families (layerout, prefix) have parameters of their "
                      "own, and NSGA-II evolves only those every trial has (the family); it draws the others at "
                      "random. tpe models each parameter; or search one family per space"]
@@ -190,7 +191,7 @@ def test_nsga2_warns_that_it_evolves_only_the_shared_parameters_of_several_famil
     study.optimize(objective, n_trials=8)
     study.ask()
     assert set(sampler.infer_relative_search_space(study, study.trials[-1])) == {"family"}
-    _sampler("nsga2", 0, 24, lines.append, ["prefix"])  # one family: nothing to say
+    make_sampler("nsga2", 0, 24, lines.append, ["prefix"])  # one family: nothing to say
     assert len(lines) == 1
 
 
@@ -198,7 +199,7 @@ def test_a_trial_the_storage_already_finished_is_left_alone():
     """A database study can be ahead of the searcher state restored after a killed driver."""
     s = _searcher()
     cfg = s.suggest("a")
-    s.study.tell(s._ot_trials["a"], [0.5, 0.5])  # told before the kill, after the last snapshot
+    s.study.tell(internals.optuna_trials(s)["a"], [0.5, 0.5])  # told before the kill, after the last snapshot
     s.on_trial_complete("a", _result(cfg, EPOCHS, 0.9, 0.1))
     (a,) = _by_attr(s.study, "ray_trial_id", "a")
     assert a.state == TrialState.COMPLETE and a.values == [0.5, 0.5]

@@ -388,14 +388,14 @@ def test_alias_bomb_space_is_one_short_line(tmp_path):
 def test_resume_of_a_search_ray_never_saved_starts_it_afresh(tmp_path, monkeypatch, capsys):
     """The driver died after writing experiment.json, before Ray Tune saved anything: --resume starts
     the search afresh from experiment.json's settings (the same --name still refuses)."""
-    import tuning.search
+    import tuning.study
 
     space = _space(tmp_path, "fresh", MIXED)
 
     def driver_dies(*args, **kwargs):
         raise RuntimeError("the driver dies here")
 
-    monkeypatch.setattr(tuning.search, "_searcher", driver_dies)
+    monkeypatch.setattr(tuning.study, "make_searcher", driver_dies)
     args = ["--space", str(space), "--storage", str(tmp_path / "res"), "--name", "fresh", "--num-samples", "3",
             "--scheduler", "none", "--no-analysis"]
     with pytest.raises(RuntimeError, match="the driver dies here"):
@@ -553,21 +553,21 @@ def test_address_where_no_cluster_answers_is_one_line(tmp_path):
 
 
 def test_only_the_packages_trials_import_are_shipped(monkeypatch):
-    from tuning.search import _runtime_env
+    from tuning.cluster import runtime_env
 
     # what the cluster unpickles: the trial function, and (a ray:// driver runs the Tuner there) the
-    # searcher and the scheduler (MOASHA sorts with analysis.pareto)
+    # searcher and the scheduler: never the analysis (MOASHA sorts with layerout.dominance)
     code = ("import sys, tuning.trainable, tuning.searcher, tuning.schedulers\n"
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'layerout', 'search_spaces', 'tuning', 'analysis', 'tune_main', 'benchmarks', 'tests'})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=_env(),
                           timeout=120)
     imported = proc.stdout.split()
-    assert imported == ["analysis", "layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
+    assert imported == ["layerout", "search_spaces", "tuning"], proc.stderr[-2000:]
     monkeypatch.delenv("LAYEROUT_TUNE_SHIP_CODE", raising=False)
-    assert _runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
+    assert runtime_env() == {"py_modules": [str(ROOT / name) for name in imported]}
     monkeypatch.setenv("LAYEROUT_TUNE_SHIP_CODE", "0")
-    assert _runtime_env() is None
+    assert runtime_env() is None
 
 
 def test_the_end_summary_counts_only_what_trained(tmp_path, capsys):

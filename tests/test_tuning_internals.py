@@ -16,7 +16,7 @@ from ray import cloudpickle, tune  # noqa: E402
 
 from tuning import internals  # noqa: E402
 from tuning.schedulers import PaperASHA  # noqa: E402
-from tuning.search import _init_ray  # noqa: E402
+from tuning.cluster import init_ray  # noqa: E402
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test file
@@ -34,7 +34,7 @@ def _reports_its_folder(config):
 
 
 def test_trial_folder_is_the_trials_folder_in_the_experiment(tmp_path):
-    _init_ray(None)
+    init_ray(None)
     try:
         results = tune.Tuner(_reports_its_folder, param_space={"x": tune.grid_search([1, 2])},
                              run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0)).fit()
@@ -53,7 +53,7 @@ def test_the_installed_ray_is_the_one_the_internals_were_checked_with():
 
 
 def test_saved_trial_states_and_checkpoint_names_of_a_real_run(tmp_path):
-    _init_ray(None)
+    init_ray(None)
     try:
         tuner = tune.Tuner(_reports_three_epochs, param_space={"x": tune.grid_search([1, 2])},
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
@@ -142,6 +142,28 @@ class _Counts(tune.Stopper):
         return False
 
 
+def test_optuna_search_study_trials_and_completed():
+    """What tuning.searcher reads of Ray's OptunaSearch: its study, the Optuna trial each Ray trial
+    was asked as (until told), and the Ray trials it has told."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="score", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    config = searcher.suggest("t1")
+    study, asked = internals.optuna_study(searcher), internals.optuna_trials(searcher)
+    assert isinstance(study, optuna.Study) and set(asked) == {"t1"} and isinstance(asked["t1"], optuna.Trial)
+    assert asked["t1"].params == config and study.trials[0].state == TrialState.RUNNING
+    assert internals.completed_trials(searcher) == set()
+    searcher.on_trial_complete("t1", {"score": 0.5, **config})
+    assert "t1" in internals.completed_trials(searcher)
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].values == [0.5]
+    searcher.on_trial_complete("t1", {"score": 0.9, **config})  # told once: the set is what OptunaSearch checks
+    assert study.trials[0].values == [0.5]
+
+
 def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
     import optuna
     from ray.tune.schedulers import FIFOScheduler
@@ -151,7 +173,7 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
     searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="score", mode="max",
                             sampler=optuna.samplers.RandomSampler(seed=0))
     scheduler = FIFOScheduler()
-    _init_ray(None)
+    init_ray(None)
     try:
         tuner = tune.Tuner(_reports_x, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                                    num_samples=2, max_concurrent_trials=1),
@@ -175,7 +197,7 @@ def test_tuner_searcher_and_scheduler_new_and_restored(tmp_path):
         assert again is not searcher and isinstance(again, OptunaSearch)
         assert isinstance(internals.tuner_scheduler(restored), FIFOScheduler)
         assert isinstance(internals.tuner_stopper(restored), _Counts) and internals.tuner_stopper(restored) is not counts
-        assert len(again._ot_study.trials) == 2
+        assert len(internals.optuna_study(again).trials) == 2
     finally:
         ray.shutdown()
 
@@ -184,7 +206,7 @@ def test_driver_error_messages_reach_the_handler_not_the_console(capsys):
     from ray._private.utils import publish_error_to_driver
 
     got: list[str] = []
-    _init_ray(None)
+    init_ray(None)
     try:
         with internals.driver_error_messages(got.append):
             publish_error_to_driver("layerout_test", "a message for the driver",
@@ -216,7 +238,7 @@ def _fails_once(config):
 
 def test_last_trial_error_is_the_exception_of_the_failed_attempt(tmp_path):
     _ERRORS.clear()
-    _init_ray(None)
+    init_ray(None)
     try:
         tune.Tuner(_fails_once, param_space={"marker": str(tmp_path / "marker")},
                    run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
@@ -262,7 +284,7 @@ def test_trial_node_and_checkpoint_epoch_in_the_driver(tmp_path):
     """The node a trial's actor runs on is the one the trial reports; a trial that failed after its
     second epoch restarts from the checkpoint of epoch 2, one that failed before any from none."""
     _SEEN.clear()
-    _init_ray(None)
+    init_ray(None)
     try:
         tune.Tuner(_fails_after, param_space={"x": tune.grid_search([0, 2]),
                                               "marker": tune.sample_from(lambda s: str(tmp_path / f"m{s.config.x}"))},
@@ -291,7 +313,8 @@ def test_atomic_state_copies_replace_the_driver_sync_and_tune_run_catches_sigint
     import ray.train._internal.storage as ray_storage
     from pyarrow.fs import LocalFileSystem
 
-    from tuning.search import _fit_signals, _private_files
+    from tuning.cluster import fit_signals
+    from tuning.trust import private_files
 
     staging, dest = tmp_path / "staging", tmp_path / "exp"
     (staging / "trial_a").mkdir(parents=True)
@@ -313,15 +336,15 @@ def test_atomic_state_copies_replace_the_driver_sync_and_tune_run_catches_sigint
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # an earlier raw fit() may have left Ray's
     assert not internals.tune_run_catches_sigint()
-    _init_ray(None)
+    init_ray(None)
     try:
-        with _private_files():
+        with private_files():
             sees = _SeesSigint()
             tuner = tune.Tuner(_reports_x, param_space={"x": 1}, run_config=tune.RunConfig(
                 name="exp", storage_path=str(tmp_path / "runs"), verbose=0, callbacks=[sees]))
-            _fit_signals(tuner)
+            fit_signals(tuner)
     finally:
         ray.shutdown()
         after = signal.signal(signal.SIGINT, before)
     assert sees.seen and all(sees.seen)
-    assert after is signal.default_int_handler  # Ray leaves its handler installed; _fit_signals does not
+    assert after is signal.default_int_handler  # Ray leaves its handler installed; fit_signals does not

@@ -24,15 +24,16 @@ from ray.tune import Callback
 
 from layerout.checks import cut
 from layerout.formatting import pct
+from layerout.metrics import CONFIRM_RUN_METRICS
 from layerout.experiment import CONFIRM_DIR, CONFIRM_RUNNING, RESULT_JSON, USER_ERROR, epochs_of, parse_result_lines
 from layerout.progress import JobProgress, StatusDisplay
 from search_spaces.trials import config_epochs
 from tuning import internals, loggers, storage
-from tuning.search import (_check_resources, _fit, _init_ray, _private_files, _trainable, options_again,
-                           read_experiment, register_objects)
+from tuning.cluster import check_resources, fit, init_ray, trainable
+from tuning.search import options_again, read_experiment, register_objects
+from tuning.trust import private_files
 from tuning.trainable import train_trial, trial_dirname
 
-RUN_METRICS = ("val_accuracy", "test_accuracy", "compute_saved_frac", "time_saved_frac", "train_time_s")
 
 
 def confirm_trial(config: dict[str, Any], opts: dict[str, Any] | None = None,
@@ -107,7 +108,7 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every job (``{"trial_id", "seed", "name", "train": {...}, "schedule": {...}}``) on
     Ray with the search's resources; one row per job: ``trial_id``, ``seed``, ``confirm_trial``
-    (the Ray trial id), ``epochs`` (trained), the final ``RUN_METRICS``, and ``error`` (empty when
+    (the Ray trial id), ``epochs`` (trained), the final ``CONFIRM_RUN_METRICS``, and ``error`` (empty when
     it trained its budget). ``progress_interval``: seconds between status updates (None: a few
     on a terminal, a minute in a log; 0: none). A search given its model or data as Python objects needs them again
     (``model=``, ``dataset=``)."""
@@ -128,12 +129,12 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
     folder = storage.local_path(f"{exp_dir}/{CONFIRM_RUNNING}") if local else None
     if folder is not None and folder.exists():
         shutil.rmtree(folder)  # an interrupted confirmation's runs: this one trains them all again
-    with _private_files():
-        _init_ray(options.address, options.connect_timeout, code)
+    with private_files():
+        init_ray(options.address, options.connect_timeout, code)
         try:
-            _check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
+            check_resources(options.cpus_per_trial, options.gpus_per_trial, local=not options.address)
             tuner = tune.Tuner(
-                _trainable(options, code, options.address, fn=confirm_trial),
+                trainable(options, code, options.address, fn=confirm_trial),
                 param_space={"job": tune.grid_search(list(jobs))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent or None, reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
@@ -147,8 +148,8 @@ def run_confirm_jobs(exp_dir: str | Path, jobs: list[dict[str, Any]], *, address
                         loggers.logger_callbacks(options.loggers, f"{meta.get('name', 'search')}-confirm"))),
             )
             t0 = time.time()
-            results = _fit(tuner, exp_dir, options.loggers is not None,
-                           "the confirmation recorded nothing: free some space, then run it again")
+            results = fit(tuner, exp_dir, options.loggers is not None,
+                          "the confirmation recorded nothing: free some space, then run it again")
             if _interrupted(results, f"{exp_dir}/{CONFIRM_RUNNING if local else CONFIRM_DIR}", len(jobs)):
                 raise KeyboardInterrupt("the confirmation was interrupted")
             log(f"confirmation: {len(jobs)} runs in {time.time() - t0:.0f} s")
@@ -190,7 +191,7 @@ def _row(result: Any) -> dict[str, Any]:
         error = f"ended after {int(last.get('epoch') or 0)} of {budget} epochs"
     out = {"trial_id": str(job.get("trial_id")), "seed": job.get("seed"),
            "confirm_trial": Path(path).name.removeprefix("trial_"), "epochs": last.get("epoch"),
-           **{m: (last.get(m) if error is None else None) for m in RUN_METRICS}, "error": error or ""}
+           **{m: (last.get(m) if error is None else None) for m in CONFIRM_RUN_METRICS}, "error": error or ""}
     if error:
         print(f"warning: confirmation run of trial {out['trial_id']} with seed {out['seed']} failed: {error}",
               file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ also makes each copy a temporary file renamed into place, so the last good state
 short). ``NoSpaceWatch`` (a Ray Tune callback, and the function those copies call) sends the
 driver the SIGINT that Ray Tune's own handler turns into a graceful stop: the running trials
 stop and stay unfinished in the saved state, so ``--resume`` continues them once space is freed.
-``tuning.search._fit`` then raises ``NoSpace`` (one line naming the file). While it stops, Ray's
+``tuning.cluster.fit`` then raises ``NoSpace`` (one line naming the file). While it stops, Ray's
 own messages about the failed writes stay off the console (ray.log has them where it can).
 """
 from __future__ import annotations

@@ -42,6 +42,9 @@ records the version it was written for (``CHECKED_WITH``):
   disk left ``experiment_state-*.json`` cut short, and the search could not be resumed); a copy
   that fails for lack of space is reported to a function (``tuning.diskfull``);
 - ``tune_run_catches_sigint``: whether Ray Tune's own SIGINT handler (a graceful stop) is installed.
+- ``optuna_study``, ``optuna_trials``, ``completed_trials``: what Ray's ``OptunaSearch`` holds of
+  its study: the Optuna study, the Optuna trial each Ray trial was suggested as (ask-and-tell),
+  and the Ray trials it has already told (``tuning.searcher`` tells Optuna itself).
 """
 from __future__ import annotations
 
@@ -128,7 +131,7 @@ def damaged(path: str, exc: BaseException) -> UserError:
 def check_restorable(exp_dir: str) -> None:
     """Read the newest experiment state, search generator, searcher and callback states, and
     the trials' ``error.pkl``, as a restore will (JSON, pickles); a UserError naming the first
-    that cannot be read. Only for a folder the user trusts (``tuning.search.check_trusted``): it
+    that cannot be read. Only for a folder the user trusts (``tuning.trust.check_trusted``): it
     unpickles what Ray would unpickle."""
     names = storage.list_names(exp_dir)
     files = [(newest, how) for kind, how in _SAVED_STATES if (newest := _newest(names, kind)) is not None]
@@ -399,3 +402,19 @@ def atomic_state_copies(no_space: Callable[[str], None]) -> Iterator[None]:
     finally:
         ray_storage._upload_to_fs_path = original
 
+
+# ------------------------------------------------------------------------------ OptunaSearch
+def optuna_study(searcher: Any) -> Any:
+    """The ``optuna.Study`` an ``OptunaSearch`` asks and tells (after a restore: its restored copy)."""
+    return searcher._ot_study
+
+
+def optuna_trials(searcher: Any) -> dict[str, Any]:
+    """Ray trial id -> the ``optuna.Trial`` an ``OptunaSearch`` suggested it as, until it is told
+    (the dict itself: removing a trial from it makes ``OptunaSearch`` forget it)."""
+    return searcher._ot_trials
+
+
+def completed_trials(searcher: Any) -> set[str]:
+    """The Ray trial ids an ``OptunaSearch`` has told Optuna about (the set itself)."""
+    return searcher._completed_trials

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from layerout.checks import check_name, short
 from layerout.errors import UserError
 from layerout.progress import check_interval
+from search_spaces.schedulers import SCHEDULERS  # noqa: F401 - also this module's name
 from tuning import loggers
 
 SAMPLERS = ("tpe", "nsga2", "random")
-SCHEDULERS = ("moasha", "asha", "none")
 # the longest --connect-timeout: a day (socket and thread timeouts overflow far beyond it)
 MAX_CONNECT_TIMEOUT_S = 86400
 

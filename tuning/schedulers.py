@@ -37,7 +37,10 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from layerout.dominance import pareto_mask
+from layerout.registry import resolved
 from layerout.schedules import schedule_from_dict
+from search_spaces.schedulers import SCHEDULERS
+from search_spaces.space import SearchSpace
 from search_spaces.trials import config_epochs
 from tuning.rungs import PlanPrior, RungTable, rank_at_rung
 from tuning.internals import asha_settings, asha_state, load_asha_state, uncount_asha_stop
@@ -289,3 +292,41 @@ class PaperASHA(AsyncHyperBandScheduler):
             uncount_asha_stop(self)
             return CONTINUE
         return action
+
+
+# ------------------------------------------------------------------------------ the choice (--scheduler)
+# what MOASHA ranks on in place of an objective: what the trial's policy will save, not what it has saved so far
+RANKED_AS = {"compute_saved_frac": PLANNED}
+
+
+def build_moasha(space: SearchSpace) -> TrialScheduler:
+    """MOASHA on every objective."""
+    es = space.early_stopping
+    # every objective, with compute_saved_frac replaced by what the trial's policy will save
+    return MOASHA(objectives=[(RANKED_AS.get(n, n), m) for n, m in space.objectives], max_t=space.epochs,
+                  grace_period=es.grace_period, reduction_factor=es.reduction_factor)
+
+
+def build_asha(space: SearchSpace) -> TrialScheduler:
+    """ASHA on accuracy (else the first objective)."""
+    objectives = space.objectives
+    metric, mode = next(((n, m) for n, m in objectives if n == "val_accuracy"), objectives[0])
+    # ASHA, except that the paper's configurations always train the full budget
+    return PaperASHA(time_attr="epoch", metric=metric, mode=mode, max_t=space.epochs,
+                     grace_period=space.early_stopping.grace_period,
+                     reduction_factor=space.early_stopping.reduction_factor)
+
+
+def build_fifo(space: SearchSpace) -> TrialScheduler:
+    """No early stopping: every trial trains its whole budget."""
+    return FIFOScheduler()
+
+
+def build_scheduler(space: SearchSpace, name: str) -> TrialScheduler:
+    """The scheduler ``name`` (registered in ``search_spaces.schedulers``, checked before) for ``space``."""
+    return resolved(SCHEDULERS[name])(space)
+
+
+def keeps_state(scheduler: TrialScheduler) -> bool:
+    """Whether ``SchedulerState`` must save the scheduler's rungs for ``--resume``."""
+    return isinstance(scheduler, (MOASHA, PaperASHA))

@@ -45,6 +45,7 @@ from layerout.experiment import USER_ERROR
 from layerout.schedules import schedule_from_dict
 from layerout.progress import say
 from search_spaces.trials import config_epochs
+from tuning import internals
 from tuning.progress import exhausted_line, repeat_line
 
 RANDOM_AFTER = 3
@@ -97,7 +98,7 @@ class TruthfulOptunaSearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         """The Optuna study (after ``--resume``: the restored searcher's copy)."""
-        return self._ot_study
+        return internals.optuna_study(self)  # OptunaSearch keeps it private
 
     def fail_lost(self, known: set[str]) -> list[int]:
         """After a restore: tell ``FAIL`` the study's ``RUNNING`` trials whose Ray trial (or the
@@ -105,11 +106,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         proposed after Ray's last saved state (the driver was killed), nothing will ever end them,
         and the study (optuna-dashboard) would show them running forever. Their numbers."""
         lost = []
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if (t.user_attrs.get("ray_trial_id") or t.user_attrs.get("repeat_of")) in known:
                 continue
             try:
-                self._ot_study.tell(t.number, state=TrialState.FAIL)
+                self.study.tell(t.number, state=TrialState.FAIL)
                 lost.append(t.number)
             except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
                 logger.warning("Optuna trial %s not updated: %s", t.number, exc)
@@ -119,13 +120,13 @@ class TruthfulOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | str | None:
         streak = 0
         while True:
-            sampler = self._ot_study.sampler
+            sampler = self.study.sampler
             if streak >= RANDOM_AFTER:
-                self._ot_study.sampler = self._random
+                self.study.sampler = self._random
             try:
                 config = super().suggest(trial_id)
             finally:
-                self._ot_study.sampler = sampler
+                self.study.sampler = sampler
             if not isinstance(config, dict):
                 return config
             key = config_key(config)
@@ -134,9 +135,10 @@ class TruthfulOptunaSearch(OptunaSearch):
                 self._first_run[key] = trial_id
                 self._key_of[trial_id] = key
                 self.__dict__.setdefault("_budget", {})[trial_id] = config_epochs(config, self._epochs)
-                self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)  # for the dashboard, at once
+                asked = internals.optuna_trials(self)[trial_id]
+                asked.set_user_attr("ray_trial_id", trial_id)  # for the dashboard, at once
                 return config
-            self._repeat(self._ot_trials.pop(trial_id), first, config)
+            self._repeat(internals.optuna_trials(self).pop(trial_id), first, config)
             streak += 1
             if streak >= MAX_REPEATS:
                 self.exhausted = True
@@ -165,7 +167,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         try:
             for k, v in attrs.items():
                 ot_trial.set_user_attr(k, v)
-            self._ot_study.tell(ot_trial, values, state=TrialState[state])
+            self.study.tell(ot_trial, values, state=TrialState[state])
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
             logger.warning("Optuna trial %s not updated: %s", ot_trial.number, exc)
 
@@ -175,9 +177,9 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     # ------------------------------------------------------------------ results
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in internals.completed_trials(self) or trial_id not in internals.optuna_trials(self):
             return
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = internals.optuna_trials(self)[trial_id]
         result = result or {}
         epoch = result.get("epoch")
         budget = self.__dict__.get("_budget", {}).get(trial_id, self._epochs)  # its own epochs
@@ -200,7 +202,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         else:
             state, told_values = "COMPLETE", values
         self._tell(ot_trial, state, told_values, attrs)
-        self._completed_trials.add(trial_id)
+        internals.completed_trials(self).add(trial_id)
         self._outcome[trial_id] = (state, told_values, attrs)
         for waiting in self._waiting.pop(trial_id, []):
             self._tell_repeat(waiting, trial_id)

@@ -15,9 +15,9 @@ What a real search does, step by step, and what the replay does in its place:
   ``scheduler.on_trial_complete`` and ``searcher.on_trial_complete`` with that last result (Ray's
   ``TuneController._process_trial_result`` and ``stop_trial``).
 
-The project's methods are the objects ``tuning.search`` builds for a real search (``_searcher``:
+The project's methods are the objects a real search builds (``tuning.study.make_searcher``:
 ``TruthfulOptunaSearch`` over the define-by-run space with the reference points enqueued and the
-sampler ``--sampler`` names; ``_scheduler``: ``MOASHA``, ``PaperASHA`` or Ray's FIFO), on the grid
+sampler ``--sampler`` names; ``tuning.schedulers.build_scheduler``: ``MOASHA``, ``PaperASHA`` or Ray's FIFO), on the grid
 space (``table.grid_space``). The anchors get the same reference points first, never stopped: plain
 Optuna (ask and tell, no early stopping, a repeated configuration trained again) and Syne Tune's
 ``MOASHA`` (its own random proposals over the same grid, its own rung rule on the same objectives).
@@ -159,16 +159,16 @@ def replay(table: Table, method: Method, name: str, seed: int, num_samples: int,
 
 # ------------------------------------------------------------------------------ the project's
 class ProjectMethod:
-    """The searcher and scheduler a real search builds (``tuning.search._searcher`` and
-    ``_scheduler``), called as Ray Tune calls them."""
+    """The searcher and scheduler a real search builds (``tuning.study.make_searcher`` and
+    ``tuning.schedulers.build_scheduler``), called as Ray Tune calls them."""
 
     def __init__(self, space: SearchSpace, scheduler: str, sampler: str, num_samples: int, name: str) -> None:
-        from tuning import search  # Ray's side: imported only by the methods that use it
+        from tuning import schedulers, study  # Ray's side: imported only by the methods that use it
 
-        self.searcher = search._searcher(space, name, sampler, num_samples, None, f"replay:{name}",
-                                         log=lambda line: None)
+        self.searcher = study.make_searcher(space, name, sampler, num_samples, None, f"replay:{name}",
+                                           log=lambda line: None)
         self.searcher._quiet = True  # its console lines about repeated proposals
-        self.scheduler = search._scheduler(space, scheduler)
+        self.scheduler = schedulers.build_scheduler(space, scheduler)
 
     @property
     def repeats(self) -> int:
@@ -201,12 +201,12 @@ class OptunaAnchor:
     stopping, no check for repeated configurations; the reference points enqueued first."""
 
     def __init__(self, space: SearchSpace, sampler: str, num_samples: int) -> None:
-        from tuning.search import _sampler
+        from tuning.study import make_sampler
 
         self.space, self.fn = space, define_by_run(space)
         self.study = optuna.create_study(directions=["maximize" if m == "max" else "minimize"
                                                      for _, m in space.objectives],
-                                         sampler=_sampler(sampler, space.seed, num_samples, log=lambda line: None))
+                                         sampler=make_sampler(sampler, space.seed, num_samples, log=lambda line: None))
         for fixed, attrs in reference_enqueue(space):
             self.study.enqueue_trial(fixed, user_attrs=attrs)
         self.asked: dict[str, optuna.Trial] = {}
@@ -281,11 +281,11 @@ class SyneTuneMOASHA:
         from syne_tune.config_space import choice
         from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA as SyneMOASHA
 
-        from tuning.search import PLANNED
+        from tuning.schedulers import RANKED_AS
 
         np.random.seed(seed)  # Syne Tune's MOASHA draws its configurations from NumPy's global generator
         es = space.early_stopping
-        self.metrics = [PLANNED.get(n, n) for n, _ in space.objectives]
+        self.metrics = [RANKED_AS.get(n, n) for n, _ in space.objectives]
         self.scheduler = SyneMOASHA(config_space={k: choice(v) for k, v in domains.items()}, metrics=self.metrics,
                                     do_minimize=False, time_attr="epoch", max_t=space.epochs,
                                     grace_period=es.grace_period, reduction_factor=es.reduction_factor,

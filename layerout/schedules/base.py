@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 from layerout import checks
 from layerout.checks import fail, short
 from layerout.errors import UserError
+from layerout.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -191,15 +192,9 @@ class Schedule:
             raise schedule_error("warmup_epochs", f"{warmup} is not shorter than training ({self.epochs} epochs)")
 
 
-SCHEDULES: dict[str, type[Schedule]] = {}
-
-
-def register_schedule(cls: type[Schedule]) -> type[Schedule]:
-    """Class decorator: make ``cls.kind`` known to ``schedule_from_dict``, policies and the CLI."""
-    if not cls.kind or cls.kind in SCHEDULES and SCHEDULES[cls.kind] is not cls:
-        raise ValueError(f"schedule kind {cls.kind!r} is empty or registered twice")
-    SCHEDULES[cls.kind] = cls
-    return cls
+SCHEDULES: Registry = Registry("schedule kind")  # kind -> Schedule subclass
+# Class decorator: make ``cls.kind`` known to ``schedule_from_dict``, policies and the CLI.
+register_schedule: Callable[[type[Schedule]], type[Schedule]] = SCHEDULES.by("kind")
 
 
 def schedule_from_dict(d: Any) -> Schedule:

@@ -13,8 +13,9 @@ what the trial chose, and the search fills in the rest through ``Schedule.from_d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
+from layerout.registry import Registry
 from search_spaces.checks import Checker
 
 
@@ -71,15 +72,9 @@ class FamilySpace:
         return f"{cls.kind}.{name}"
 
 
-FAMILY_SPACES: dict[str, type[FamilySpace]] = {}
-
-
-def register_family(cls: type[FamilySpace]) -> type[FamilySpace]:
-    """Class decorator: the search space of the schedule kind ``cls.kind``."""
-    if not cls.kind or cls.kind in FAMILY_SPACES and FAMILY_SPACES[cls.kind] is not cls:
-        raise ValueError(f"family kind {cls.kind!r} is empty or registered twice")
-    FAMILY_SPACES[cls.kind] = cls
-    return cls
+FAMILY_SPACES: Registry = Registry("family kind")  # kind -> FamilySpace subclass
+# Class decorator: the search space of the schedule kind ``cls.kind``.
+register_family: Callable[[type[FamilySpace]], type[FamilySpace]] = FAMILY_SPACES.by("kind")
 
 
 def r4(x: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from layerout.schedules.none import UNFROZEN
 from search_spaces.checks import Checker
 from search_spaces.families.base import FamilySpace, SpaceContext, register_family
 
@@ -11,7 +12,7 @@ from search_spaces.families.base import FamilySpace, SpaceContext, register_fami
 @register_family
 @dataclass
 class NoneSpace(FamilySpace):
-    kind = "none"
+    kind = UNFROZEN
     keys = ()
 
     @classmethod
@@ -23,4 +24,4 @@ class NoneSpace(FamilySpace):
 
     @classmethod
     def schedule(cls, params: dict[str, Any], ctx: SpaceContext, space: FamilySpace | None) -> dict[str, Any]:
-        return {"kind": "none"}
+        return {"kind": UNFROZEN}
