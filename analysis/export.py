@@ -51,7 +51,7 @@ from layerout.schedules import SCHEDULES
 from layerout.schedules.none import UNFROZEN
 from layerout.metrics import POLICY_MEASURED
 from layerout.train import SWITCHES, VALUE_FLAGS
-from layerout.trainer import LOCAL_FIELDS, TrainConfig
+from layerout.config import LOCAL_FIELDS, TrainConfig
 
 PICKS = ("knee", "max-accuracy", "min-compute")
 MEASURED = list(POLICY_MEASURED)

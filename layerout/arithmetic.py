@@ -17,6 +17,9 @@ from typing import Iterator
 
 import torch
 
+from layerout.checks import short
+from layerout.errors import UserError
+
 
 def current_threads() -> int:
     """The intra-op thread count torch computes with now in this process."""
@@ -53,3 +56,16 @@ def threads_note(chosen: int, recorded: int | None, source: str) -> str | None:
         return None
     return (f"note: computing with {chosen} intra-op threads, while the run of {source} used {recorded}: the "
             f"figures will differ from its own (they are exact only with --threads {recorded})")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a recipe's ``device`` names (auto: CUDA where there is a GPU); one line where none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device: unknown device {short(name)}; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {short(name)} asked for but no CUDA GPU is available; use --device cpu")
+    return dev

@@ -3,12 +3,14 @@ nothing behind. Every file the project writes (checkpoints, epochs.csv, summary.
 the experiment's tables, plots, the report) goes through ``atomic_write``."""
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, Iterable, Sequence, Union
 
 from layerout.errors import UserError
 
@@ -104,3 +106,13 @@ class _Writes:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """``rows`` as a CSV of ``columns``, written atomically; a missing or None value is an empty cell."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return atomic_write(path, text.getvalue())

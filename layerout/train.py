@@ -291,7 +291,7 @@ def _policy_recipe(policy: Any, model: str, dataset: str) -> dict[str, Any]:
     from a search) when it is for this model and dataset; never ``LOCAL_FIELDS`` (device, ...)."""
     from dataclasses import fields
 
-    from layerout.trainer import LOCAL_FIELDS, TrainConfig
+    from layerout.config import LOCAL_FIELDS, TrainConfig
 
     prov = policy.provenance
     known = {f.name for f in fields(TrainConfig)} - {"model", "dataset", *LOCAL_FIELDS}

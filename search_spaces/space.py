@@ -332,7 +332,7 @@ def _model_and_dataset(check: Checker, data: dict, folder: Path) -> tuple[str, s
 
 def _unit_spec(check: Checker, data: dict) -> Any:
     """The ``units:`` given, checked (None: declared or automatic)."""
-    from layerout.trainer import check_unit_spec
+    from layerout.config import check_unit_spec
 
     if data.get("units") is None:
         return None
@@ -403,7 +403,7 @@ def _search_settings(check: Checker, data: dict, epochs: int) -> dict[str, Any]:
 
 def _train(check: Checker, raw: Any, model: str, dataset: str, seed: int) -> dict[str, Any]:
     """The ``train:`` block, checked and completed by TrainConfig (the one source of defaults)."""
-    from layerout.trainer import TrainConfig
+    from layerout.config import TrainConfig
 
     train_fields = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_TRAIN_FIELDS)
     block = check.mapping("train", raw, train_fields)
