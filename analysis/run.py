@@ -20,6 +20,7 @@ from analysis.plots import plot_compare, plot_curves, plot_front_policies, plot_
 from analysis.report import write_report
 from analysis.results import SYNTHETIC_NOTE, Experiment, load_experiment
 from layerout.errors import UserError
+from layerout.schedules.none import UNFROZEN
 from layerout.experiment import PARETO_CSV, POLICIES_DIR
 from layerout.files import WriteError, atomic_write, write_reason
 from layerout.formatting import pct
@@ -104,7 +105,7 @@ def summary_text(exp: Experiment, fr: Front) -> str:
     k = fr.knee_row
     lines.append(f"knee: trial {k['trial_id']} ({k['family']}{', ' + k['paper_config'] if k['paper_config'] else ''}): "
                  f"val acc {pct(k['val_accuracy'])}, compute saved {pct(k['compute_saved_frac'], 1)}, "
-                 f"time saved {pct(k['time_saved_frac'], 1)}; {knee_rule_text(fr)}")
+                 f"time saved {pct(k['time_saved_frac'], 1)}{_single_seed(fr, k)}; {knee_rule_text(fr)}")
     if fr.dropped:
         lines.append(f"ignored (missing metrics): {', '.join(fr.dropped)}")
     noise = f"noise: {resolution_text(fr.val_images)}; "
@@ -263,3 +264,12 @@ def _write_files(exp: Experiment, fr: Front, others: list[tuple[Experiment, Fron
         res.files[p.name] = p
     res.files["report.html"] = write_report(out / "report.html", exp, fr, images, res.commands, policy_rel)
     return res
+
+
+def _single_seed(fr: Front, knee: pd.Series) -> str:
+    """After a confirmation the knee can be a policy it did not run (a confirmed one fell below the
+    curve on its means): say so on the knee's line, not only in the verdict."""
+    confirmed = fr.confirm is not None and len(fr.confirm) > 0
+    if not confirmed or str(knee.get("family")) == UNFROZEN or int(knee.get("confirmed_runs") or 0) >= 2:
+        return ""
+    return " (the search's single seed: not one of the confirmed policies)"

@@ -211,6 +211,25 @@ def test_confirm_writes_fresh_seeds_and_the_knee_moves_off_a_lucky_point(tmp_pat
     knee = json.loads(export_policy(d, out=tmp_path / "knee.json").read_text())
     assert knee["provenance"]["trial_id"] == "steady" and knee["measured"]["confirmed_runs"] == 3
     assert "id='confirm-table'" in (d / "report.html").read_text()
+    from analysis.run import run_analysis
+
+    line = next(ln for ln in run_analysis(d, quiet=True).table.splitlines() if ln.startswith("knee: "))
+    assert line.startswith("knee: trial steady (prefix): val acc 93.75%") and "single seed" not in line, line
+
+
+def test_a_knee_the_confirmation_did_not_run_says_so_on_its_line(tmp_path):
+    """Only the search's knee ("lucky") is confirmed, and it falls below the curve on its means:
+    the knee moves to "steady", measured on the search's single seed, and its line says so."""
+    from analysis.run import run_analysis
+
+    d = write_experiment(tmp_path, CURVE + LUCKY, name="lucky1")
+    values = {t: (lambda s, a=a: a) for t, _, _, _, a, _, _ in CURVE + LUCKY}
+    values["lucky"] = lambda s: 0.875
+    confirm(d, top=1, seeds=3, runner=_fake_runner(values, []), quiet=True, log=lambda line: None)
+    fr = compute_front(load_experiment(d))
+    assert fr.knee == "steady" and fr.front.set_index("trial_id").loc["steady", "confirmed_runs"] == 0
+    assert ("knee: trial steady (prefix): val acc 93.75%, compute saved 43.8%, time saved 43.8% (the search's "
+            "single seed: not one of the confirmed policies); the knee") in run_analysis(d, quiet=True).table
 
 
 def test_a_confirm_csv_without_its_columns_is_one_line(tmp_path):
