@@ -6,7 +6,9 @@ because a number without its machine is useless.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -15,7 +17,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 # where a script writes its JSON unless --json says otherwise: an untracked folder, so running a
@@ -131,3 +133,17 @@ def _fmt(v: Any) -> str:
             return "n/a"
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
+
+
+@contextlib.contextmanager
+def trial_function(fn: Callable[..., None]) -> Iterator[None]:
+    """Searches started inside run ``fn`` as every trial's function instead of ``train_trial``
+    (``run_search`` builds its trainable with ``tuning.cluster.trainable``, whose ``fn`` this fixes)."""
+    import tuning.cluster as cluster
+
+    original = cluster.trainable
+    cluster.trainable = functools.partial(original, fn=fn)
+    try:
+        yield
+    finally:
+        cluster.trainable = original

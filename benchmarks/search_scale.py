@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, ROOT, environment, finish_environment, table, write_json  # noqa: E402
+from _common import OUT_DIR, ROOT, environment, finish_environment, table, trial_function, write_json  # noqa: E402
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 FAMILIES = ("none", "layerout", "freezeout", "prefix", "adaptive")
@@ -136,18 +136,14 @@ def run_ours(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from tuning.schedulers import MOASHA
     from tuning.searcher import TruthfulOptunaSearch
 
-    import tuning.cluster as cluster  # run_search builds the trial function with cluster.trainable
-
-    original = cluster.trainable
-    cluster.trainable = lambda options, code=None, address=None, fn=None: original(options, code, address,
-                                                                                    fn=synthetic_trial)
     moasha = Timer(MOASHA, "on_trial_result", _rung_size)
     suggest = Timer(TruthfulOptunaSearch, "suggest", _study_size)
     complete = Timer(TruthfulOptunaSearch, "on_trial_complete", _study_size)
     opts = SearchOptions(num_samples=args.trials, max_concurrent=args.concurrent, storage=str(out),
                          name="ours", progress_interval=0, confirm_seeds=0)
     t0 = time.perf_counter()
-    result = search.run_search("demo", opts, log=lambda line: None)
+    with trial_function(synthetic_trial):
+        result = search.run_search("demo", opts, log=lambda line: None)
     wall = time.perf_counter() - t0
     return {"trials": len(result.trials), "search_s": wall, "fit_s": float(result.meta.get("wall_clock_s") or 0),
             "repeats": int(result.repeats), "optuna_trials": len(result.trials) + int(result.repeats),

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, environment, finish_environment, table, write_json  # noqa: E402
+from _common import OUT_DIR, environment, finish_environment, table, trial_function, write_json  # noqa: E402
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 SECTIONS = ("start-up", "calibration", "training", "evaluation", "flop probes", "planning", "checkpoints",
@@ -72,6 +72,7 @@ def _install() -> None:
     """Time the trainer's methods in this worker process (once)."""
     import ray.tune
     from layerout import compute
+    from layerout import trainer as trainer_module
     from layerout.trainer import Trainer
 
     if getattr(Trainer, "_trial_time_installed", False):
@@ -98,7 +99,7 @@ def _install() -> None:
     wrap(Trainer, "planned_compute_saved_frac", "planning")
     wrap(Trainer, "_calibrate", "calibration")
     wrap(Trainer, "_save_checkpoint", "checkpoints")
-    wrap(Trainer, "_write_epochs_csv", "checkpoints")
+    wrap(trainer_module, "write_csv", "checkpoints")  # epochs.csv, written after every epoch
     wrap(compute, "step_flops", "flop probes")
     wrap(ray.tune, "report", "reporting")
     Trainer._trial_time_installed = True
@@ -153,17 +154,16 @@ def main() -> int:
     parts_dir.mkdir()
     os.environ[OUT_ENV] = str(parts_dir)
     os.environ[SHARED_ENV] = "0" if args.no_shared_flops else "1"
-    import tuning.cluster as cluster  # run_search builds the trial function with cluster.trainable
-
-    original = cluster.trainable
-    cluster.trainable = lambda options, code=None, address=None, fn=None: original(options, code, address,
-                                                                                    fn=timed_trial)
     try:
         t0 = time.perf_counter()
-        result = search.run_search(args.preset, SearchOptions(num_samples=args.num_samples, storage=str(work / "exp"),
-                                                              name="trial-time", progress_interval=0),
-                                   log=lambda line: None)
+        with trial_function(timed_trial):
+            opts = SearchOptions(num_samples=args.num_samples, storage=str(work / "exp"), name="trial-time",
+                                 progress_interval=0)
+            result = search.run_search(args.preset, opts, log=lambda line: None)
         search_wall = time.perf_counter() - t0
+        if result.errors:  # a breakdown of trials that failed measures nothing: say so, do not print it
+            raise SystemExit(f"error: {result.errors} of {len(result.trials)} trials failed (their lines above say "
+                             "why); no breakdown written")
         fit_wall = float(result.meta.get("wall_clock_s") or 0)
         concurrent = int(result.meta["options"].get("max_concurrent") or 1)
         trials = [json.loads(p.read_text()) for p in sorted(parts_dir.glob("*.json"))]
